@@ -1,0 +1,252 @@
+"""Problem specifications: model family, data, teacher, posterior, optimum settings.
+
+A problem fixes everything the LLC depends on, so every estimator of it — the HMC
+reference and the cheap methods — targets the same localized tempered posterior.
+
+>>> spec = ProblemSpec.model_validate(
+...     {"name": "tiny", "model": {"family": "rrr", "m_in": 3, "hidden": 2, "n_out": 3},
+...      "teacher": {"rank": 1}, "data": {"n": 200}})
+>>> spec.pid == ProblemSpec.model_validate(spec.model_dump()).pid
+True
+>>> spec.widths
+(3, 2, 3)
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lambda_hat.ids import problem_id
+
+PRESETS = ("smoke", "default")
+
+
+class SpecError(ValueError):
+    """A problem set or spec is invalid. The message is one line naming the field."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_widths(widths: tuple[int, ...]) -> tuple[int, ...]:
+    if len(widths) < 2:
+        raise ValueError("needs at least 2 entries (input and output width)")
+    if any(w < 1 for w in widths):
+        raise ValueError("every width must be >= 1")
+    return widths
+
+
+class MLPModel(_Frozen):
+    """A fully connected network; ``widths`` = (input, hidden…, output)."""
+
+    family: Literal["mlp"]
+    widths: tuple[int, ...]
+    activation: Literal["tanh", "relu", "gelu"] = "tanh"
+    bias: bool = True
+
+    _widths = field_validator("widths")(_check_widths)
+
+    @property
+    def layer_widths(self) -> tuple[int, ...]:
+        return self.widths
+
+
+class DLNModel(_Frozen):
+    """A deep linear network without biases; ``widths`` = (input, hidden…, output)."""
+
+    family: Literal["dln"]
+    widths: tuple[int, ...]
+
+    _widths = field_validator("widths")(_check_widths)
+
+    @property
+    def layer_widths(self) -> tuple[int, ...]:
+        return self.widths
+
+
+class RRRModel(_Frozen):
+    """Reduced-rank regression y = B·A·x with A: hidden×m_in, B: n_out×hidden."""
+
+    family: Literal["rrr"]
+    m_in: int = Field(ge=1)
+    hidden: int = Field(ge=1)
+    n_out: int = Field(ge=1)
+
+    @property
+    def layer_widths(self) -> tuple[int, ...]:
+        return (self.m_in, self.hidden, self.n_out)
+
+
+ModelSpec = Annotated[MLPModel | DLNModel | RRRModel, Field(discriminator="family")]
+
+
+class InputSpec(_Frozen):
+    """Inputs: ``normal`` with standard deviation ``scale`` or ``uniform`` on [−scale, scale]."""
+
+    dist: Literal["normal", "uniform"] = "normal"
+    scale: float = Field(default=1.0, gt=0)
+
+
+class DataSpec(_Frozen):
+    n: int = Field(ge=2, description="number of samples (>= 2 so that log n > 0)")
+    input: InputSpec = InputSpec()
+    noise_sigma: float = Field(default=0.5, gt=0, description="Gaussian noise std of y")
+
+
+class TeacherSpec(_Frozen):
+    """For dln/rrr: the true rank (random factors of that rank). For mlp: teacher widths."""
+
+    rank: int | None = Field(default=None, ge=0)
+    widths: tuple[int, ...] | None = None
+    weight_scale: float = Field(default=1.0, gt=0)
+
+
+class PosteriorSpec(_Frozen):
+    """log π(w) = −nβ·L_n(w) − (γ/2)‖w − w*‖², β = beta0 / log n."""
+
+    beta0: float = Field(default=1.0, gt=0)
+    gamma: float = Field(default=1.0, ge=0)
+
+
+class OptimumSpec(_Frozen):
+    """How w* is found: Adam then L-BFGS in float64 until ‖∇L_n‖ < grad_tol."""
+
+    init: Literal["teacher", "random"] = "teacher"
+    adam_steps: int = Field(default=2000, ge=0)
+    adam_lr: float = Field(default=1e-2, gt=0)
+    lbfgs_steps: int = Field(default=500, ge=0)
+    grad_tol: float = Field(default=1e-8, gt=0)
+    max_grad_norm: float = Field(
+        default=1e-4, gt=0, description="refuse a w* whose gradient norm exceeds this"
+    )
+
+
+class ProblemSpec(_Frozen):
+    """One LLC problem. ``name`` is a label; it does not enter the problem id."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,80}$")
+    model: ModelSpec
+    data: DataSpec
+    teacher: TeacherSpec = TeacherSpec()
+    posterior: PosteriorSpec = PosteriorSpec()
+    optimum: OptimumSpec = OptimumSpec()
+    seed: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _teacher_matches_model(self) -> ProblemSpec:
+        widths = self.widths
+        if self.model.family in ("dln", "rrr"):
+            if self.teacher.rank is None:
+                raise ValueError("teacher.rank: required for dln/rrr problems")
+            if self.teacher.rank > min(widths):
+                raise ValueError(
+                    f"teacher.rank: must be <= the smallest width {min(widths)}, "
+                    f"got {self.teacher.rank}"
+                )
+            if self.teacher.widths is not None:
+                raise ValueError("teacher.widths: only for mlp problems (dln/rrr use teacher.rank)")
+        else:
+            if self.teacher.rank is not None:
+                raise ValueError(
+                    "teacher.rank: only for dln/rrr problems (mlp uses teacher.widths)"
+                )
+            tw = self.teacher.widths
+            if tw is not None:
+                _check_widths(tw)
+                if (tw[0], tw[-1]) != (widths[0], widths[-1]):
+                    raise ValueError(
+                        f"teacher.widths: input/output must match model widths "
+                        f"({widths[0]}, {widths[-1]}), got ({tw[0]}, {tw[-1]})"
+                    )
+            if self.optimum.init == "teacher" and tw not in (None, widths):
+                raise ValueError(
+                    "optimum.init: 'teacher' needs teacher.widths equal to model.widths; "
+                    "use 'random'"
+                )
+        return self
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return self.model.layer_widths
+
+    @property
+    def teacher_widths(self) -> tuple[int, ...]:
+        if self.model.family == "mlp" and self.teacher.widths is not None:
+            return self.teacher.widths
+        return self.widths
+
+    def normalized(self) -> dict[str, Any]:
+        """Every field that changes the problem, with defaults filled in (not ``name``)."""
+        return self.model_dump(mode="json", exclude={"name"})
+
+    @property
+    def pid(self) -> str:
+        return problem_id(self.normalized())
+
+
+class ProblemSet(_Frozen):
+    problems: tuple[ProblemSpec, ...]
+
+    @field_validator("problems")
+    @classmethod
+    def _non_empty_unique(cls, problems: tuple[ProblemSpec, ...]) -> tuple[ProblemSpec, ...]:
+        if not problems:
+            raise ValueError("must list at least one problem")
+        names = [p.name for p in problems]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate problem names: {duplicates}")
+        return problems
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line: the first error's field path and message."""
+    first = error.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "literal_error":
+        msg = f"{msg} (got {first['input']!r})"
+    elif first["type"] == "extra_forbidden":
+        msg = "unknown field"
+    more = f" (+{len(error.errors()) - 1} more)" if len(error.errors()) > 1 else ""
+    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
+
+
+def parse_problem_set(data: Any, source: str = "problem set") -> ProblemSet:
+    """Validate a loaded YAML/JSON value (a mapping with ``problems:`` or a bare list)."""
+    if isinstance(data, list):
+        data = {"problems": data}
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a mapping with 'problems:' or a list of problems")
+    try:
+        return ProblemSet.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(f"{source}: {format_validation_error(error)}") from None
+
+
+def load_problem_set(path_or_preset: str | Path) -> ProblemSet:
+    """Load a preset by name (``smoke``, ``default``) or a YAML file by path."""
+    name = str(path_or_preset)
+    if name in PRESETS:
+        text = resources.files("lambda_hat.presets").joinpath(f"{name}.yaml").read_text()
+        source = f"preset {name}"
+    else:
+        path = Path(name)
+        if not path.is_file():
+            raise SpecError(
+                f"problems: no such file or preset {name!r} (presets: {', '.join(PRESETS)})"
+            )
+        text, source = path.read_text(), str(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{source}: malformed YAML{where}") from None
+    return parse_problem_set(data, source)

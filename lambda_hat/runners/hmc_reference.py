@@ -1,0 +1,297 @@
+"""The trusted reference: BlackJAX NUTS (or HMC) on the localized tempered posterior.
+
+Every chain starts at w* and runs its own window adaptation (vmapped), then samples in
+fixed-length compiled chunks so a wall-clock budget can end the run between chunks with
+the draws it has. float64 throughout.
+
+>>> from lambda_hat.problems import ProblemSpec
+>>> from lambda_hat.targets import build_problem
+>>> spec = ProblemSpec.model_validate({"name": "doc", "model": {"family": "dln",
+...     "widths": [2, 2]}, "teacher": {"rank": 2}, "data": {"n": 200}})
+>>> result = run(build_problem(spec), ReferenceConfig(num_warmup=100, num_draws=200))
+>>> abs(result.llc_ref - 2.0) < 0.5   # regular model, d = 4: λ = d/2 = 2
+True
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import lru_cache, partial
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import blackjax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from blackjax.adaptation.base import get_filter_adapt_info_fn
+from pydantic import BaseModel, ConfigDict, Field
+
+from lambda_hat.estimator import llc_from_losses
+from lambda_hat.ids import code_version
+from lambda_hat.io import atomic_write_json
+from lambda_hat.posterior import Arch, LossData, PosteriorParams, log_density
+from lambda_hat.targets import Problem
+
+
+class BudgetError(RuntimeError):
+    """The budget ended before a single draw could be kept."""
+
+
+class ReferenceConfig(BaseModel):
+    """How the reference is sampled. Everything here enters the reference cache key."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    algorithm: Literal["nuts", "hmc"] = "nuts"
+    num_chains: int = Field(default=4, ge=4, le=64)
+    num_warmup: int = Field(default=1000, ge=20)
+    num_draws: int = Field(default=2000, ge=4, description="kept draws per chain")
+    thinning: int = Field(default=1, ge=1)
+    chunk_size: int = Field(default=100, ge=1, description="draws per compiled chunk")
+    target_accept: float = Field(default=0.8, gt=0, lt=1)
+    max_num_doublings: int = Field(default=10, ge=1, le=15, description="NUTS tree depth cap")
+    num_integration_steps: int = Field(default=16, ge=1, description="HMC leapfrog steps")
+    seed: int = Field(default=0, ge=0)
+
+
+class ReferenceResult(BaseModel):
+    """What ``ref.json`` holds (see DESIGN.md, "Reference result")."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pid: str
+    llc_ref: float
+    se_ref: float
+    ess: float
+    rhat: float
+    n_draws: int
+    n_chains: int
+    divergences: int
+    acceptance: float
+    grad_evals: int
+    runtime_sec: float
+    L0: float
+    n: int
+    beta: float
+    gamma: float
+    d: int
+    w_star_grad_norm: float
+    budget_exhausted: bool
+    code_version: str
+    lambda_theory: float | None = None
+    lambda_multiplicity: int | None = None
+    algorithm: str
+    step_size_mean: float
+
+
+class _Static(NamedTuple):
+    """The compile-time part of a run: one compiled warmup and chunk per distinct value."""
+
+    arch: Arch
+    algorithm: str
+    num_chains: int
+    num_warmup: int
+    chunk_size: int
+    thinning: int
+    target_accept: float
+    max_num_doublings: int
+    num_integration_steps: int
+
+
+def _algorithm(static: _Static) -> tuple[Any, dict[str, Any]]:
+    if static.algorithm == "nuts":
+        return blackjax.nuts, {"max_num_doublings": static.max_num_doublings}
+    return blackjax.hmc, {"num_integration_steps": static.num_integration_steps}
+
+
+def _logdensity(data: LossData, post: PosteriorParams, arch: Arch) -> Callable:
+    return partial(log_density, data=data, post=post, arch=arch)
+
+
+def _warmup(keys, positions, data, post, static: _Static):
+    """Per-chain window adaptation (vmapped): each chain gets its own step size and mass."""
+    algorithm, extra = _algorithm(static)
+    adaptation = blackjax.window_adaptation(
+        algorithm,
+        _logdensity(data, post, static.arch),
+        target_acceptance_rate=static.target_accept,
+        adaptation_info_fn=get_filter_adapt_info_fn(info_keys={"num_integration_steps"}),
+        **extra,
+    )
+
+    def one_chain(key, position):
+        (result, info) = adaptation.run(key, position, num_steps=static.num_warmup)
+        grads = jnp.sum(_integration_steps(info.info, static))
+        return result.state, result.parameters, grads
+
+    return jax.vmap(one_chain)(keys, positions)
+
+
+def _integration_steps(info, static: _Static) -> jax.Array:
+    if static.algorithm == "nuts":
+        return info.num_integration_steps
+    return jnp.full(info.num_integration_steps.shape, static.num_integration_steps)
+
+
+def _sample_chunk(keys, states, parameters, data, post, static: _Static):
+    """``chunk_size`` kept draws per chain; returns L_n at each kept draw and counters."""
+    algorithm, extra = _algorithm(static)
+    logdensity = _logdensity(data, post, static.arch)
+
+    def one_chain(key, state, params):
+        kernel = algorithm(logdensity, params["step_size"], params["inverse_mass_matrix"], **extra)
+
+        def step(state, key):
+            state, info = kernel.step(key, state)
+            return state, (info.is_divergent, info.acceptance_rate, info.num_integration_steps)
+
+        def kept_draw(state, key):
+            state, (divergent, accept, grads) = jax.lax.scan(
+                step, state, jax.random.split(key, static.thinning)
+            )
+            # L_n from the log density: no extra forward pass per draw.
+            prior = 0.5 * post.gamma * jnp.sum((state.position - post.w_star) ** 2)
+            loss = -(state.logdensity + prior) / post.n_beta
+            return state, (loss, divergent.sum(), accept.mean(), grads.sum())
+
+        state, (losses, divergent, accept, grads) = jax.lax.scan(
+            kept_draw, state, jax.random.split(key, static.chunk_size)
+        )
+        return state, losses, divergent.sum(), accept.mean(), grads.sum()
+
+    return jax.vmap(one_chain)(keys, states, parameters)
+
+
+@lru_cache(maxsize=32)
+def _compiled(static: _Static, n: int, n_in: int, n_out: int, d: int):
+    """Ahead-of-time compiled warmup and chunk for one (problem shape, static config)."""
+    f64 = jnp.float64
+    key_spec = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), static.num_chains))
+    data = LossData(
+        jax.ShapeDtypeStruct((n, n_in), f64),
+        jax.ShapeDtypeStruct((n, n_out), f64),
+        jax.ShapeDtypeStruct((), f64),
+    )
+    post = PosteriorParams(
+        jax.ShapeDtypeStruct((d,), f64),
+        jax.ShapeDtypeStruct((), f64),
+        jax.ShapeDtypeStruct((), f64),
+    )
+    positions = jax.ShapeDtypeStruct((static.num_chains, d), f64)
+    warmup = jax.jit(_warmup, static_argnames="static")
+    warmup = warmup.lower(key_spec, positions, data, post, static=static).compile()
+    states, parameters, _ = jax.eval_shape(
+        partial(_warmup, static=static), key_spec, positions, data, post
+    )
+    chunk = jax.jit(_sample_chunk, static_argnames="static")
+    chunk = chunk.lower(key_spec, states, parameters, data, post, static=static).compile()
+    return warmup, chunk
+
+
+def _static(problem: Problem, config: ReferenceConfig) -> _Static:
+    return _Static(
+        arch=problem.arch,
+        algorithm=config.algorithm,
+        num_chains=config.num_chains,
+        num_warmup=config.num_warmup,
+        chunk_size=min(config.chunk_size, config.num_draws),
+        thinning=config.thinning,
+        target_accept=config.target_accept,
+        max_num_doublings=config.max_num_doublings,
+        num_integration_steps=config.num_integration_steps,
+    )
+
+
+def reference_code_version(config: ReferenceConfig) -> str:
+    """Package version + hash of the sampling config: part of the reference cache key."""
+    return code_version({"runner": "hmc_reference", **config.model_dump(mode="json")})
+
+
+def run(
+    problem: Problem,
+    config: ReferenceConfig | None = None,
+    *,
+    budget_sec: float | None = None,
+    out_dir: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ReferenceResult:
+    """Sample the posterior of ``problem`` and estimate its LLC.
+
+    ``budget_sec`` bounds the wall-clock time of the whole call (compile, warmup, sampling):
+    sampling stops before a chunk that would end past it, and the result says
+    ``budget_exhausted``. ``out_dir`` gets ``ref.json`` (written atomically).
+    ``progress(kept_draws_per_chain, num_draws)`` is called after every chunk.
+    """
+    config = config or ReferenceConfig()
+    start = time.perf_counter()
+    static = _static(problem, config)
+    n_in, n_out = problem.data.x.shape[1], problem.data.y.shape[1]
+    warmup, chunk = _compiled(static, problem.n, n_in, n_out, problem.d)
+    post = problem.posterior_params()
+    key_warmup, key_sample = jax.random.split(jax.random.key(config.seed))
+    positions = jnp.tile(problem.w_star, (config.num_chains, 1))
+    keys = jax.random.split(key_warmup, config.num_chains)
+    states, parameters, warmup_grads = jax.block_until_ready(
+        warmup(keys, positions, problem.data, post)
+    )
+    losses, divergences, acceptance = [], 0, []
+    grad_evals = int(np.sum(warmup_grads))
+    budget_exhausted, slowest_chunk, kept = False, 0.0, 0
+    while kept < config.num_draws:
+        elapsed = time.perf_counter() - start
+        if budget_sec is not None and elapsed + slowest_chunk > budget_sec:
+            budget_exhausted = True
+            break
+        chunk_start = time.perf_counter()
+        key_sample, key_chunk = jax.random.split(key_sample)
+        keys = jax.random.split(key_chunk, config.num_chains)
+        states, chunk_losses, divergent, accept, grads = jax.block_until_ready(
+            chunk(keys, states, parameters, problem.data, post)
+        )
+        slowest_chunk = max(slowest_chunk, time.perf_counter() - chunk_start)
+        losses.append(np.asarray(chunk_losses))
+        divergences += int(np.sum(divergent))
+        acceptance.append(np.asarray(accept))
+        grad_evals += int(np.sum(grads))
+        kept += static.chunk_size
+        if progress:
+            progress(min(kept, config.num_draws), config.num_draws)
+    if not losses:
+        raise BudgetError(
+            f"budget_sec={budget_sec:g} ended before the first draw "
+            f"(compile + warmup took {time.perf_counter() - start:.1f} s); "
+            "raise it or lower num_warmup"
+        )
+    trace = np.concatenate(losses, axis=1)[:, : config.num_draws]
+    estimate = llc_from_losses(trace, problem.L0, problem.n_beta)
+    theory = problem.lambda_theory
+    result = ReferenceResult(
+        pid=problem.pid,
+        llc_ref=estimate.llc,
+        se_ref=estimate.se,
+        ess=estimate.ess,
+        rhat=estimate.rhat,
+        n_draws=estimate.n_draws,
+        n_chains=config.num_chains,
+        divergences=divergences,
+        acceptance=float(np.mean(acceptance)),
+        grad_evals=grad_evals,
+        runtime_sec=time.perf_counter() - start,
+        L0=problem.L0,
+        n=problem.n,
+        beta=problem.beta,
+        gamma=problem.gamma,
+        d=problem.d,
+        w_star_grad_norm=problem.grad_norm,
+        budget_exhausted=budget_exhausted,
+        code_version=reference_code_version(config),
+        lambda_theory=float(theory.lam) if theory else None,
+        lambda_multiplicity=theory.multiplicity if theory else None,
+        algorithm=config.algorithm,
+        step_size_mean=float(np.mean(parameters["step_size"])),
+    )
+    if out_dir is not None:
+        atomic_write_json(Path(out_dir) / "ref.json", result.model_dump(mode="json"))
+    return result

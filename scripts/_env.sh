@@ -1,0 +1,15 @@
+# Sourced by run.sh and test.sh: a project venv in .venv with the package and dev extras.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export DO_NOT_TRACK=1
+if [ ! -x .venv/bin/python ]; then
+    echo "creating .venv and installing lambda_hat (about a minute)..." >&2
+    python3 -m venv .venv
+fi
+# Re-install only when pyproject.toml changed since the last install.
+stamp=.venv/.lambda_hat_installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
+    .venv/bin/python -m pip install --quiet -e ".[dev]"
+    touch "$stamp"
+fi

@@ -1,0 +1,55 @@
+"""The main command as a user runs it: a real subprocess, real files."""
+
+import json
+import subprocess
+import sys
+
+
+def run_cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "lambda_hat", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_main_command_prints_a_table_and_writes_artifacts(tmp_path):
+    done = run_cli("--problems", "smoke", "--num-warmup", "100", "--num-draws", "100", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].split()[:3] == ["problem", "pid", "d"]
+    assert [line.split()[0] for line in lines[1:]] == ["rrr_3_2_3_r1", "dln_3_2_2_3_r1"]
+    assert "draws per chain" in done.stderr  # progress
+    refs = sorted((tmp_path / "artifacts" / "problems").glob("p_*/ref.json"))
+    assert len(refs) == 2
+    for ref in refs:
+        data = json.loads(ref.read_text())
+        assert data["n_draws"] == 400 and data["lambda_theory"] in (3.5, 3.0)
+        assert (ref.parent / "spec.yaml").exists()
+    assert len(list((tmp_path / "results" / "targets").glob("p_*/target.npz"))) == 2
+
+
+def test_bad_input_exits_non_zero_with_one_line_and_writes_nothing(tmp_path):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("problems:\n  - name: a\n    model: {family: dln, widths: []}\n")
+    cases = [
+        (("--problems", "missing.yaml"), "no such file or preset"),
+        (("--problems", str(bad_yaml)), "problems.0.model.dln.widths"),
+        (("--num-chains", "2"), "num_chains"),
+        (("--budget-sec", "0"), "--budget-sec: must be > 0"),
+        (("--algorithm", "mala"), "argument --algorithm: invalid choice: 'mala'"),
+        (("--num-draws", "many"), "argument --num-draws: invalid int value"),
+    ]
+    for args, message in cases:
+        done = run_cli(*args, cwd=tmp_path)
+        assert done.returncode == 2, args
+        assert message in done.stderr, (args, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "artifacts").exists() and not (tmp_path / "results").exists()
+
+
+def test_help_works(tmp_path):
+    done = run_cli("--help", cwd=tmp_path)
+    assert done.returncode == 0 and "--problems" in done.stdout

@@ -1,0 +1,155 @@
+"""The HMC reference against exact answers, on CI-sized problems (n = 500, 4 × 400 draws)."""
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from lambda_hat.runners.hmc_reference import ReferenceConfig, ReferenceResult, run
+from lambda_hat.targets import build_problem
+
+from .conftest import make_spec
+
+# One static configuration for every test here, so its kernels compile once per shape.
+FAST = ReferenceConfig(num_warmup=300, num_draws=400, chunk_size=100)
+
+
+def exact_gaussian_llc(problem) -> float:
+    """E_π[nβ(L_n − L0)] for a linear model, where the posterior is exactly Gaussian.
+
+    L_n(w) − L0 = ½(w − ŵ)ᵀH(w − ŵ) with H = (XᵀX/n ⊗ I_out)/σ², and w* = ŵ, so
+    π = N(ŵ, (nβH + γI)⁻¹) and the LLC is ½·Σ_i nβh_i / (nβh_i + γ) over H's eigenvalues.
+    """
+    x = np.asarray(problem.data.x)
+    sigma = float(problem.data.sigma)
+    n_out = problem.data.y.shape[1]
+    eigenvalues = np.linalg.eigvalsh(x.T @ x / x.shape[0]) / sigma**2
+    h = np.repeat(eigenvalues, n_out)
+    nbh = problem.n_beta * h
+    return float(0.5 * np.sum(nbh / (nbh + problem.gamma)))
+
+
+def test_regular_model_matches_the_exact_gaussian_answer():
+    # One weight matrix 3→2 (d = 6): regular, λ = d/2 = 3. The posterior is Gaussian, so
+    # the only error is Monte Carlo error: demand agreement within 4 standard errors.
+    spec = make_spec(model={"family": "dln", "widths": [3, 2]}, teacher={"rank": 2})
+    problem = build_problem(spec)
+    result = run(problem, FAST)
+    exact = exact_gaussian_llc(problem)
+    assert abs(exact - 3.0) < 0.02  # γ = 1 shrinks d/2 by < 1 % at nβ ≈ 80
+    assert abs(result.llc_ref - exact) < 4 * result.se_ref, (result.llc_ref, exact, result.se_ref)
+    assert 0.0 < result.se_ref < 0.15
+    assert result.rhat < 1.05
+    assert result.lambda_theory == 3.0
+
+
+def test_singular_rrr_lands_near_its_learning_coefficient():
+    # RRR M=3, H=2, N=3, r=1: λ = 7/2. At finite n the tempered estimator differs from λ by
+    # O(β·λ) terms (Watanabe's WBIC expansion; β = 1/log 500 = 0.16, so β·λ = 0.56), and one
+    # dataset adds a seed-dependent fluctuation (measured here: sd 0.25 over 6 data seeds,
+    # mean 3.24). We average 3 data seeds and accept |mean − λ| < β·λ: wide enough for the
+    # honest finite-n bias, narrow enough to catch a wrong β, L0, a sampler stuck at w*
+    # (LLC → 0), or a missing factor (2× off).
+    estimates = []
+    for seed in range(3):
+        problem = build_problem(make_spec(seed=seed))
+        result = run(problem, FAST)
+        assert result.rhat < 1.05
+        estimates.append(result.llc_ref)
+    tolerance = problem.beta * 3.5
+    assert abs(np.mean(estimates) - 3.5) < tolerance, estimates
+
+
+def test_singular_deep_linear_network_lands_near_its_learning_coefficient():
+    # DLN widths 3-2-2-3, r=1: λ = 3 (Aoyagi 2024). Same tolerance argument, one data seed.
+    spec = make_spec(model={"family": "dln", "widths": [3, 2, 2, 3]})
+    problem = build_problem(spec)
+    result = run(problem, FAST)
+    assert abs(result.llc_ref - 3.0) < problem.beta * 3.0 + 3 * result.se_ref, result.llc_ref
+
+
+def test_same_seed_same_number_other_seed_other_number(tiny_spec):
+    problem = build_problem(tiny_spec)
+    first, second = run(problem, FAST), run(problem, FAST)
+    assert first.llc_ref == second.llc_ref and first.grad_evals == second.grad_evals
+    other = run(problem, FAST.model_copy(update={"seed": 1}))
+    assert other.llc_ref != first.llc_ref
+
+
+def test_plain_hmc_option(tiny_spec):
+    problem = build_problem(
+        make_spec(model={"family": "dln", "widths": [3, 2]}, teacher={"rank": 2})
+    )
+    config = FAST.model_copy(update={"algorithm": "hmc", "num_integration_steps": 8})
+    result = run(problem, config)
+    assert result.algorithm == "hmc"
+    assert abs(result.llc_ref - exact_gaussian_llc(problem)) < 4 * result.se_ref
+    # HMC spends exactly num_integration_steps gradients per transition.
+    steps = config.num_chains * (config.num_warmup + config.num_draws)
+    assert result.grad_evals == steps * 8
+
+
+def test_budget_is_respected_and_the_result_is_still_valid(tiny_spec, tmp_path):
+    problem = build_problem(tiny_spec)
+    run(problem, FAST)  # compile outside the budget, as a long-lived worker would have
+    long_run = FAST.model_copy(update={"num_draws": 1_000_000})
+    started = time.perf_counter()
+    result = run(problem, long_run, budget_sec=3.0, out_dir=tmp_path)
+    elapsed = time.perf_counter() - started
+    assert elapsed <= 3.3, elapsed
+    assert result.budget_exhausted
+    assert 0 < result.n_draws < 4 * 1_000_000
+    assert math.isfinite(result.llc_ref) and result.se_ref > 0
+    saved = json.loads((tmp_path / "ref.json").read_text())
+    assert ReferenceResult.model_validate(saved) == result
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_ref_json_has_every_contract_field(tiny_spec, tmp_path):
+    result = run(build_problem(tiny_spec), FAST, out_dir=tmp_path)
+    saved = json.loads((tmp_path / "ref.json").read_text())
+    for field in [
+        "llc_ref",
+        "se_ref",
+        "ess",
+        "rhat",
+        "n_draws",
+        "n_chains",
+        "divergences",
+        "acceptance",
+        "grad_evals",
+        "runtime_sec",
+        "L0",
+        "n",
+        "beta",
+        "gamma",
+        "w_star_grad_norm",
+        "budget_exhausted",
+        "code_version",
+        "lambda_theory",
+    ]:
+        assert field in saved, field
+    assert saved["n_chains"] == 4 and saved["n_draws"] == 4 * 400
+    assert saved["beta"] == pytest.approx(1 / math.log(500))
+    assert saved["lambda_theory"] == 3.5 and not saved["budget_exhausted"]
+    assert saved["grad_evals"] > saved["n_draws"]
+    assert 0.5 < saved["acceptance"] <= 1.0
+    assert result.code_version.startswith("0.1.0+")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("num_chains", 2),
+        ("num_warmup", 5),
+        ("target_accept", 1.5),
+        ("algorithm", "mala"),
+        ("seed", -1),
+    ],
+)
+def test_invalid_reference_config_is_rejected(field, value):
+    with pytest.raises(ValidationError, match=field):
+        ReferenceConfig(**{field: value})
