@@ -38,8 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--algorithm", choices=["nuts", "hmc"], default="nuts")
     parser.add_argument("--num-chains", type=int, default=4)
-    parser.add_argument("--num-warmup", type=int, default=1000)
-    parser.add_argument("--num-draws", type=int, default=2000, help="kept draws per chain")
+    parser.add_argument("--num-warmup", type=int, default=500)
+    parser.add_argument("--num-draws", type=int, default=1000, help="kept draws per chain")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budget-sec", type=float, default=None, help="per problem")
     parser.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"))
@@ -106,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
             elapsed = time.perf_counter() - started
             print(f"  {name}: {done}/{total} draws per chain ({elapsed:.1f} s)", file=sys.stderr)
 
+        print(
+            f"  {spec.name}: d={problem.d}, n={problem.n}: compiling and adapting "
+            f"({config.num_warmup} warmup steps per chain)...",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             result = run(
                 problem, config, budget_sec=args.budget_sec, out_dir=folder, progress=progress

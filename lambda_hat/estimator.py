@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
+import jax
 import numpy as np
 from blackjax.diagnostics import effective_sample_size, potential_scale_reduction
 
@@ -22,6 +24,25 @@ class LLCEstimate(NamedTuple):
     ess: float
     rhat: float
     n_draws: int  # kept draws over all chains
+
+
+def _ess_and_rhat(draws: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return (
+        effective_sample_size(draws, chain_axis=0, sample_axis=1),
+        potential_scale_reduction(draws, chain_axis=0, sample_axis=1),
+    )
+
+
+@lru_cache(maxsize=256)
+def compiled_diagnostics(shape: tuple[int, int]):
+    """ESS and R-hat compiled for one (chains, draws) shape.
+
+    One compiled graph costs ~0.5 s per new shape (eager dispatch of BlackJAX's many small
+    ops ~1.5 s). Budgeted runners call this for the next trace shape while a chunk runs,
+    so finishing a run never waits for a compile.
+    """
+    spec = jax.ShapeDtypeStruct(shape, np.float64)
+    return jax.jit(_ess_and_rhat).lower(spec).compile()
 
 
 def llc_from_losses(losses: np.ndarray, L0: float, n_beta: float) -> LLCEstimate:
@@ -37,11 +58,8 @@ def llc_from_losses(losses: np.ndarray, L0: float, n_beta: float) -> LLCEstimate
     llc = float(llc_draws.mean())
     if losses.shape[1] < 4:
         return LLCEstimate(llc, float("nan"), float("nan"), float("nan"), int(losses.size))
-    ess = float(effective_sample_size(llc_draws, chain_axis=0, sample_axis=1))
-    rhat = (
-        float(potential_scale_reduction(llc_draws, chain_axis=0, sample_axis=1))
-        if losses.shape[0] > 1
-        else float("nan")
-    )
+    ess, rhat = (float(v) for v in compiled_diagnostics(losses.shape)(llc_draws))
+    if losses.shape[0] == 1:
+        rhat = float("nan")
     se = float(llc_draws.std(ddof=1) / np.sqrt(max(ess, 1.0)))
     return LLCEstimate(llc, se, ess, rhat, int(losses.size))

@@ -1,14 +1,20 @@
 """The main command as a user runs it: a real subprocess, real files."""
 
 import json
+import os
 import subprocess
 import sys
 
+import jax
+
 
 def run_cli(*args, cwd):
+    # Share the test run's compilation cache, so a second CI run reuses the compiles.
+    cache = jax.config.jax_compilation_cache_dir
     return subprocess.run(
         [sys.executable, "-m", "lambda_hat", *args],
         cwd=cwd,
+        env={**os.environ, "LAMBDA_HAT_JAX_CACHE": cache},
         capture_output=True,
         text=True,
         timeout=600,

@@ -94,8 +94,11 @@ def test_plain_hmc_option(tiny_spec):
 
 def test_budget_is_respected_and_the_result_is_still_valid(tiny_spec, tmp_path):
     problem = build_problem(tiny_spec)
-    run(problem, FAST)  # compile outside the budget, as a long-lived worker would have
-    long_run = FAST.model_copy(update={"num_draws": 1_000_000})
+    # A short warmup: it is one uninterruptible compiled call, and the budget is about
+    # sampling. Compile outside the budget first, as a long-lived worker would have.
+    short_warmup = FAST.model_copy(update={"num_warmup": 100})
+    run(problem, short_warmup)
+    long_run = short_warmup.model_copy(update={"num_draws": 1_000_000})
     started = time.perf_counter()
     result = run(problem, long_run, budget_sec=3.0, out_dir=tmp_path)
     elapsed = time.perf_counter() - started

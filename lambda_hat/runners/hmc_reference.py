@@ -28,7 +28,7 @@ import numpy as np
 from blackjax.adaptation.base import get_filter_adapt_info_fn
 from pydantic import BaseModel, ConfigDict, Field
 
-from lambda_hat.estimator import llc_from_losses
+from lambda_hat.estimator import compiled_diagnostics, llc_from_losses
 from lambda_hat.ids import code_version
 from lambda_hat.io import atomic_write_json
 from lambda_hat.posterior import Arch, LossData, PosteriorParams, log_density
@@ -219,9 +219,11 @@ def run(
 ) -> ReferenceResult:
     """Sample the posterior of ``problem`` and estimate its LLC.
 
-    ``budget_sec`` bounds the wall-clock time of the whole call (compile, warmup, sampling):
-    sampling stops before a chunk that would end past it, and the result says
-    ``budget_exhausted``. ``out_dir`` gets ``ref.json`` (written atomically).
+    ``budget_sec`` bounds the wall-clock time of the whole call (compile, warmup, sampling,
+    diagnostics): sampling stops before a chunk that would end past it, and the result says
+    ``budget_exhausted``. The warmup is one compiled call and cannot be interrupted; if it
+    alone uses up the budget, ``BudgetError`` says so.
+    ``out_dir`` gets ``ref.json`` (written atomically).
     ``progress(kept_draws_per_chain, num_draws)`` is called after every chunk.
     """
     config = config or ReferenceConfig()
@@ -233,12 +235,17 @@ def run(
     key_warmup, key_sample = jax.random.split(jax.random.key(config.seed))
     positions = jnp.tile(problem.w_star, (config.num_chains, 1))
     keys = jax.random.split(key_warmup, config.num_chains)
+    warmup_start = time.perf_counter()
     states, parameters, warmup_grads = jax.block_until_ready(
         warmup(keys, positions, problem.data, post)
     )
+    # Until a chunk has been timed, predict its cost from the warmup's time per transition
+    # (pessimistic: early warmup uses small steps and long trajectories).
+    per_transition = (time.perf_counter() - warmup_start) / config.num_warmup
+    slowest_chunk = per_transition * static.chunk_size * static.thinning
     losses, divergences, acceptance = [], 0, []
     grad_evals = int(np.sum(warmup_grads))
-    budget_exhausted, slowest_chunk, kept = False, 0.0, 0
+    budget_exhausted, kept = False, 0
     while kept < config.num_draws:
         elapsed = time.perf_counter() - start
         if budget_sec is not None and elapsed + slowest_chunk > budget_sec:
@@ -247,9 +254,10 @@ def run(
         chunk_start = time.perf_counter()
         key_sample, key_chunk = jax.random.split(key_sample)
         keys = jax.random.split(key_chunk, config.num_chains)
-        states, chunk_losses, divergent, accept, grads = jax.block_until_ready(
-            chunk(keys, states, parameters, problem.data, post)
-        )
+        outputs = chunk(keys, states, parameters, problem.data, post)  # dispatched async
+        # Compile the diagnostics for the trace this chunk completes while it runs.
+        compiled_diagnostics((config.num_chains, min(kept + static.chunk_size, config.num_draws)))
+        states, chunk_losses, divergent, accept, grads = jax.block_until_ready(outputs)
         slowest_chunk = max(slowest_chunk, time.perf_counter() - chunk_start)
         losses.append(np.asarray(chunk_losses))
         divergences += int(np.sum(divergent))

@@ -1,0 +1,154 @@
+"""Reference accuracy at realistic size: HMC llc_ref against closed-form λ over data seeds.
+
+    .venv/bin/python benchmarks/reference_accuracy.py                 # the full suite
+    .venv/bin/python benchmarks/reference_accuracy.py --quick         # a 2-core-hour subset
+
+For every problem and data seed it prints and records λ_theory, llc_ref ± SE, R-hat,
+divergences and runtime; per problem the mean over seeds, the relative bias, the
+seed-to-seed spread and the √(λβ/2) scale it should be compared with; and the HMC gradient
+throughput against a bare jitted ``value_and_grad`` loop on the same problem. Results go to
+``benchmarks/results/reference_accuracy.json`` (rewritten atomically after every run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lambda_hat.compile_cache import enable_compilation_cache
+from lambda_hat.io import atomic_write_json
+from lambda_hat.posterior import log_density
+from lambda_hat.problems import ProblemSpec
+from lambda_hat.runners.hmc_reference import ReferenceConfig, run
+from lambda_hat.targets import build_problem
+
+# (name, model, true rank): RRR and DLN, d from 20 to ~500, several ranks.
+SUITE = [
+    ("rrr_4_3_5_r1", {"family": "rrr", "m_in": 4, "hidden": 3, "n_out": 5}, 1),  # d=27
+    ("rrr_5_4_5_r2", {"family": "rrr", "m_in": 5, "hidden": 4, "n_out": 5}, 2),  # d=40
+    ("rrr_4_2_6_r0", {"family": "rrr", "m_in": 4, "hidden": 2, "n_out": 6}, 0),  # d=20
+    ("dln_4_4_3_4_r2", {"family": "dln", "widths": [4, 4, 3, 4]}, 2),  # d=40
+    ("dln_5_3_5_r1", {"family": "dln", "widths": [5, 3, 5]}, 1),  # d=30
+    ("dln_6_5_5_6_r3", {"family": "dln", "widths": [6, 5, 5, 6]}, 3),  # d=85
+    ("dln_10x4_r2", {"family": "dln", "widths": [10, 10, 10, 10]}, 2),  # d=300
+    ("dln_12_12_12_8_r4", {"family": "dln", "widths": [12, 12, 12, 12, 8]}, 4),  # d=528
+]
+QUICK = ["rrr_4_3_5_r1", "rrr_4_2_6_r0", "dln_4_4_3_4_r2", "dln_5_3_5_r1"]
+
+
+def bare_grad_throughput(problem, num_chains: int, steps: int = 2000) -> float:
+    """Gradients per second of a jitted, chain-vmapped value_and_grad loop (the ceiling)."""
+    post = problem.posterior_params()
+    grad = jax.vmap(jax.value_and_grad(lambda w: log_density(w, problem.data, post, problem.arch)))
+
+    @jax.jit
+    def loop(w):
+        def step(w, _):
+            value, g = grad(w)
+            return w + 1e-9 * g, value.sum()
+
+        return jax.lax.scan(step, w, None, length=steps)
+
+    w = jnp.tile(problem.w_star, (num_chains, 1))
+    jax.block_until_ready(loop(w))  # compile
+    started = time.perf_counter()
+    jax.block_until_ready(loop(w))
+    return num_chains * steps / (time.perf_counter() - started)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
+    parser.add_argument("--problems", nargs="*", help="names from the suite")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--gamma", type=float, default=1.0)
+    parser.add_argument("--beta0", type=float, default=1.0)
+    parser.add_argument("--num-warmup", type=int, default=1000)
+    parser.add_argument("--num-draws", type=int, default=2000)
+    parser.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results/reference_accuracy.json")
+    )
+    args = parser.parse_args()
+    enable_compilation_cache()
+    names = args.problems or (QUICK if args.quick else [name for name, _, _ in SUITE])
+    unknown = sorted(set(names) - {name for name, _, _ in SUITE})
+    if unknown:
+        print(f"error: --problems: unknown {unknown}", file=sys.stderr)
+        return 2
+    config = ReferenceConfig(num_warmup=args.num_warmup, num_draws=args.num_draws)
+    report = {"settings": vars(args) | {"out": str(args.out)}, "problems": []}
+    for name, model, rank in SUITE:
+        if name not in names:
+            continue
+        runs = []
+        for seed in range(args.seeds):
+            spec = ProblemSpec.model_validate(
+                {
+                    "name": name,
+                    "model": model,
+                    "teacher": {"rank": rank},
+                    "data": {"n": args.n},
+                    "posterior": {"gamma": args.gamma, "beta0": args.beta0},
+                    "seed": seed,
+                }
+            )
+            problem = build_problem(spec)
+            result = run(problem, config)
+            runs.append(result.model_dump())
+            print(
+                f"{name:<20} seed {seed} d={problem.d:<4} λ={result.lambda_theory:<6g} "
+                f"llc={result.llc_ref:7.3f} ± {result.se_ref:.3f} R-hat={result.rhat:.3f} "
+                f"div={result.divergences:<4} {result.runtime_sec:6.1f} s",
+                flush=True,
+            )
+        llcs = [r["llc_ref"] for r in runs]
+        lam = runs[0]["lambda_theory"]
+        warm = runs[1:] or runs  # seed ≥ 1 reuse the compiled kernels: throughput without compile
+        hmc_rate = sum(r["grad_evals"] for r in warm) / sum(r["runtime_sec"] for r in warm)
+        bare_rate = bare_grad_throughput(problem, config.num_chains)
+        summary = {
+            "name": name,
+            "d": runs[0]["d"],
+            "lambda_theory": lam,
+            "llc_mean": statistics.fmean(llcs),
+            "relative_bias": (statistics.fmean(llcs) - lam) / lam,
+            "seed_spread_sd": statistics.stdev(llcs) if len(llcs) > 1 else None,
+            "wbic_scale": math.sqrt(lam * runs[0]["beta"] / 2),
+            "max_rhat": max(r["rhat"] for r in runs),
+            "divergences": sum(r["divergences"] for r in runs),
+            "runtime_sec": sum(r["runtime_sec"] for r in runs),
+            "hmc_grads_per_sec": hmc_rate,
+            "bare_grads_per_sec": bare_rate,
+            "runs": runs,
+        }
+        report["problems"].append(summary)
+        atomic_write_json(args.out, report)
+        sd = summary["seed_spread_sd"]
+        print(
+            f"== {name}: λ={lam:g} mean={summary['llc_mean']:.3f} "
+            f"bias={100 * summary['relative_bias']:+.1f}% "
+            f"spread={sd if sd is None else round(sd, 3)} "
+            f"(√(λβ/2)={summary['wbic_scale']:.3f}) HMC/bare grads/s="
+            f"{hmc_rate:.0f}/{bare_rate:.0f} ({hmc_rate / bare_rate:.2f}×)",
+            flush=True,
+        )
+    biases = [abs(p["relative_bias"]) for p in report["problems"]]
+    if biases:
+        print(
+            f"|relative bias|: median {100 * np.median(biases):.1f}%, "
+            f"worst {100 * max(biases):.1f}%"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
