@@ -182,9 +182,7 @@ def _compiled(static: _Static, n: int, n_in: int, n_out: int, d: int):
     positions = jax.ShapeDtypeStruct((static.num_chains, d), f64)
     warmup = jax.jit(_warmup, static_argnames="static")
     warmup = warmup.lower(key_spec, positions, data, post, static=static).compile()
-    states, parameters, _ = jax.eval_shape(
-        partial(_warmup, static=static), key_spec, positions, data, post
-    )
+    states, parameters, _ = warmup.out_info  # the chunk starts where the warmup ends
     chunk = jax.jit(_sample_chunk, static_argnames="static")
     chunk = chunk.lower(key_spec, states, parameters, data, post, static=static).compile()
     return warmup, chunk
