@@ -118,12 +118,24 @@ class OptimumSpec(_Frozen):
     """How w* is found: Adam then L-BFGS in float64 until ‖∇L_n‖ < grad_tol."""
 
     init: Literal["teacher", "random"] = "teacher"
+    init_jitter: float = Field(
+        default=1e-2,
+        ge=0,
+        description="std of noise added to the teacher: lets training leave the saddles "
+        "where every factor has rank exactly r (measured: w* at such a point "
+        "underestimated λ by 20 %)",
+    )
     adam_steps: int = Field(default=2000, ge=0)
     adam_lr: float = Field(default=1e-2, gt=0)
     lbfgs_steps: int = Field(default=500, ge=0)
     grad_tol: float = Field(default=1e-8, gt=0)
     max_grad_norm: float = Field(
         default=1e-4, gt=0, description="refuse a w* whose gradient norm exceeds this"
+    )
+    saddle_tol: float = Field(
+        default=1e-6,
+        gt=0,
+        description="refuse a w* whose Hessian has an eigenvalue below −saddle_tol·(largest)",
     )
 
 

@@ -134,6 +134,28 @@ def train_optimum(w0: np.ndarray, data: LossData, arch: Arch, opt: OptimumSpec) 
     return w
 
 
+def _initial_point(spec: ProblemSpec, teacher: np.ndarray, arch: Arch) -> np.ndarray:
+    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 1]))
+    if spec.optimum.init == "random":
+        return random_params(rng, arch.layers, 1.0)
+    return teacher + spec.optimum.init_jitter * rng.normal(size=teacher.shape)
+
+
+def hessian_min_eigenvalue(
+    w: jax.Array, data: LossData, arch: Arch, max_dim: int = 2000
+) -> float | None:
+    """Smallest Hessian eigenvalue of L_n at w relative to the largest (None if d > max_dim).
+
+    A gradient norm near zero does not make a minimum: a teacher whose factors are exactly
+    rank r sits on a saddle of L_n (the noise-fitting directions need several factors to
+    move at once). Third-order saddles stay invisible here; ``init_jitter`` avoids them.
+    """
+    if w.shape[0] > max_dim:
+        return None
+    eigenvalues = np.linalg.eigvalsh(np.asarray(jax.hessian(empirical_loss)(w, data, arch)))
+    return float(eigenvalues[0] / max(abs(eigenvalues[-1]), 1e-300))
+
+
 def build_problem(spec: ProblemSpec, cache_dir: Path | None = None) -> Problem:
     """Data, w*, L0 for ``spec``; w* is loaded from ``cache_dir`` when saved there before."""
     pid = spec.pid
@@ -145,18 +167,22 @@ def build_problem(spec: ProblemSpec, cache_dir: Path | None = None) -> Problem:
     w_star = _load_target(cache_dir, pid) if cache_dir else None
     trained = w_star is None
     if trained:
-        if spec.optimum.init == "teacher":
-            w0 = dataset.teacher
-        else:
-            rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 1]))
-            w0 = random_params(rng, arch.layers, 1.0)
-        w_star = train_optimum(w0, data, arch, spec.optimum)
+        w_star = train_optimum(
+            _initial_point(spec, dataset.teacher, arch), data, arch, spec.optimum
+        )
     grad_norm = _grad_norm(w_star, data, arch)
     if not np.isfinite(grad_norm) or grad_norm > spec.optimum.max_grad_norm:
         raise OptimumError(
             f"problem {spec.name} ({pid}): w* gradient norm {grad_norm:.3g} exceeds "
             f"optimum.max_grad_norm={spec.optimum.max_grad_norm:g}; raise optimum.adam_steps/"
             "lbfgs_steps or loosen max_grad_norm"
+        )
+    min_eig = hessian_min_eigenvalue(w_star, data, arch)
+    if min_eig is not None and min_eig < -spec.optimum.saddle_tol:
+        raise OptimumError(
+            f"problem {spec.name} ({pid}): w* is a saddle point (relative Hessian eigenvalue "
+            f"{min_eig:.3g} < -optimum.saddle_tol={spec.optimum.saddle_tol:g}); "
+            "raise optimum.init_jitter or use optimum.init: random"
         )
     L0 = float(empirical_loss(w_star, data, arch))
     assert num_params(arch.layers) == w_star.shape[0]

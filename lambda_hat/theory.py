@@ -20,10 +20,10 @@ from fractions import Fraction
 
 @dataclass(frozen=True)
 class LearningCoefficient:
-    """A learning coefficient λ and its multiplicity m."""
+    """A learning coefficient λ and its multiplicity m (None where no verified form is known)."""
 
     lam: Fraction
-    multiplicity: int
+    multiplicity: int | None
 
     def __float__(self) -> float:
         return float(self.lam)
@@ -68,7 +68,9 @@ def dln(widths: Sequence[int], r: int) -> LearningCoefficient:
         λ = (−r² + r(H1 + H_{L+1}))/2 + a(l−a)/(4l) − l(l−1)/4·(Σ_S M/l)²
             + ½ Σ_{i<j∈S} M_i M_j,
 
-    with multiplicity 1 if a = l and 2 otherwise.
+    with multiplicity 1 if a = l and 2 otherwise for l ≤ 2 (where it agrees with RRR). For
+    l ≥ 3 the multiplicity is left as None: the same rule would give 2 for widths
+    [1, 1, 1, 1], r = 0, whose K(w) = (abc)² is already normal crossing with m = 3.
     """
     widths = list(widths)
     if len(widths) < 2:
@@ -89,7 +91,8 @@ def dln(widths: Sequence[int], r: int) -> LearningCoefficient:
         - Fraction(ell * (ell - 1), 4) * Fraction(total, ell) ** 2
         + Fraction(pairs, 2)
     )
-    return LearningCoefficient(lam, 1 if a == ell else 2)
+    multiplicity = (1 if a == ell else 2) if ell <= 2 else None
+    return LearningCoefficient(lam, multiplicity)
 
 
 def _aoyagi_subset(sorted_m: list[int]) -> list[int]:

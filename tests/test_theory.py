@@ -55,6 +55,24 @@ def test_single_layer_dln_is_regular(n_in, n_out):
         assert theory.dln([n_in, n_out], r) == theory.regular(n_in * n_out)
 
 
+@pytest.mark.parametrize("depth", [2, 3, 4, 6])
+def test_scalar_chain_matches_the_monomial_threshold(depth):
+    # widths [1]*(depth+1), r = 0: K(w) = (w_1⋯w_depth)², already normal crossing, λ = 1/2.
+    # An independent check of the DLN formula beyond three layers.
+    assert theory.dln([1] * (depth + 1), 0).lam == Fraction(1, 2)
+
+
+@pytest.mark.parametrize("n", [3, 4, 7])
+def test_bottleneck_of_width_one_matches_the_blown_up_threshold(n):
+    # widths [n, 1, 1, n], r = 0: K ~ |a|²·b²·|c|² with |a|, |c| radii in R^n: λ = 1/2, m = 1.
+    assert theory.dln([n, 1, 1, n], 0) == theory.LearningCoefficient(Fraction(1, 2), 1)
+
+
+def test_multiplicity_is_not_claimed_beyond_three_layers():
+    assert theory.dln([10, 10, 10, 10], 0).multiplicity is None
+    assert theory.dln([5, 3, 5], 0).multiplicity == 2
+
+
 def test_regular_is_half_the_dimension():
     assert theory.regular(27).lam == Fraction(27, 2)
     assert float(theory.regular(3)) == 1.5
