@@ -74,6 +74,7 @@ def main() -> int:
     parser.add_argument("--beta0", type=float, default=1.0)
     parser.add_argument("--num-warmup", type=int, default=1000)
     parser.add_argument("--num-draws", type=int, default=2000)
+    parser.add_argument("--algorithm", choices=["nuts", "hmc"], default="nuts")
     parser.add_argument(
         "--out", type=Path, default=Path("benchmarks/results/reference_accuracy.json")
     )
@@ -84,7 +85,9 @@ def main() -> int:
     if unknown:
         print(f"error: --problems: unknown {unknown}", file=sys.stderr)
         return 2
-    config = ReferenceConfig(num_warmup=args.num_warmup, num_draws=args.num_draws)
+    config = ReferenceConfig(
+        algorithm=args.algorithm, num_warmup=args.num_warmup, num_draws=args.num_draws
+    )
     report = {"settings": vars(args) | {"out": str(args.out)}, "problems": []}
     for name, model, rank in SUITE:
         if name not in names:

@@ -55,6 +55,7 @@ class Problem:
     w_star: jax.Array
     L0: float
     grad_norm: float
+    hessian_min_eig: float | None  # relative to the largest; None when d is too large
     beta: float
     lambda_theory: theory.LearningCoefficient | None
 
@@ -194,6 +195,7 @@ def build_problem(spec: ProblemSpec, cache_dir: Path | None = None) -> Problem:
         w_star=jnp.asarray(w_star),
         L0=L0,
         grad_norm=grad_norm,
+        hessian_min_eig=min_eig,
         beta=inverse_temperature(spec.data.n, spec.posterior.beta0),
         lambda_theory=closed_form(spec),
     )

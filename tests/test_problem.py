@@ -111,5 +111,5 @@ def test_a_saddle_is_refused_and_the_jittered_teacher_reaches_the_minimum():
         build_problem(exact)
     jittered = build_problem(make_spec(teacher={"rank": 0}))
     from_random = build_problem(make_spec(teacher={"rank": 0}, optimum={"init": "random"}))
-    assert jittered.L0 == pytest.approx(from_random.L0, abs=1e-10)
+    assert abs(jittered.L0 - from_random.L0) < 1e-10
     assert float(np.abs(jittered.w_star).max()) > 1e-3  # it left the saddle at zero

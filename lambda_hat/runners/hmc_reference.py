@@ -78,6 +78,7 @@ class ReferenceResult(BaseModel):
     gamma: float
     d: int
     w_star_grad_norm: float
+    w_star_hessian_min_eig: float | None
     budget_exhausted: bool
     code_version: str
     lambda_theory: float | None = None
@@ -188,6 +189,51 @@ def _compiled(static: _Static, n: int, n_in: int, n_out: int, d: int):
     return warmup, chunk
 
 
+class _Tally(NamedTuple):
+    losses: np.ndarray  # (chains, kept draws) of L_n
+    divergences: int
+    acceptance: float
+    grad_evals: int
+    budget_exhausted: bool
+
+
+class _ChunkedSampler:
+    """Runs compiled chunks until ``num_draws`` are kept or the next chunk would miss the
+    deadline (judged by the slowest chunk so far)."""
+
+    def __init__(self, chunk, parameters, data, post, config: ReferenceConfig, static: _Static):
+        self.chunk, self.parameters, self.data, self.post = chunk, parameters, data, post
+        self.config, self.static = config, static
+
+    def sample(self, states, key, *, deadline, first_chunk_sec, progress) -> _Tally | None:
+        config, size = self.config, self.static.chunk_size
+        losses, divergences, acceptance, grad_evals = [], 0, [], 0
+        slowest, kept, exhausted = first_chunk_sec, 0, False
+        while kept < config.num_draws:
+            if deadline is not None and time.perf_counter() + slowest > deadline:
+                exhausted = True
+                break
+            chunk_start = time.perf_counter()
+            key, key_chunk = jax.random.split(key)
+            keys = jax.random.split(key_chunk, config.num_chains)
+            outputs = self.chunk(keys, states, self.parameters, self.data, self.post)  # async
+            # Compile the diagnostics for the trace this chunk completes while it runs.
+            compiled_diagnostics((config.num_chains, min(kept + size, config.num_draws)))
+            states, chunk_losses, divergent, accept, grads = jax.block_until_ready(outputs)
+            slowest = max(slowest, time.perf_counter() - chunk_start)
+            losses.append(np.asarray(chunk_losses))
+            divergences += int(np.sum(divergent))
+            acceptance.append(np.asarray(accept))
+            grad_evals += int(np.sum(grads))
+            kept += size
+            if progress:
+                progress(min(kept, config.num_draws), config.num_draws)
+        if not losses:
+            return None
+        trace = np.concatenate(losses, axis=1)[:, : config.num_draws]
+        return _Tally(trace, divergences, float(np.mean(acceptance)), grad_evals, exhausted)
+
+
 def _static(problem: Problem, config: ReferenceConfig) -> _Static:
     return _Static(
         arch=problem.arch,
@@ -240,38 +286,21 @@ def run(
     # Until a chunk has been timed, predict its cost from the warmup's time per transition
     # (pessimistic: early warmup uses small steps and long trajectories).
     per_transition = (time.perf_counter() - warmup_start) / config.num_warmup
-    slowest_chunk = per_transition * static.chunk_size * static.thinning
-    losses, divergences, acceptance = [], 0, []
-    grad_evals = int(np.sum(warmup_grads))
-    budget_exhausted, kept = False, 0
-    while kept < config.num_draws:
-        elapsed = time.perf_counter() - start
-        if budget_sec is not None and elapsed + slowest_chunk > budget_sec:
-            budget_exhausted = True
-            break
-        chunk_start = time.perf_counter()
-        key_sample, key_chunk = jax.random.split(key_sample)
-        keys = jax.random.split(key_chunk, config.num_chains)
-        outputs = chunk(keys, states, parameters, problem.data, post)  # dispatched async
-        # Compile the diagnostics for the trace this chunk completes while it runs.
-        compiled_diagnostics((config.num_chains, min(kept + static.chunk_size, config.num_draws)))
-        states, chunk_losses, divergent, accept, grads = jax.block_until_ready(outputs)
-        slowest_chunk = max(slowest_chunk, time.perf_counter() - chunk_start)
-        losses.append(np.asarray(chunk_losses))
-        divergences += int(np.sum(divergent))
-        acceptance.append(np.asarray(accept))
-        grad_evals += int(np.sum(grads))
-        kept += static.chunk_size
-        if progress:
-            progress(min(kept, config.num_draws), config.num_draws)
-    if not losses:
+    sampler = _ChunkedSampler(chunk, parameters, problem.data, post, config, static)
+    tally = sampler.sample(
+        states,
+        key_sample,
+        deadline=None if budget_sec is None else start + budget_sec,
+        first_chunk_sec=per_transition * static.chunk_size * static.thinning,
+        progress=progress,
+    )
+    if tally is None:
         raise BudgetError(
             f"budget_sec={budget_sec:g} ended before the first draw "
             f"(compile + warmup took {time.perf_counter() - start:.1f} s); "
             "raise it or lower num_warmup"
         )
-    trace = np.concatenate(losses, axis=1)[:, : config.num_draws]
-    estimate = llc_from_losses(trace, problem.L0, problem.n_beta)
+    estimate = llc_from_losses(tally.losses, problem.L0, problem.n_beta)
     theory = problem.lambda_theory
     result = ReferenceResult(
         pid=problem.pid,
@@ -281,9 +310,9 @@ def run(
         rhat=estimate.rhat,
         n_draws=estimate.n_draws,
         n_chains=config.num_chains,
-        divergences=divergences,
-        acceptance=float(np.mean(acceptance)),
-        grad_evals=grad_evals,
+        divergences=tally.divergences,
+        acceptance=tally.acceptance,
+        grad_evals=int(np.sum(warmup_grads)) + tally.grad_evals,
         runtime_sec=time.perf_counter() - start,
         L0=problem.L0,
         n=problem.n,
@@ -291,7 +320,8 @@ def run(
         gamma=problem.gamma,
         d=problem.d,
         w_star_grad_norm=problem.grad_norm,
-        budget_exhausted=budget_exhausted,
+        w_star_hessian_min_eig=problem.hessian_min_eig,
+        budget_exhausted=tally.budget_exhausted,
         code_version=reference_code_version(config),
         lambda_theory=float(theory.lam) if theory else None,
         lambda_multiplicity=theory.multiplicity if theory else None,
