@@ -79,11 +79,13 @@ def test_same_seed_same_number_other_seed_other_number(tiny_spec):
     assert other.llc_ref != first.llc_ref
 
 
-def test_plain_hmc_option(tiny_spec):
+def test_plain_hmc_with_dense_mass_matrix_option():
     problem = build_problem(
         make_spec(model={"family": "dln", "widths": [3, 2]}, teacher={"rank": 2})
     )
-    config = FAST.model_copy(update={"algorithm": "hmc", "num_integration_steps": 8})
+    config = FAST.model_copy(
+        update={"algorithm": "hmc", "num_integration_steps": 8, "mass_matrix": "dense"}
+    )
     result = run(problem, config)
     assert result.algorithm == "hmc"
     assert abs(result.llc_ref - exact_gaussian_llc(problem)) < 4 * result.se_ref

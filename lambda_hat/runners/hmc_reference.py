@@ -51,6 +51,7 @@ class ReferenceConfig(BaseModel):
     thinning: int = Field(default=1, ge=1)
     chunk_size: int = Field(default=100, ge=1, description="draws per compiled chunk")
     target_accept: float = Field(default=0.8, gt=0, lt=1)
+    mass_matrix: Literal["diagonal", "dense"] = "diagonal"
     max_num_doublings: int = Field(default=10, ge=1, le=15, description="NUTS tree depth cap")
     num_integration_steps: int = Field(default=16, ge=1, description="HMC leapfrog steps")
     seed: int = Field(default=0, ge=0)
@@ -97,6 +98,7 @@ class _Static(NamedTuple):
     chunk_size: int
     thinning: int
     target_accept: float
+    dense_mass: bool
     max_num_doublings: int
     num_integration_steps: int
 
@@ -118,6 +120,7 @@ def _warmup(keys, positions, data, post, static: _Static):
         algorithm,
         _logdensity(data, post, static.arch),
         target_acceptance_rate=static.target_accept,
+        is_mass_matrix_diagonal=not static.dense_mass,
         adaptation_info_fn=get_filter_adapt_info_fn(info_keys={"num_integration_steps"}),
         **extra,
     )
@@ -243,6 +246,7 @@ def _static(problem: Problem, config: ReferenceConfig) -> _Static:
         chunk_size=min(config.chunk_size, config.num_draws),
         thinning=config.thinning,
         target_accept=config.target_accept,
+        dense_mass=config.mass_matrix == "dense",
         max_num_doublings=config.max_num_doublings,
         num_integration_steps=config.num_integration_steps,
     )
