@@ -143,13 +143,15 @@ def _initial_point(spec: ProblemSpec, teacher: np.ndarray, arch: Arch) -> np.nda
 
 
 def hessian_min_eigenvalue(
-    w: jax.Array, data: LossData, arch: Arch, max_dim: int = 2000
+    w: jax.Array, data: LossData, arch: Arch, max_dim: int = 1000
 ) -> float | None:
-    """Smallest Hessian eigenvalue of L_n at w relative to the largest (None if d > max_dim).
+    """Smallest Hessian eigenvalue of L_n at w relative to the largest (None if d > max_dim:
+    the dense Hessian's forward pass holds d tangents of the whole dataset).
 
     A gradient norm near zero does not make a minimum: a teacher whose factors are exactly
     rank r sits on a saddle of L_n (the noise-fitting directions need several factors to
-    move at once). Third-order saddles stay invisible here; ``init_jitter`` avoids them.
+    move at once). Third-order saddles stay invisible here; ``init_jitter`` is the only
+    defence against those.
     """
     if w.shape[0] > max_dim:
         return None
