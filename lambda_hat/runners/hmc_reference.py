@@ -220,8 +220,10 @@ class _ChunkedSampler:
             key, key_chunk = jax.random.split(key)
             keys = jax.random.split(key_chunk, config.num_chains)
             outputs = self.chunk(keys, states, self.parameters, self.data, self.post)  # async
-            # Compile the diagnostics for the trace this chunk completes while it runs.
-            compiled_diagnostics((config.num_chains, min(kept + size, config.num_draws)))
+            if deadline is not None:
+                # Any chunk may be the last under a budget: compile the diagnostics for the
+                # trace it completes while it runs, so stopping never waits for a compile.
+                compiled_diagnostics((config.num_chains, min(kept + size, config.num_draws)))
             states, chunk_losses, divergent, accept, grads = jax.block_until_ready(outputs)
             slowest = max(slowest, time.perf_counter() - chunk_start)
             losses.append(np.asarray(chunk_losses))
