@@ -40,11 +40,19 @@ def reference(problem):
 
 
 # Tolerances, measured on this problem and one more data seed (reference 3.29 and 3.26):
-# SGLD at ε = 2e-4 (its O(ε) bias and minibatch noise) −6 % / +7 %; tuned MCLMC (no
-# Metropolis correction, energy-variance bias) −6 % / −3 %; full-rank VI +10 % / +12 %.
+# SGLD at ε = 2e-4 (its O(ε) bias and minibatch noise) −6 % / +7 % (run-to-run sd over 8
+# sampler seeds 0.2, float32 the same within noise); pSGLD 0 % / −2 %; float32 SGLD
+# +12 % / +19 %; tuned MCLMC (no Metropolis correction, energy-variance bias) −6 % / −3 %;
+# full-rank VI +10 % / +12 %.
 @pytest.mark.parametrize(
     ("method", "config", "tolerance"),
-    [("sgld", SGLD, 0.15), ("mclmc", MCLMC, 0.12), ("vi", VI_FULLRANK, 0.20)],
+    [
+        ("sgld", SGLD, 0.15),
+        ("sgld", {**SGLD, "preconditioner": "rmsprop", "step_size": 3e-4}, 0.15),
+        ("sgld", {**SGLD, "precision": "float32"}, 0.25),
+        ("mclmc", MCLMC, 0.12),
+        ("vi", VI_FULLRANK, 0.20),
+    ],
 )
 def test_method_lands_near_the_reference(problem, reference, method, config, tolerance):
     result = run_trial(problem, method, config, budget_sec=None, seed=0)
