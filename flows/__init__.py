@@ -1,0 +1,1 @@
+"""Prefect flows: ``reference`` (HMC references) and ``tune`` (Optuna tuning of cheap methods)."""

@@ -1,0 +1,118 @@
+"""``python flows/tune.py`` arguments: validated up front, one-line errors, and --dry-run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import optuna
+from pydantic import ValidationError
+
+from lambda_hat.io import read_json
+from lambda_hat.problems import PRESETS, SpecError, format_validation_error, load_problem_set
+from lambda_hat.runners.hmc_reference import ReferenceConfig, reference_code_version
+from lambda_hat.runners.run_method import METHODS
+from lambda_hat.search_space import SearchSpaceError, load_methods
+from lambda_hat.settings import Settings
+from lambda_hat.tuning import engine_kwargs, finished_trials
+
+
+class _OneLineErrors(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _OneLineErrors(
+        prog="python flows/tune.py",
+        description="Tune SGLD, MCLMC and VI hyperparameters against HMC reference LLCs.",
+    )
+    p.add_argument(
+        "--problems", default="default", help=f"a YAML file or a preset ({', '.join(PRESETS)})"
+    )
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    p.add_argument("--n-trials", type=_positive_int, default=8, help="finished trials per study")
+    p.add_argument("--batch", type=_positive_int, default=2, help="trials in flight per study")
+    p.add_argument("--objective", choices=["abs", "huber"], default="abs")
+    p.add_argument("--huber-k", type=_positive_float, default=1.0, help="huber δ = k·se_ref")
+    p.add_argument("--refresh-references", action="store_true", help="recompute HMC references")
+    p.add_argument("--methods-file", default=None, help="YAML overriding the search spaces")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, compute nothing")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and validate everything a run needs before anything starts."""
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        load_problem_set(args.problems)
+        load_methods(args.methods_file)
+        Settings()
+    except (SpecError, SearchSpaceError) as error:
+        p.error(str(error))
+    except ValidationError as error:
+        p.error(f"settings (LAMBDA_HAT_*): {format_validation_error(error)}")
+    return args
+
+
+def _reference_cached(artifacts_dir: Path, pid: str, config: ReferenceConfig) -> bool:
+    record = read_json(artifacts_dir / "problems" / pid / "ref.json")
+    return bool(record) and record.get("code_version") == reference_code_version(config)
+
+
+def _finished(url: str, name: str) -> int:
+    """Finished trials of a study, without creating storage that does not exist yet."""
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return 0
+    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+    try:
+        return finished_trials(optuna.load_study(study_name=name, storage=storage))
+    except KeyError:
+        return 0
+
+
+def print_plan(args: argparse.Namespace) -> None:
+    settings = Settings()
+    problem_set = load_problem_set(args.problems)
+    config = ReferenceConfig(num_warmup=300, num_draws=600)
+    print(f"settings: {settings.public()}")
+    print(
+        f"plan: {len(problem_set.problems)} problems × {len(args.methods)} methods, "
+        f"{args.n_trials} trials per study, {args.batch} in flight, objective {args.objective}"
+    )
+    url = settings.storage_url()
+    for spec in problem_set.problems:
+        cached = _reference_cached(settings.artifacts_dir, spec.pid, config)
+        reference = (
+            "recompute (refresh)"
+            if args.refresh_references
+            else ("cached" if cached else "to compute")
+        )
+        print(f"- {spec.name} ({spec.pid}): reference {reference}")
+        for method in args.methods:
+            done = _finished(url, f"{spec.pid}:{method}")
+            print(
+                f"    study {spec.pid}:{method}: {done} finished, "
+                f"{max(args.n_trials - done, 0)} to run"
+            )

@@ -1,0 +1,144 @@
+"""The ``reference`` flow: HMC reference LLCs for a problem set, cached per problem.
+
+    python flows/reference.py --problems smoke          # or run the deployment
+
+1. load and validate the problem set;
+2. start the Dask cluster from the settings;
+3. compute every reference in parallel (cached: pid + reference config + code version);
+4. publish a table artifact (``reference-table``) and return the references.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+from prefect.futures import wait
+
+from flows.cluster import dask_cluster, runner_for
+from lambda_hat.problems import load_problem_set
+from lambda_hat.runners.hmc_reference import ReferenceConfig
+from lambda_hat.settings import Settings
+from tasks.reference import hmc_reference
+
+
+def storage_paths(settings: Settings) -> dict[str, str]:
+    """Absolute paths every worker uses (the same on every node of a cluster)."""
+    results = settings.results_dir.resolve()
+    return {
+        "results_dir": str(results),
+        "artifacts_dir": str(settings.artifacts_dir.resolve()),
+        "jax_cache_dir": str(settings.jax_cache_dir()),
+    }
+
+
+@flow(name="compute-references")
+def compute_references(
+    specs: list[dict[str, Any]],
+    config: dict[str, Any],
+    refresh: bool = False,
+    budget_sec: float | None = None,
+) -> list[dict[str, Any]]:
+    """One cached ``hmc_reference`` task per problem, all in flight at once."""
+    settings = Settings()
+    task = hmc_reference.with_options(
+        refresh_cache=refresh,
+        result_storage=settings.results_dir.resolve() / "prefect-results",
+    )
+    futures = [
+        task.submit(spec, config, budget_sec=budget_sec, **storage_paths(settings))
+        for spec in specs
+    ]
+    wait(futures)
+    references = []
+    for future in futures:
+        record = dict(future.result())
+        record["cached"] = future.state.name == "Cached"
+        references.append(record)
+    return references
+
+
+def reference_table(references: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def fmt(value: float | None, digits: int = 3) -> str:
+        return "" if value is None else f"{value:.{digits}f}"
+
+    return [
+        {
+            "pid": ref["pid"],
+            "name": ref["name"],
+            "d": ref["d"],
+            "n": ref["n"],
+            "llc_ref": f"{ref['llc_ref']:.3f} ± {ref['se_ref']:.3f}",
+            "rhat": fmt(ref["rhat"]),
+            "lambda_theory": fmt(ref.get("lambda_theory")),
+            "runtime_sec": fmt(ref["runtime_sec"], 1),
+            "cached": ref["cached"],
+        }
+        for ref in references
+    ]
+
+
+@flow(name="reference", log_prints=True)
+def reference(
+    problems: str = "default",
+    refresh: bool = False,
+    num_warmup: int = 300,
+    num_draws: int = 600,
+    num_chains: int = 4,
+    algorithm: str = "nuts",
+) -> list[dict[str, Any]]:
+    """HMC references for ``problems`` (a preset name or a YAML path); ``refresh``
+    recomputes them even when cached (the nightly deployment sets it)."""
+    logger = get_run_logger()
+    settings = Settings()
+    problem_set = load_problem_set(problems)
+    config = ReferenceConfig(
+        algorithm=algorithm, num_warmup=num_warmup, num_draws=num_draws, num_chains=num_chains
+    )
+    specs = [spec.model_dump(mode="json") for spec in problem_set.problems]
+    logger.info("%d problems from %s, refresh=%s", len(specs), problems, refresh)
+    with dask_cluster(settings.cluster) as address:
+        references = compute_references.with_options(task_runner=runner_for(address))(
+            specs,
+            config.model_dump(mode="json"),
+            refresh=refresh,
+            budget_sec=settings.budgets.reference_sec,
+        )
+    create_table_artifact(
+        key="reference-table",
+        table=reference_table(references),
+        description=f"HMC references for {problems}",
+    )
+    for ref in references:
+        logger.info(
+            "%s (%s): llc_ref %.3f ± %.3f%s",
+            ref["name"],
+            ref["pid"],
+            ref["llc_ref"],
+            ref["se_ref"],
+            " (cached)" if ref["cached"] else "",
+        )
+    return references
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python flows/reference.py", description=__doc__)
+    parser.add_argument("--problems", default="default", help="a preset or a YAML file")
+    parser.add_argument("--refresh", action="store_true", help="recompute cached references")
+    parser.add_argument("--num-warmup", type=int, default=300)
+    parser.add_argument("--num-draws", type=int, default=600)
+    args = parser.parse_args(argv)
+    reference(
+        problems=args.problems,
+        refresh=args.refresh,
+        num_warmup=args.num_warmup,
+        num_draws=args.num_draws,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""The ``tune`` flow: tune every cheap method on every problem against its HMC reference.
+
+    python flows/tune.py                       # the default preset, end to end
+    python flows/tune.py --problems smoke --methods sgld vi --n-trials 6 --dry-run
+
+1. load the problem set and the methods' search spaces;
+2. start the Dask cluster from the settings;
+3. make sure every reference exists (cached HMC tasks);
+4. for each (problem, method), a ``tune-method`` subflow runs an Optuna study
+   ``<pid>:<method>``, keeping ``batch`` trials in flight and telling each result as it
+   arrives; every finished trial becomes a row of ``runs.parquet``;
+5. publish the leaderboard and a report as artifacts.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.context import get_run_context
+from prefect.futures import as_completed
+
+from flows.cluster import dask_cluster, runner_for
+from flows.reference import compute_references, storage_paths
+from flows.report import leaderboard_rows, report_markdown
+from lambda_hat.problems import ProblemSpec, load_problem_set
+from lambda_hat.results import append_rows
+from lambda_hat.runners.hmc_reference import ReferenceConfig
+from lambda_hat.search_space import MethodSpace, load_methods
+from lambda_hat.settings import Settings
+from lambda_hat.tuning import Driver, Outcome, TrialPlan, finished_trials, open_study
+from tasks.trials import run_trial_task
+
+DEFAULT_METHODS = ("sgld", "mclmc", "vi")
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes."""
+    return "-".join(parts).lower().replace("_", "-").replace(":", "-")
+
+
+def _row(outcome: Outcome, context: dict[str, Any]) -> dict[str, Any]:
+    result, plan = outcome.result, outcome.plan
+    llc = result.get("llc_hat")
+    error = None if llc is None else abs(llc - context["llc_ref"])
+    return {
+        **result,
+        **context,
+        "trial_id": plan.trial_id,
+        "trial_number": plan.number,
+        "status": result.get("status"),
+        "error": outcome.reason or result.get("error"),
+        "objective": outcome.objective,
+        "abs_error": error,
+        "rel_error": None if error is None else error / abs(context["llc_ref"]),
+        "hyperparams": plan.hyperparams,
+        "seed": plan.seed,
+        "budget_sec": plan.budget_sec,
+    }
+
+
+@flow(name="tune-method", flow_run_name="tune-{method}-{spec[name]}")
+def tune_method(
+    spec: dict[str, Any],
+    method: str,
+    space: dict[str, Any],
+    reference: dict[str, Any],
+    n_trials: int,
+    batch: int,
+    objective: Literal["abs", "huber"],
+    huber_k: float,
+    budget_sec: float,
+) -> dict[str, Any]:
+    """One Optuna study, resumed if it exists, run until it has ``n_trials`` finished."""
+    logger = get_run_logger()
+    settings = Settings()
+    paths = storage_paths(settings)
+    pid = ProblemSpec.model_validate(spec).pid
+    study = open_study(settings.storage_url(), f"{pid}:{method}")
+    progress = create_progress_artifact(
+        100.0 * min(finished_trials(study), n_trials) / n_trials,
+        key=artifact_key("progress", pid, method),
+        description=f"trials finished in study {study.study_name}",
+    )
+    context = {
+        "study_name": study.study_name,
+        "pid": pid,
+        "problem_name": spec["name"],
+        "method": method,
+        "objective_kind": objective,
+        "llc_ref": reference["llc_ref"],
+        "se_ref": reference["se_ref"],
+        "flow_run_id": str(get_run_context().flow_run.id),
+    }
+    parquet = settings.results_dir.resolve() / "runs.parquet"
+    trial_task = run_trial_task.with_options(
+        result_storage=settings.results_dir.resolve() / "prefect-results"
+    )
+
+    def submit(plan: TrialPlan):
+        return trial_task.submit(
+            plan.trial_id, spec, method, plan.config, plan.seed, plan.budget_sec, **paths
+        )
+
+    def on_outcome(outcome: Outcome, done: int, total: int) -> None:
+        append_rows(parquet, [_row(outcome, context)])
+        update_progress_artifact(progress, 100.0 * min(done, total) / total)
+        best = study.best_value if any(t.value is not None for t in study.trials) else None
+        shown = (
+            "failed: " + str(outcome.reason)
+            if outcome.objective is None
+            else (f"objective {outcome.objective:.4g}")
+        )
+        logger.info(
+            "%s %s: trial %d/%d %s; best so far %s",
+            spec["name"],
+            method,
+            done,
+            total,
+            shown,
+            "none" if best is None else f"{best:.4g}",
+        )
+
+    driver = Driver(
+        study,
+        MethodSpace.model_validate(space),
+        pid=pid,
+        method=method,
+        budget_sec=budget_sec,
+        llc_ref=reference["llc_ref"],
+        se_ref=reference["se_ref"],
+        objective=objective,
+        huber_k=huber_k,
+        on_outcome=on_outcome,
+    )
+    outcomes = driver.run(
+        n_trials, batch=batch, submit=submit, first_done=lambda fs: next(as_completed(fs))
+    )
+    return {
+        "study_name": study.study_name,
+        "trials_run_now": len(outcomes),
+        "trials_finished": finished_trials(study),
+        "timeline": [
+            (o.plan.trial_id, o.result.get("started_at"), o.result.get("finished_at"))
+            for o in outcomes
+        ],
+    }
+
+
+@flow(name="tune", log_prints=True)
+def tune(
+    problems: str = "default",
+    methods: list[str] = list(DEFAULT_METHODS),  # noqa: B006 - Prefect shows it in the form
+    n_trials: int = 8,
+    batch: int = 2,
+    objective: Literal["abs", "huber"] = "abs",
+    huber_k: float = 1.0,
+    refresh_references: bool = False,
+    methods_file: str | None = None,
+    reference_warmup: int = 300,
+    reference_draws: int = 600,
+) -> dict[str, Any]:
+    """Tune ``methods`` on ``problems`` (a preset or YAML path) with ``n_trials`` per study."""
+    logger = get_run_logger()
+    settings = Settings()
+    problem_set = load_problem_set(problems)
+    spaces = load_methods(methods_file)
+    specs = [spec.model_dump(mode="json") for spec in problem_set.problems]
+    config = ReferenceConfig(num_warmup=reference_warmup, num_draws=reference_draws)
+    logger.info("settings: %s", settings.public())
+    started = time.perf_counter()
+    with dask_cluster(settings.cluster) as address:
+        references = compute_references.with_options(task_runner=runner_for(address))(
+            specs,
+            config.model_dump(mode="json"),
+            refresh=refresh_references,
+            budget_sec=settings.budgets.reference_sec,
+        )
+        studies = []
+        for spec, reference in zip(specs, references, strict=True):
+            for method in methods:
+                subflow = tune_method.with_options(task_runner=runner_for(address))
+                summary = subflow(
+                    spec,
+                    method,
+                    spaces[method].model_dump(mode="json"),
+                    reference,
+                    n_trials,
+                    batch,
+                    objective,
+                    huber_k,
+                    settings.budgets.trial_sec,
+                )
+                studies.append(summary)
+    rows = leaderboard_rows(settings.storage_url(), references, methods)
+    create_table_artifact(key="leaderboard", table=rows, description="best trial per study")
+    create_markdown_artifact(
+        key="tune-report",
+        markdown=report_markdown(rows, references, problems, time.perf_counter() - started),
+        description="tuning report",
+    )
+    return {"references": references, "studies": studies, "leaderboard": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from flows.cli import parse_args, print_plan
+
+    args = parse_args(argv)
+    if args.dry_run:
+        print_plan(args)
+        return 0
+    tune(
+        problems=args.problems,
+        methods=args.methods,
+        n_trials=args.n_trials,
+        batch=args.batch,
+        objective=args.objective,
+        huber_k=args.huber_k,
+        refresh_references=args.refresh_references,
+        methods_file=args.methods_file,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""``runs.parquet``: one row per finished trial, flat columns, deduplicated by trial_id.
+
+Writers take a file lock (``runs.parquet.lock``), read what is there, merge, and replace the
+file atomically (temp file + rename), so two flows appending at once lose no rows and a
+reader never sees half a file. Hyperparameters appear twice: as ``hp_<name>`` columns
+(for filtering) and as one JSON column (``hyperparams_json``, exact).
+
+>>> import tempfile, pathlib
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "runs.parquet"
+>>> append_rows(path, [{"trial_id": "r_1", "objective": 0.5, "hyperparams": {"step_size": 1e-4}}])
+1
+>>> append_rows(path, [{"trial_id": "r_1", "objective": 0.4, "hyperparams": {"step_size": 1e-4}}])
+1
+>>> [(row["trial_id"], row["objective"], row["hp_step_size"]) for row in read_rows(path)]
+[('r_1', 0.4, 0.0001)]
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from filelock import FileLock
+
+from lambda_hat.io import atomic_write_bytes
+
+# The documented schema (README, "runs.parquet"); hp_<name> columns come on top.
+COLUMNS: dict[str, pa.DataType] = {
+    "trial_id": pa.string(),
+    "study_name": pa.string(),
+    "trial_number": pa.int64(),
+    "pid": pa.string(),
+    "problem_name": pa.string(),
+    "method": pa.string(),
+    "status": pa.string(),
+    "objective": pa.float64(),
+    "objective_kind": pa.string(),
+    "llc_hat": pa.float64(),
+    "se_hat": pa.float64(),
+    "llc_ref": pa.float64(),
+    "se_ref": pa.float64(),
+    "abs_error": pa.float64(),
+    "rel_error": pa.float64(),
+    "runtime_sec": pa.float64(),
+    "grad_evals": pa.int64(),
+    "full_grad_equiv": pa.float64(),
+    "n_draws": pa.int64(),
+    "seed": pa.int64(),
+    "budget_sec": pa.float64(),
+    "error": pa.string(),
+    "hyperparams_json": pa.string(),
+    "code_version": pa.string(),
+    "started_at": pa.float64(),
+    "finished_at": pa.float64(),
+    "hostname": pa.string(),
+    "worker_pid": pa.int64(),
+    "slurm_job_id": pa.string(),
+    "flow_run_id": pa.string(),
+}
+
+
+def flatten_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A trial record → a flat row: ``hyperparams`` becomes hp_* columns plus JSON."""
+    flat = {name: row.get(name) for name in COLUMNS}
+    hyperparams = row.get("hyperparams") or {}
+    flat["hyperparams_json"] = json.dumps(hyperparams, sort_keys=True)
+    for name, value in hyperparams.items():
+        flat[f"hp_{name}"] = value
+    return flat
+
+
+def _table(rows: list[dict[str, Any]]) -> pa.Table:
+    names = list(COLUMNS) + sorted({k for row in rows for k in row if k not in COLUMNS})
+    arrays = {}
+    for name in names:
+        values = [row.get(name) for row in rows]
+        arrays[name] = pa.array(values, type=COLUMNS.get(name))
+    return pa.table(arrays)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """All rows, or [] when the file does not exist."""
+    if not Path(path).exists():
+        return []
+    return pq.read_table(path).to_pylist()
+
+
+def append_rows(path: Path, records: Iterable[dict[str, Any]]) -> int:
+    """Merge trial records into the file (a record with a known trial_id replaces the old
+    row) and return how many rows the file now has."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = [flatten_row(record) for record in records]
+    with FileLock(str(path) + ".lock", timeout=120):
+        by_id = {row["trial_id"]: row for row in read_rows(path)}
+        for row in new:
+            by_id[row["trial_id"]] = row
+        rows = list(by_id.values())
+        buffer = io.BytesIO()
+        pq.write_table(_table(rows), buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+    return len(rows)

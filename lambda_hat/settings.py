@@ -1,0 +1,108 @@
+"""One settings object for the whole product (pydantic-settings).
+
+Read from the environment (prefix ``LAMBDA_HAT_``, nested fields with ``__``) and from a
+``.env`` file in the working directory. Secrets are ``SecretStr``: printing the settings,
+logging them or putting them in an artifact shows ``**********``.
+
+>>> import os
+>>> os.environ["LAMBDA_HAT_CLUSTER__N_WORKERS"] = "3"
+>>> settings = Settings(optuna_storage="postgresql+psycopg://lh:hunter2@db/lh")
+>>> settings.cluster.n_workers
+3
+>>> "hunter2" in repr(settings) or "hunter2" in str(settings.public())
+False
+>>> del os.environ["LAMBDA_HAT_CLUSTER__N_WORKERS"]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ClusterSettings(BaseModel):
+    """Where trial and reference tasks run.
+
+    ``local``: a Dask LocalCluster in the flow's process tree. ``address``: an existing Dask
+    scheduler (``scheduler_address``). ``slurm`` / ``pbs``: dask-jobqueue clusters built from
+    a profile in ``deployments/`` (see the production-stack issue).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["local", "address", "slurm", "pbs"] = "local"
+    scheduler_address: str | None = None
+    n_workers: int = Field(default=2, ge=1, le=1024)
+    threads_per_worker: int = Field(default=1, ge=1, le=64)
+    profile: str | None = Field(default=None, description="deployments/ profile for slurm/pbs")
+
+    @field_validator("scheduler_address")
+    @classmethod
+    def _looks_like_an_address(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError(f"expected e.g. tcp://host:8786, got {value!r}")
+        return value
+
+
+class BudgetSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    trial_sec: float = Field(default=120.0, gt=0, description="wall-clock budget per trial")
+    reference_sec: float | None = Field(default=None, gt=0, description="per HMC reference")
+
+
+class JaxSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    compilation_cache_dir: Path | None = Field(
+        default=None, description="persistent compile cache (default: <results_dir>/jax_cache)"
+    )
+
+
+class Settings(BaseSettings):
+    """Everything configurable without editing code."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LAMBDA_HAT_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="forbid",
+    )
+
+    results_dir: Path = Path("results")
+    artifacts_dir: Path = Path("artifacts")
+    optuna_storage: SecretStr | None = Field(
+        default=None, description="an SQLAlchemy URL; default sqlite:///<results_dir>/optuna.db"
+    )
+    cluster: ClusterSettings = ClusterSettings()
+    budgets: BudgetSettings = BudgetSettings()
+    jax: JaxSettings = JaxSettings()
+
+    def storage_url(self) -> str:
+        """The Optuna storage URL, secret included: pass it to Optuna, never print it."""
+        if self.optuna_storage is not None:
+            return self.optuna_storage.get_secret_value()
+        return f"sqlite:///{(self.results_dir / 'optuna.db').resolve()}"
+
+    def jax_cache_dir(self) -> Path:
+        return (self.jax.compilation_cache_dir or self.results_dir / "jax_cache").resolve()
+
+    def public(self) -> dict[str, Any]:
+        """The settings with secrets masked, for logs and artifacts."""
+        values = self.model_dump(mode="json")
+        if self.optuna_storage is not None:
+            values["optuna_storage"] = mask_url(self.optuna_storage.get_secret_value())
+        return values
+
+
+def mask_url(url: str) -> str:
+    """``driver://user:secret@host/db`` → ``driver://user:***@host/db``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

@@ -1,0 +1,1 @@
+"""Thin Prefect tasks around ``lambda_hat``: caching, retries, artifacts on disk."""

@@ -1,0 +1,74 @@
+"""One tuning trial as a Prefect task, cached by its trial_id.
+
+Equal (pid, method, config, seed, budget, code version) means equal trial_id, so an
+identical trial is never computed twice (a resumed study reuses finished work). Retries
+cover infrastructure failures (a lost worker, a killed job): ``run_trial`` turns a
+diverged or failing run into a result, so those are never retried.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.context import TaskRunContext
+
+from lambda_hat.ids import validate_id
+from lambda_hat.io import atomic_write_json
+from lambda_hat.runners.run_method import method_code_version, run_trial
+from tasks.worker import problem_for, worker_info
+
+
+def trial_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    return f"trial-{validate_id(parameters['trial_id'])}"
+
+
+@task(
+    name="run-trial",
+    task_run_name="{method}-{trial_id}",
+    cache_key_fn=trial_cache_key,
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=5,
+)
+def run_trial_task(
+    trial_id: str,
+    spec: dict[str, Any],
+    method: str,
+    config: dict[str, Any],
+    seed: int,
+    budget_sec: float,
+    results_dir: str,
+    artifacts_dir: str,
+    jax_cache_dir: str,
+) -> dict[str, Any]:
+    """Run one trial and write ``<artifacts>/runs/<pid>/<method>/<trial_id>/`` with
+    ``manifest.json`` (what was asked) and ``metrics.json`` (what came out)."""
+    started = time.time()
+    problem = problem_for(spec, results_dir, jax_cache_dir)
+    out_dir = Path(artifacts_dir) / "runs" / problem.pid / method / validate_id(trial_id)
+    where = worker_info()
+    manifest = {
+        "trial_id": trial_id,
+        "pid": problem.pid,
+        "method": method,
+        "config": config,
+        "seed": seed,
+        "budget_sec": budget_sec,
+        "code_version": method_code_version(method),
+        "started_at": started,
+        **where,
+    }
+    atomic_write_json(out_dir / "manifest.json", manifest)
+    result = run_trial(problem, method, config, budget_sec=budget_sec, seed=seed, out_dir=out_dir)
+    return {
+        **result.model_dump(mode="json"),
+        "trial_id": trial_id,
+        "pid": problem.pid,
+        "code_version": manifest["code_version"],
+        "started_at": started,
+        "finished_at": time.time(),
+        **where,
+    }

@@ -1,0 +1,40 @@
+"""What every task needs on a worker: the problem (built once per process) and who ran it."""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from lambda_hat.compile_cache import enable_compilation_cache
+from lambda_hat.problems import ProblemSpec
+from lambda_hat.targets import Problem, build_problem
+
+
+@lru_cache(maxsize=1)
+def _jax_cache(directory: str) -> None:
+    enable_compilation_cache(directory)
+
+
+@lru_cache(maxsize=16)
+def _problem(spec_json: str, cache_dir: str) -> Problem:
+    return build_problem(ProblemSpec.model_validate_json(spec_json), cache_dir=Path(cache_dir))
+
+
+def problem_for(spec: dict[str, Any], results_dir: str, jax_cache_dir: str) -> Problem:
+    """The built problem (w* trained or loaded from ``<results_dir>/targets``), cached in
+    this worker process so a study's trials do not reload it."""
+    _jax_cache(jax_cache_dir)
+    spec_json = ProblemSpec.model_validate(spec).model_dump_json()
+    return _problem(spec_json, str(Path(results_dir) / "targets"))
+
+
+def worker_info() -> dict[str, Any]:
+    """Where a task ran: host, process, and the SLURM job if any."""
+    return {
+        "hostname": socket.gethostname(),
+        "worker_pid": os.getpid(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+    }
