@@ -149,7 +149,7 @@ def tune_method(
         "trials_run_now": len(outcomes),
         "trials_finished": finished_trials(study),
         "timeline": [
-            (o.plan.trial_id, o.result.get("started_at"), o.result.get("finished_at"))
+            (o.plan.number, o.result.get("started_at"), o.result.get("finished_at"))
             for o in outcomes
         ],
     }
