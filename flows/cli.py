@@ -8,6 +8,7 @@ from pathlib import Path
 import optuna
 from pydantic import ValidationError
 
+from lambda_hat.cli import OneLineErrors
 from lambda_hat.io import read_json
 from lambda_hat.problems import PRESETS, SpecError, format_validation_error, load_problem_set
 from lambda_hat.runners.hmc_reference import ReferenceConfig, reference_code_version
@@ -15,11 +16,6 @@ from lambda_hat.runners.run_method import METHODS
 from lambda_hat.search_space import SearchSpaceError, load_methods
 from lambda_hat.settings import Settings
 from lambda_hat.tuning import engine_kwargs, finished_trials
-
-
-class _OneLineErrors(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"error: {message}\n")
 
 
 def _positive_int(text: str) -> int:
@@ -43,7 +39,7 @@ def _positive_float(text: str) -> float:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _OneLineErrors(
+    p = OneLineErrors(
         prog="python flows/tune.py",
         description="Tune SGLD, MCLMC and VI hyperparameters against HMC reference LLCs.",
     )
@@ -95,7 +91,9 @@ def _finished(url: str, name: str) -> int:
 def print_plan(args: argparse.Namespace) -> None:
     settings = Settings()
     problem_set = load_problem_set(args.problems)
-    config = ReferenceConfig(num_warmup=300, num_draws=600)
+    from flows.reference import DEFAULT_REFERENCE
+
+    config = DEFAULT_REFERENCE
     print(f"settings: {settings.public()}")
     print(
         f"plan: {len(problem_set.problems)} problems × {len(args.methods)} methods, "

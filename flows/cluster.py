@@ -6,6 +6,7 @@ The flow process creates the cluster once and every subflow gets its own
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -33,6 +34,7 @@ def dask_cluster(settings: ClusterSettings) -> Iterator[str]:
         )
     from distributed import LocalCluster
 
+    _share_api_url_with_workers()
     with LocalCluster(
         n_workers=settings.n_workers,
         threads_per_worker=settings.threads_per_worker,
@@ -40,6 +42,16 @@ def dask_cluster(settings: ClusterSettings) -> Iterator[str]:
         dashboard_address=None,
     ) as cluster:
         yield cluster.scheduler_address
+
+
+def _share_api_url_with_workers() -> None:
+    """Worker processes read the Prefect API URL from the environment they inherit; the
+    flow may have it only in its settings context (tests, profiles)."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if url and not os.environ.get("PREFECT_API_URL"):
+        os.environ["PREFECT_API_URL"] = url
 
 
 def runner_for(address: str) -> DaskTaskRunner:

@@ -24,6 +24,9 @@ from lambda_hat.runners.hmc_reference import ReferenceConfig
 from lambda_hat.settings import Settings
 from tasks.reference import hmc_reference
 
+# Laptop-sized: the default preset's four references take ~2 minutes on 2 cores.
+DEFAULT_REFERENCE = ReferenceConfig(num_warmup=300, num_draws=600)
+
 
 def storage_paths(settings: Settings) -> dict[str, str]:
     """Absolute paths every worker uses (the same on every node of a cluster)."""
@@ -85,8 +88,8 @@ def reference_table(references: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def reference(
     problems: str = "default",
     refresh: bool = False,
-    num_warmup: int = 300,
-    num_draws: int = 600,
+    num_warmup: int = DEFAULT_REFERENCE.num_warmup,
+    num_draws: int = DEFAULT_REFERENCE.num_draws,
     num_chains: int = 4,
     algorithm: str = "nuts",
 ) -> list[dict[str, Any]]:
@@ -128,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python flows/reference.py", description=__doc__)
     parser.add_argument("--problems", default="default", help="a preset or a YAML file")
     parser.add_argument("--refresh", action="store_true", help="recompute cached references")
-    parser.add_argument("--num-warmup", type=int, default=300)
-    parser.add_argument("--num-draws", type=int, default=600)
+    parser.add_argument("--num-warmup", type=int, default=DEFAULT_REFERENCE.num_warmup)
+    parser.add_argument("--num-draws", type=int, default=DEFAULT_REFERENCE.num_draws)
     args = parser.parse_args(argv)
     reference(
         problems=args.problems,

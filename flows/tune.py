@@ -29,7 +29,7 @@ from prefect.context import get_run_context
 from prefect.futures import as_completed
 
 from flows.cluster import dask_cluster, runner_for
-from flows.reference import compute_references, storage_paths
+from flows.reference import DEFAULT_REFERENCE, compute_references, storage_paths
 from flows.report import leaderboard_rows, report_markdown
 from lambda_hat.problems import ProblemSpec, load_problem_set
 from lambda_hat.results import append_rows
@@ -155,6 +155,15 @@ def tune_method(
     }
 
 
+def check_parameters(methods: list[str], spaces: dict, n_trials: int, batch: int) -> None:
+    """Deployment runs get their parameters from the UI: refuse bad ones in one line."""
+    unknown = sorted(set(methods) - set(spaces))
+    if unknown or not methods:
+        raise ValueError(f"methods: unknown {unknown} (allowed: {', '.join(spaces)})")
+    if n_trials < 1 or batch < 1:
+        raise ValueError(f"n_trials and batch must be >= 1, got {n_trials} and {batch}")
+
+
 @flow(name="tune", log_prints=True)
 def tune(
     problems: str = "default",
@@ -165,14 +174,15 @@ def tune(
     huber_k: float = 1.0,
     refresh_references: bool = False,
     methods_file: str | None = None,
-    reference_warmup: int = 300,
-    reference_draws: int = 600,
+    reference_warmup: int = DEFAULT_REFERENCE.num_warmup,
+    reference_draws: int = DEFAULT_REFERENCE.num_draws,
 ) -> dict[str, Any]:
     """Tune ``methods`` on ``problems`` (a preset or YAML path) with ``n_trials`` per study."""
     logger = get_run_logger()
     settings = Settings()
     problem_set = load_problem_set(problems)
     spaces = load_methods(methods_file)
+    check_parameters(methods, spaces, n_trials, batch)
     specs = [spec.model_dump(mode="json") for spec in problem_set.problems]
     config = ReferenceConfig(num_warmup=reference_warmup, num_draws=reference_draws)
     logger.info("settings: %s", settings.public())

@@ -21,7 +21,7 @@ from lambda_hat.runners.hmc_reference import BudgetError, ReferenceConfig, Refer
 from lambda_hat.targets import OptimumError, build_problem
 
 
-class _OneLineErrors(argparse.ArgumentParser):
+class OneLineErrors(argparse.ArgumentParser):
     """Bad arguments: one line naming the argument (not argparse's usage block), exit 2."""
 
     def error(self, message: str):
@@ -29,7 +29,7 @@ class _OneLineErrors(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _OneLineErrors(
+    parser = OneLineErrors(
         prog="python -m lambda_hat",
         description="Compute HMC reference LLCs and compare them with closed-form values.",
     )

@@ -37,6 +37,19 @@ def atomic_write_npz(path: Path, **arrays: np.ndarray) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def safe_load_yaml(text: str, source: str, error: type[Exception]) -> Any:
+    """``yaml.safe_load`` whose syntax errors become ``error("<source>: malformed YAML at
+    line N")``: one line, no traceback for the user."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise error(f"{source}: malformed YAML{where}") from None
+
+
 def read_json(path: Path) -> Any | None:
     """The parsed file, or None when it is missing or not valid JSON (e.g. truncated)."""
     try:

@@ -18,10 +18,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lambda_hat.ids import problem_id
+from lambda_hat.io import safe_load_yaml
 
 PRESETS = ("smoke", "default")
 
@@ -255,10 +255,4 @@ def load_problem_set(path_or_preset: str | Path) -> ProblemSet:
                 f"problems: no such file or preset {name!r} (presets: {', '.join(PRESETS)})"
             )
         text, source = path.read_text(), str(path)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{source}: malformed YAML{where}") from None
-    return parse_problem_set(data, source)
+    return parse_problem_set(safe_load_yaml(text, source, SpecError), source)

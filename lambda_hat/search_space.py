@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import optuna
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from lambda_hat.io import safe_load_yaml
 from lambda_hat.problems import format_validation_error
 from lambda_hat.runners.run_method import METHODS, MethodConfigError, parse_method_config
 
@@ -143,12 +143,7 @@ def _parse_entry(method: str, entry: Any, source: str) -> MethodSpace:
 
 
 def _read_yaml(text: str, source: str) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SearchSpaceError(f"{source}: malformed YAML{where}") from None
+    data = safe_load_yaml(text, source, SearchSpaceError)
     if not isinstance(data, dict) or not isinstance(data.get("methods"), dict):
         raise SearchSpaceError(f"{source}: expected a mapping with 'methods:'")
     return data["methods"]

@@ -1,10 +1,31 @@
 #!/usr/bin/env bash
 # The main job: tune SGLD, MCLMC and VI on the default problem set against HMC references
-# (local Dask cluster, SQLite-backed Optuna, a local Prefect API).
+# (local Dask cluster, SQLite-backed Optuna, a local Prefect server).
 # Arguments pass through: bash scripts/run.sh --problems smoke --methods sgld --n-trials 4
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
-# Without PREFECT_API_URL, Prefect starts a temporary local server; on 2 cores it needs
-# more than the default 20 s to come up.
-export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-180}"
 export PREFECT_SERVER_ANALYTICS_ENABLED="${PREFECT_SERVER_ANALYTICS_ENABLED:-false}"
-exec .venv/bin/python flows/tune.py "$@"
+
+# With PREFECT_API_URL set, use that server. Otherwise start a local one for this run (its
+# database stays in $PREFECT_HOME, ~/.prefect by default, so `prefect server start` shows
+# these runs later): Prefect's own fallback would start a temporary server in every Dask
+# worker process too.
+if [ -z "${PREFECT_API_URL:-}" ]; then
+    port=$(.venv/bin/python -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+    log="${TMPDIR:-/tmp}/lambda-hat-prefect-server-$port.log"
+    setsid .venv/bin/prefect server start --host 127.0.0.1 --port "$port" >"$log" 2>&1 &
+    server_pid=$!
+    trap 'kill -- -"$server_pid" 2>/dev/null || true' EXIT
+    export PREFECT_API_URL="http://127.0.0.1:$port/api"
+    echo "starting a local Prefect server at http://127.0.0.1:$port (log: $log)..." >&2
+    for _ in $(seq 1 180); do
+        if .venv/bin/python -c "import urllib.request, sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "$PREFECT_API_URL/health" 2>/dev/null; then
+            break
+        fi
+        if ! kill -0 "$server_pid" 2>/dev/null; then
+            echo "error: the Prefect server did not start; see $log" >&2
+            exit 1
+        fi
+        sleep 1
+    done
+fi
+.venv/bin/python flows/tune.py "$@"

@@ -1,0 +1,155 @@
+"""The Optuna driver, objectives, settings and the Parquet writer, without Prefect."""
+
+import multiprocessing
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from lambda_hat.results import append_rows, read_rows
+from lambda_hat.search_space import load_methods
+from lambda_hat.settings import Settings, mask_url
+from lambda_hat.tuning import Driver, finished_trials, objective_value, open_study
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def first_done(futures):
+    return next(iter(wait(futures, return_when=FIRST_COMPLETED).done))
+
+
+def make_driver(study, **overrides):
+    options = {
+        "pid": "p_test",
+        "method": "sgld",
+        "budget_sec": 10.0,
+        "llc_ref": 3.0,
+        "se_ref": 0.1,
+        **overrides,
+    }
+    return Driver(study, load_methods()["sgld"], **options)
+
+
+def test_objectives():
+    assert objective_value(3.4, 3.0, 0.1, "abs") == pytest.approx(0.4)
+    # Huber: quadratic inside δ = k·se_ref, linear outside, continuous at δ.
+    assert objective_value(3.05, 3.0, 0.1, "huber") == pytest.approx(0.05**2 / 0.2)
+    assert objective_value(3.4, 3.0, 0.1, "huber") == pytest.approx(0.4 - 0.05)
+    assert objective_value(3.1, 3.0, 0.1, "huber") == pytest.approx(0.05)
+    assert objective_value(3.4, 3.0, 0.1, "huber", huber_k=10) == pytest.approx(0.16 / 2)
+
+
+def test_driver_keeps_batch_in_flight_and_tells_each_as_it_finishes(tmp_path):
+    study = open_study(f"sqlite:///{tmp_path}/o.db", "p_test:sgld")
+    lock, running, peak, told_while_others_ran = threading.Lock(), [0], [0], []
+
+    def trial(plan):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.3 if plan.number % 3 == 0 else 0.05)  # unequal lengths
+        with lock:
+            running[0] -= 1
+        return {"status": "ok", "llc_hat": 3.0 + plan.config["step_size"] * 100}
+
+    def on_outcome(outcome, done, total):
+        told_while_others_ran.append(running[0])
+
+    with ThreadPoolExecutor(3) as pool:
+        driver = make_driver(study, on_outcome=on_outcome)
+        outcomes = driver.run(
+            9, batch=3, submit=lambda p: pool.submit(trial, p), first_done=first_done
+        )
+    assert len(outcomes) == 9 and finished_trials(study) == 9
+    assert peak[0] == 3
+    assert any(n > 0 for n in told_while_others_ran)  # told before the batch drained
+    assert all(o.state == TrialState.COMPLETE for o in outcomes)
+    assert len({o.plan.trial_id for o in outcomes}) == 9
+
+
+def test_failures_are_told_fail_with_a_reason(tmp_path):
+    study = open_study(f"sqlite:///{tmp_path}/o.db", "p_test:sgld")
+    results = iter(
+        [
+            {"status": "diverged", "llc_hat": None, "error": "chunk 0: non-finite loss"},
+            {"status": "error", "llc_hat": None, "error": "ValueError: boom"},
+            RuntimeError("worker lost"),
+            {"status": "ok", "llc_hat": 3.2},
+        ]
+    )
+
+    def trial(plan):
+        result = next(results)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    with ThreadPoolExecutor(1) as pool:
+        outcomes = make_driver(study).run(
+            4, batch=1, submit=lambda p: pool.submit(trial, p), first_done=first_done
+        )
+    reasons = [t.user_attrs.get("fail_reason") for t in study.trials]
+    assert reasons[:3] == [
+        "chunk 0: non-finite loss",
+        "ValueError: boom",
+        "RuntimeError: worker lost",
+    ]
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 3 + [TrialState.COMPLETE]
+    assert study.best_value == pytest.approx(0.2)
+    assert [o.objective for o in outcomes][:3] == [None, None, None]
+
+
+def test_stale_running_trials_are_reaped_and_rerun_with_their_seed(tmp_path):
+    url = f"sqlite:///{tmp_path}/o.db"
+    study = open_study(url, "p_test:sgld")
+    space = load_methods()["sgld"]
+    # A dead driver left one trial RUNNING after recording its seed.
+    orphan = study.ask(space.distributions())
+    orphan.set_user_attr("seed", 1234)
+    orphan_params = dict(orphan.params)
+
+    seen = []
+    with ThreadPoolExecutor(1) as pool:
+        outcomes = make_driver(open_study(url, "p_test:sgld")).run(
+            3,
+            batch=1,
+            submit=lambda p: pool.submit(lambda: seen.append(p) or {"status": "ok", "llc_hat": 3}),
+            first_done=first_done,
+        )
+    assert len(outcomes) == 3
+    assert seen[0].hyperparams == orphan_params and seen[0].seed == 1234
+    states = [t.state for t in open_study(url, "p_test:sgld").trials]
+    assert states[0] == TrialState.FAIL and TrialState.RUNNING not in states
+    assert finished_trials(study) == 3
+
+
+def test_settings_from_env_and_secrets_masked(monkeypatch):
+    monkeypatch.setenv("LAMBDA_HAT_OPTUNA_STORAGE", "postgresql+psycopg://lh:s3cret@db:5432/lh")
+    monkeypatch.setenv("LAMBDA_HAT_BUDGETS__TRIAL_SEC", "30")
+    settings = Settings()
+    assert settings.budgets.trial_sec == 30
+    assert settings.storage_url() == "postgresql+psycopg://lh:s3cret@db:5432/lh"
+    assert "s3cret" not in repr(settings) and "s3cret" not in str(settings.public())
+    assert settings.public()["optuna_storage"] == "postgresql+psycopg://lh:***@db:5432/lh"
+    assert mask_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def _append_many(path, worker):
+    for i in range(25):
+        append_rows(path, [{"trial_id": f"r_{worker}_{i}", "objective": float(i)}])
+
+
+def test_two_processes_appending_at_once_lose_no_rows(tmp_path):
+    path = tmp_path / "runs.parquet"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_append_many, args=(path, w)) for w in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    rows = read_rows(path)
+    assert len(rows) == 50 and len({row["trial_id"] for row in rows}) == 50
