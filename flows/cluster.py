@@ -1,52 +1,139 @@
-"""Where tasks run: a Dask cluster chosen by settings, and a DaskTaskRunner for it.
+"""Where tasks run: a Dask cluster built from a profile in ``deployments/profiles``.
 
-The flow process creates the cluster once and every subflow gets its own
-``DaskTaskRunner`` pointing at it, so references and all studies share its workers.
+A profile has a ``trials`` and a ``reference`` section (HMC references get bigger jobs);
+``LAMBDA_HAT_CLUSTER__KIND`` picks local / slurm / pbs (or an existing scheduler address)
+and ``LAMBDA_HAT_CLUSTER__PROFILE`` an edited copy of a profile. The flow process creates a
+cluster per role and every subflow gets its own ``DaskTaskRunner`` pointing at it.
+
+No silent hangs: after asking for jobs the flow waits at most ``start_timeout_sec`` for the
+first worker, then stops the jobs and fails with a message that says why.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
 
 from prefect_dask import DaskTaskRunner
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from lambda_hat.io import safe_load_yaml
+from lambda_hat.problems import format_validation_error
 from lambda_hat.settings import ClusterSettings
+
+log = logging.getLogger(__name__)
+
+PROFILES = Path(__file__).resolve().parents[1] / "deployments" / "profiles"
+Role = Literal["trials", "reference"]
 
 
 class ClusterError(RuntimeError):
-    """The cluster settings cannot give a cluster. One line."""
+    """The cluster cannot be built or did not start. One line."""
+
+
+class Adapt(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    minimum_jobs: int = Field(ge=0)
+    maximum_jobs: int = Field(ge=1)
+
+
+class Scale(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    jobs: int | None = Field(default=None, ge=1)
+    adapt: Adapt | None = None
+
+
+class RoleProfile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cluster: dict[str, Any] = {}
+    scale: Scale = Scale(jobs=1)
+    start_timeout_sec: float = Field(default=300, gt=0)
+
+
+class Profile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    trials: RoleProfile
+    reference: RoleProfile
+
+
+def load_profile(settings: ClusterSettings) -> Profile:
+    """The profile file named by the settings, or ``deployments/profiles/<kind>.yaml``."""
+    path = Path(settings.profile) if settings.profile else PROFILES / f"{settings.kind}.yaml"
+    if not path.is_file():
+        raise ClusterError(f"cluster.profile: no such file {str(path)!r}")
+    data = safe_load_yaml(path.read_text(), str(path), ClusterError)
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as error:
+        raise ClusterError(f"{path}: {format_validation_error(error)}") from None
+
+
+def _jobqueue_cluster(kind: str, options: dict[str, Any]):
+    import dask_jobqueue
+
+    cluster_class = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[kind]
+    options = {key: value for key, value in options.items() if value is not None}
+    return cluster_class(**options)
+
+
+def _start(cluster, role: RoleProfile, kind: str) -> None:
+    """Scale the jobqueue cluster and wait, boundedly, for its first worker."""
+    from distributed import Client
+
+    if role.scale.adapt is not None:
+        cluster.adapt(
+            minimum_jobs=role.scale.adapt.minimum_jobs, maximum_jobs=role.scale.adapt.maximum_jobs
+        )
+    else:
+        cluster.scale(jobs=role.scale.jobs or 1)
+    with Client(cluster) as client:
+        try:
+            client.wait_for_workers(1, timeout=role.start_timeout_sec)
+        except TimeoutError:
+            queue = role.cluster.get("queue")
+            raise ClusterError(
+                f"no {kind} worker joined within start_timeout_sec={role.start_timeout_sec:g} s "
+                f"(queue={queue!r}, job_name={role.cluster.get('job_name')!r}): the jobs did not "
+                "start; check the partition/queue, account and resources (squeue/qstat)"
+            ) from None
 
 
 @contextmanager
-def dask_cluster(settings: ClusterSettings) -> Iterator[str]:
-    """Yield a scheduler address for the configured cluster; close it afterwards."""
+def dask_cluster(settings: ClusterSettings, role: Role = "trials") -> Iterator[str]:
+    """Yield a scheduler address for ``role``; stop the cluster (and its jobs) afterwards."""
     if settings.kind == "address":
         if not settings.scheduler_address:
             raise ClusterError("cluster.scheduler_address: required when cluster.kind is 'address'")
         yield settings.scheduler_address
         return
-    if settings.kind != "local":
-        raise ClusterError(
-            f"cluster.kind: {settings.kind!r} needs a deployments/ profile, which this release "
-            "does not have yet (allowed now: local, address)"
-        )
-    from distributed import LocalCluster
-
+    profile = getattr(load_profile(settings), role)
     _share_api_url_with_workers()
-    with LocalCluster(
-        n_workers=settings.n_workers,
-        threads_per_worker=settings.threads_per_worker,
-        processes=True,
-        dashboard_address=None,
-    ) as cluster:
+    if settings.kind == "local":
+        from distributed import LocalCluster
+
+        options = {"dashboard_address": None, **profile.cluster}
+        with LocalCluster(**options) as cluster:
+            yield cluster.scheduler_address
+        return
+    try:
+        cluster = _jobqueue_cluster(settings.kind, profile.cluster)
+    except (TypeError, ValueError) as error:
+        raise ClusterError(f"{settings.kind} profile {role}.cluster: {error}") from None
+    try:
+        _start(cluster, profile, settings.kind)
+        log.info("%s cluster for %s: %s", settings.kind, role, cluster.scheduler_address)
         yield cluster.scheduler_address
+    finally:
+        cluster.close()
 
 
 def _share_api_url_with_workers() -> None:
-    """Worker processes read the Prefect API URL from the environment they inherit; the
-    flow may have it only in its settings context (tests, profiles)."""
+    """Worker processes (and SLURM jobs, which export the caller's environment) read the
+    Prefect API URL from the environment; the flow may have it only in its settings."""
     from prefect.settings import PREFECT_API_URL
 
     url = PREFECT_API_URL.value()

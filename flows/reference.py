@@ -103,7 +103,7 @@ def reference(
     )
     specs = [spec.model_dump(mode="json") for spec in problem_set.problems]
     logger.info("%d problems from %s, refresh=%s", len(specs), problems, refresh)
-    with dask_cluster(settings.cluster) as address:
+    with dask_cluster(settings.cluster, role="reference") as address:
         references = compute_references.with_options(task_runner=runner_for(address))(
             specs,
             config.model_dump(mode="json"),

@@ -79,7 +79,8 @@ def tune_method(
     huber_k: float,
     budget_sec: float,
 ) -> dict[str, Any]:
-    """One Optuna study, resumed if it exists, run until it has ``n_trials`` finished."""
+    """One Optuna study, resumed if it exists, run until it has ``n_trials`` finished.
+    If no trial finishes for ``stall_sec``, the subflow fails and says so."""
     logger = get_run_logger()
     settings = Settings()
     paths = storage_paths(settings)
@@ -141,9 +142,19 @@ def tune_method(
         huber_k=huber_k,
         on_outcome=on_outcome,
     )
-    outcomes = driver.run(
-        n_trials, batch=batch, submit=submit, first_done=lambda fs: next(as_completed(fs))
-    )
+    stall_sec = max(settings.budgets.stall_sec, 2 * budget_sec)
+
+    def first_done(futures):
+        try:
+            return next(as_completed(futures, timeout=stall_sec))
+        except TimeoutError:
+            raise RuntimeError(
+                f"study {study.study_name}: no trial finished within {stall_sec:g} s "
+                f"(LAMBDA_HAT_BUDGETS__STALL_SEC); workers are paused (memory), lost, or "
+                "not starting. The study resumes when the flow is run again."
+            ) from None
+
+    outcomes = driver.run(n_trials, batch=batch, submit=submit, first_done=first_done)
     return {
         "study_name": study.study_name,
         "trials_run_now": len(outcomes),
@@ -187,14 +198,16 @@ def tune(
     config = ReferenceConfig(num_warmup=reference_warmup, num_draws=reference_draws)
     logger.info("settings: %s", settings.public())
     started = time.perf_counter()
-    with dask_cluster(settings.cluster) as address:
+    # References first, on the (larger) reference jobs, which are released before tuning.
+    with dask_cluster(settings.cluster, role="reference") as address:
         references = compute_references.with_options(task_runner=runner_for(address))(
             specs,
             config.model_dump(mode="json"),
             refresh=refresh_references,
             budget_sec=settings.budgets.reference_sec,
         )
-        studies = []
+    studies = []
+    with dask_cluster(settings.cluster, role="trials") as address:
         for spec, reference in zip(specs, references, strict=True):
             for method in methods:
                 subflow = tune_method.with_options(task_runner=runner_for(address))

@@ -60,6 +60,7 @@ COLUMNS: dict[str, pa.DataType] = {
     "hostname": pa.string(),
     "worker_pid": pa.int64(),
     "slurm_job_id": pa.string(),
+    "slurm_job_name": pa.string(),
     "flow_run_id": pa.string(),
 }
 

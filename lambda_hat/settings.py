@@ -5,13 +5,13 @@ Read from the environment (prefix ``LAMBDA_HAT_``, nested fields with ``__``) an
 logging them or putting them in an artifact shows ``**********``.
 
 >>> import os
->>> os.environ["LAMBDA_HAT_CLUSTER__N_WORKERS"] = "3"
+>>> os.environ["LAMBDA_HAT_BUDGETS__TRIAL_SEC"] = "30"
 >>> settings = Settings(optuna_storage="postgresql+psycopg://lh:hunter2@db/lh")
->>> settings.cluster.n_workers
-3
+>>> settings.budgets.trial_sec
+30.0
 >>> "hunter2" in repr(settings) or "hunter2" in str(settings.public())
 False
->>> del os.environ["LAMBDA_HAT_CLUSTER__N_WORKERS"]
+>>> del os.environ["LAMBDA_HAT_BUDGETS__TRIAL_SEC"]
 """
 
 from __future__ import annotations
@@ -26,18 +26,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ClusterSettings(BaseModel):
     """Where trial and reference tasks run.
 
-    ``local``: a Dask LocalCluster in the flow's process tree. ``address``: an existing Dask
-    scheduler (``scheduler_address``). ``slurm`` / ``pbs``: dask-jobqueue clusters built from
-    a profile in ``deployments/`` (see the production-stack issue).
+    ``local``: a Dask LocalCluster; ``slurm`` / ``pbs``: dask-jobqueue clusters; each built
+    from a profile (``deployments/profiles/<kind>.yaml`` unless ``profile`` names another
+    file). ``address``: an existing Dask scheduler (``scheduler_address``).
     """
 
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["local", "address", "slurm", "pbs"] = "local"
     scheduler_address: str | None = None
-    n_workers: int = Field(default=2, ge=1, le=1024)
-    threads_per_worker: int = Field(default=1, ge=1, le=64)
-    profile: str | None = Field(default=None, description="deployments/ profile for slurm/pbs")
+    profile: str | None = Field(default=None, description="a profile YAML file")
 
     @field_validator("scheduler_address")
     @classmethod
@@ -52,6 +50,11 @@ class BudgetSettings(BaseModel):
 
     trial_sec: float = Field(default=120.0, gt=0, description="wall-clock budget per trial")
     reference_sec: float | None = Field(default=None, gt=0, description="per HMC reference")
+    stall_sec: float = Field(
+        default=900.0,
+        gt=0,
+        description="fail a study when no trial finished for this long (paused or lost workers)",
+    )
 
 
 class JaxSettings(BaseModel):

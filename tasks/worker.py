@@ -37,4 +37,5 @@ def worker_info() -> dict[str, Any]:
         "hostname": socket.gethostname(),
         "worker_pid": os.getpid(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_job_name": os.environ.get("SLURM_JOB_NAME"),
     }
