@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -128,7 +128,10 @@ def dask_cluster(settings: ClusterSettings, role: Role = "trials") -> Iterator[s
         log.info("%s cluster for %s: %s", settings.kind, role, cluster.scheduler_address)
         yield cluster.scheduler_address
     finally:
-        cluster.close()
+        # Closing a cluster whose jobs never started can itself fail; the reason the
+        # caller needs is the one already raised.
+        with suppress(Exception):
+            cluster.close()
 
 
 def _share_api_url_with_workers() -> None:

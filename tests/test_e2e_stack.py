@@ -68,8 +68,8 @@ def exports(output: str) -> dict[str, str]:
     return dict(re.findall(r"^export (\w+)=(\S+)$", output, flags=re.MULTILINE))
 
 
-@pytest.fixture
-def stack(tmp_path):
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
     """SLURM, Postgres and Prefect (server + work pool) from the user scripts; down by PID."""
     assert os.geteuid() == 0, "the end-to-end test needs root (SLURM as root, Postgres via runuser)"
     # munged and postgres run as their own users: their state must not sit under pytest's
@@ -83,7 +83,7 @@ def stack(tmp_path):
         "SLURMCTLD_PORT": str(free_port()),
         "SLURMD_PORT": str(free_port()),
         "DO_NOT_TRACK": "1",
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_HOME": str(shared / "prefect-home"),
     }
     for key in ("PREFECT_API_URL", "LAMBDA_HAT_OPTUNA_STORAGE", "SLURM_CONF"):
         env.pop(key, None)
@@ -177,3 +177,25 @@ def test_deploy_and_run_tune_on_slurm_and_postgres(stack, tmp_path):
     assert password not in json.dumps(rows, default=str)
     assert password not in json.dumps(flow_run.parameters)
     print(f"end-to-end test body took {time.monotonic() - started:.0f} s")
+
+
+def test_jobs_that_never_start_fail_fast_with_a_clear_message(stack, tmp_path, monkeypatch):
+    # A partition that does not exist: sbatch refuses every job, no worker ever joins.
+    from flows.cluster import ClusterError, dask_cluster
+    from lambda_hat.settings import ClusterSettings
+
+    profile = tmp_path / "bad.yaml"
+    profile.write_text(
+        PROFILE.format(logs=tmp_path / "logs")
+        .replace("job_name: lambda-hat-trial", "job_name: lambda-hat-trial, queue: nosuchpartition")
+        .replace("start_timeout_sec: 120", "start_timeout_sec: 15")
+    )
+    monkeypatch.setenv("SLURM_CONF", stack["SLURM_CONF"])
+    settings = ClusterSettings(kind="slurm", profile=str(profile))
+    started = time.monotonic()
+    with pytest.raises(ClusterError) as error, dask_cluster(settings, role="trials"):
+        pass
+    waited = time.monotonic() - started
+    assert "no slurm worker joined within start_timeout_sec=15 s" in str(error.value)
+    assert "queue='nosuchpartition'" in str(error.value)
+    assert waited < 60, waited
