@@ -9,13 +9,13 @@ import optuna
 from pydantic import ValidationError
 
 from lambda_hat.cli import OneLineErrors
-from lambda_hat.io import read_json
+from lambda_hat.io import check_writable, read_json
 from lambda_hat.problems import PRESETS, SpecError, format_validation_error, load_problem_set
 from lambda_hat.runners.hmc_reference import ReferenceConfig, reference_code_version
 from lambda_hat.runners.run_method import METHODS
 from lambda_hat.search_space import SearchSpaceError, load_methods
 from lambda_hat.settings import Settings
-from lambda_hat.tuning import engine_kwargs, finished_trials
+from lambda_hat.tuning import StorageError, check_storage, engine_kwargs, finished_trials
 
 
 def _positive_int(text: str) -> int:
@@ -64,11 +64,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     try:
         load_problem_set(args.problems)
         load_methods(args.methods_file)
-        Settings()
-    except (SpecError, SearchSpaceError) as error:
-        p.error(str(error))
-    except ValidationError as error:
+        settings = Settings()
+        check_writable(settings.results_dir, "results_dir")
+        check_writable(settings.artifacts_dir, "artifacts_dir")
+        if settings.optuna_storage is not None:  # (SQLite: connecting would create the file)
+            check_storage(settings.storage_url())
+    except ValidationError as error:  # (a ValueError too: keep this clause first)
         p.error(f"settings (LAMBDA_HAT_*): {format_validation_error(error)}")
+    except (SpecError, SearchSpaceError, StorageError, ValueError) as error:
+        p.error(str(error))
     return args
 
 

@@ -31,12 +31,20 @@ from prefect.futures import as_completed
 from flows.cluster import dask_cluster, runner_for
 from flows.reference import DEFAULT_REFERENCE, compute_references, storage_paths
 from flows.report import leaderboard_rows, report_markdown
+from lambda_hat.io import check_writable
 from lambda_hat.problems import ProblemSpec, load_problem_set
 from lambda_hat.results import append_rows
 from lambda_hat.runners.hmc_reference import ReferenceConfig
 from lambda_hat.search_space import MethodSpace, load_methods
 from lambda_hat.settings import Settings
-from lambda_hat.tuning import Driver, Outcome, TrialPlan, finished_trials, open_study
+from lambda_hat.tuning import (
+    Driver,
+    Outcome,
+    TrialPlan,
+    check_storage,
+    finished_trials,
+    open_study,
+)
 from tasks.trials import run_trial_task
 
 DEFAULT_METHODS = ("sgld", "mclmc", "vi")
@@ -194,6 +202,11 @@ def tune(
     problem_set = load_problem_set(problems)
     spaces = load_methods(methods_file)
     check_parameters(methods, spaces, n_trials, batch)
+    # Fail before the references are computed, not after.
+    check_writable(settings.results_dir, "results_dir")
+    check_writable(settings.artifacts_dir, "artifacts_dir")
+    settings.results_dir.mkdir(parents=True, exist_ok=True)  # the default SQLite file lives there
+    check_storage(settings.storage_url())
     specs = [spec.model_dump(mode="json") for spec in problem_set.problems]
     config = ReferenceConfig(num_warmup=reference_warmup, num_draws=reference_draws)
     logger.info("settings: %s", settings.public())

@@ -50,6 +50,24 @@ def safe_load_yaml(text: str, source: str, error: type[Exception]) -> Any:
         raise error(f"{source}: malformed YAML{where}") from None
 
 
+def check_writable(path: Path, field: str) -> None:
+    """Fail in one line if ``path`` could not be created or written, without creating it:
+    the nearest existing ancestor must be a writable directory.
+
+    >>> check_writable(Path("/etc/hostname/results"), "results_dir")
+    Traceback (most recent call last):
+    ...
+    ValueError: results_dir /etc/hostname/results: /etc/hostname is not a directory
+    """
+    ancestor = Path(path).absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{field} {path}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{field} {path}: {ancestor} is not writable")
+
+
 def read_json(path: Path) -> Any | None:
     """The parsed file, or None when it is missing or not valid JSON (e.g. truncated)."""
     try:

@@ -66,7 +66,48 @@ def engine_kwargs(url: str) -> dict[str, Any]:
     """Small pools and pre-ping for servers; a long busy timeout for SQLite."""
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 60}}
-    return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2, "pool_recycle": 300}
+    kwargs: dict[str, Any] = {
+        "pool_pre_ping": True,
+        "pool_size": 2,
+        "max_overflow": 2,
+        "pool_recycle": 300,
+    }
+    if url.startswith("postgresql"):
+        kwargs["connect_args"] = {"connect_timeout": 10}  # an unreachable host fails, not hangs
+    return kwargs
+
+
+class StorageError(RuntimeError):
+    """The Optuna storage cannot be used. One line, password masked."""
+
+
+def check_storage(url: str) -> None:
+    """Connect once (bounded by the connect timeout) so that a wrong URL, host or password
+    fails before any work starts, with a message that names the storage but not its secret.
+
+    >>> check_storage("sqlite:///:memory:")
+    >>> check_storage("nosuchdb://x")
+    Traceback (most recent call last):
+    ...
+    lambda_hat.tuning.StorageError: optuna_storage nosuchdb://x: unknown database driver
+    """
+    import sqlalchemy
+
+    from lambda_hat.settings import mask_url
+
+    shown = mask_url(url)
+    try:
+        engine = sqlalchemy.create_engine(url, **engine_kwargs(url))
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError):
+        raise StorageError(f"optuna_storage {shown}: unknown database driver") from None
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT 1"))
+    except sqlalchemy.exc.SQLAlchemyError as error:
+        reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
+        raise StorageError(f"optuna_storage {shown}: cannot connect ({reason})") from None
+    finally:
+        engine.dispose()
 
 
 def open_study(url: str, name: str, seed: int = 0) -> optuna.Study:

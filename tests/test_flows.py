@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
@@ -214,3 +215,31 @@ def test_bad_settings_are_named(monkeypatch, capsys, lambda_hat_env):
     err = capsys.readouterr().err
     assert "settings (LAMBDA_HAT_*): cluster.kind: Input should be" in err, err
     assert math.isfinite(len(err)) and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        (
+            "LAMBDA_HAT_OPTUNA_STORAGE",
+            "postgresql+psycopg://lh:s3cret@127.0.0.1:1/lh",
+            "optuna_storage postgresql+psycopg://lh:***@127.0.0.1:1/lh: cannot connect",
+        ),
+        ("LAMBDA_HAT_OPTUNA_STORAGE", "nosuchdb://x", "optuna_storage nosuchdb://x: unknown"),
+        ("LAMBDA_HAT_RESULTS_DIR", "/etc/hostname/results", "results_dir /etc/hostname/results:"),
+        ("LAMBDA_HAT_ARTIFACTS_DIR", "/etc/hostname/a", "artifacts_dir /etc/hostname/a:"),
+    ],
+)
+def test_unusable_storage_or_dirs_fail_before_any_work(
+    variable, value, message, monkeypatch, capsys, lambda_hat_env
+):
+    monkeypatch.setenv(variable, value)
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as exit_info:
+        tune_main(["--problems", "smoke"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert "s3cret" not in err
+    assert time.monotonic() - started < 15  # a clear error within seconds, no hang
+    assert not (lambda_hat_env / "results").exists()
