@@ -122,7 +122,10 @@ def tune_method(
     def on_outcome(outcome: Outcome, done: int, total: int) -> None:
         append_rows(parquet, [_row(outcome, context)])
         update_progress_artifact(progress, 100.0 * min(done, total) / total)
-        best = study.best_value if any(t.value is not None for t in study.trials) else None
+        try:
+            best = study.best_value  # one query, not a load of every trial
+        except ValueError:  # no completed trial yet
+            best = None
         shown = (
             "failed: " + str(outcome.reason)
             if outcome.objective is None
