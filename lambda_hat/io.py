@@ -54,10 +54,10 @@ def check_writable(path: Path, field: str) -> None:
     """Fail in one line if ``path`` could not be created or written, without creating it:
     the nearest existing ancestor must be a writable directory.
 
-    >>> check_writable(Path("/etc/hostname/results"), "results_dir")
+    >>> check_writable(Path("/proc/version/results"), "results_dir")
     Traceback (most recent call last):
     ...
-    ValueError: results_dir /etc/hostname/results: /etc/hostname is not a directory
+    ValueError: results_dir /proc/version/results: /proc/version is not a directory
     """
     ancestor = Path(path).absolute()
     while not ancestor.exists():

@@ -226,8 +226,8 @@ def test_bad_settings_are_named(monkeypatch, capsys, lambda_hat_env):
             "optuna_storage postgresql+psycopg://lh:***@127.0.0.1:1/lh: cannot connect",
         ),
         ("LAMBDA_HAT_OPTUNA_STORAGE", "nosuchdb://x", "optuna_storage nosuchdb://x: unknown"),
-        ("LAMBDA_HAT_RESULTS_DIR", "/etc/hostname/results", "results_dir /etc/hostname/results:"),
-        ("LAMBDA_HAT_ARTIFACTS_DIR", "/etc/hostname/a", "artifacts_dir /etc/hostname/a:"),
+        ("LAMBDA_HAT_RESULTS_DIR", "/proc/version/results", "results_dir /proc/version/results:"),
+        ("LAMBDA_HAT_ARTIFACTS_DIR", "/proc/version/a", "artifacts_dir /proc/version/a:"),
     ],
 )
 def test_unusable_storage_or_dirs_fail_before_any_work(
