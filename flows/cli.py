@@ -8,6 +8,7 @@ from pathlib import Path
 import optuna
 from pydantic import ValidationError
 
+from flows.reference import DEFAULT_REFERENCE
 from lambda_hat.cli import OneLineErrors
 from lambda_hat.io import check_writable, read_json
 from lambda_hat.problems import PRESETS, SpecError, format_validation_error, load_problem_set
@@ -81,11 +82,17 @@ def _reference_cached(artifacts_dir: Path, pid: str, config: ReferenceConfig) ->
     return bool(record) and record.get("code_version") == reference_code_version(config)
 
 
-def _finished(url: str, name: str) -> int:
-    """Finished trials of a study, without creating storage that does not exist yet."""
+def _existing_storage(url: str) -> optuna.storages.RDBStorage | None:
+    """The Optuna storage, or None where a SQLite file does not exist yet (a dry run must
+    not create it)."""
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return None
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+
+
+def _finished(storage: optuna.storages.RDBStorage | None, name: str) -> int:
+    if storage is None:
         return 0
-    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
     try:
         return finished_trials(optuna.load_study(study_name=name, storage=storage))
     except KeyError:
@@ -95,17 +102,14 @@ def _finished(url: str, name: str) -> int:
 def print_plan(args: argparse.Namespace) -> None:
     settings = Settings()
     problem_set = load_problem_set(args.problems)
-    from flows.reference import DEFAULT_REFERENCE
-
-    config = DEFAULT_REFERENCE
     print(f"settings: {settings.public()}")
     print(
         f"plan: {len(problem_set.problems)} problems × {len(args.methods)} methods, "
         f"{args.n_trials} trials per study, {args.batch} in flight, objective {args.objective}"
     )
-    url = settings.storage_url()
+    storage = _existing_storage(settings.storage_url())
     for spec in problem_set.problems:
-        cached = _reference_cached(settings.artifacts_dir, spec.pid, config)
+        cached = _reference_cached(settings.artifacts_dir, spec.pid, DEFAULT_REFERENCE)
         reference = (
             "recompute (refresh)"
             if args.refresh_references
@@ -113,7 +117,7 @@ def print_plan(args: argparse.Namespace) -> None:
         )
         print(f"- {spec.name} ({spec.pid}): reference {reference}")
         for method in args.methods:
-            done = _finished(url, f"{spec.pid}:{method}")
+            done = _finished(storage, f"{spec.pid}:{method}")
             print(
                 f"    study {spec.pid}:{method}: {done} finished, "
                 f"{max(args.n_trials - done, 0)} to run"

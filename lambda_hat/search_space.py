@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from lambda_hat.io import safe_load_yaml
 from lambda_hat.problems import format_validation_error
-from lambda_hat.runners.run_method import METHODS, MethodConfigError, parse_method_config
+from lambda_hat.runners.run_method import METHODS, parse_method_config
 
 
 class SearchSpaceError(ValueError):
@@ -107,7 +107,8 @@ class MethodSpace(_Frozen):
         if both:
             raise ValueError(f"{both} both fixed and tuned")
         for probe in self._extremes():
-            parse_method_config(self.method, probe)  # raises MethodConfigError
+            # A MethodConfigError is a ValueError: pydantic reports it as this model's error.
+            parse_method_config(self.method, probe)
         return self
 
     def _extremes(self) -> list[dict[str, Any]]:
@@ -138,8 +139,6 @@ def _parse_entry(method: str, entry: Any, source: str) -> MethodSpace:
         separator = "." if error.errors()[0]["loc"] else ": "
         line = format_validation_error(error)
         raise SearchSpaceError(f"{source}: methods.{method}{separator}{line}") from None
-    except MethodConfigError as error:
-        raise SearchSpaceError(f"{source}: methods.{method}: {error}") from None
 
 
 def _read_yaml(text: str, source: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from lambda_hat.estimator import compiled_diagnostics, llc_from_losses
 from lambda_hat.io import atomic_write_json
-from lambda_hat.posterior import LossData, PosteriorParams, empirical_loss
+from lambda_hat.posterior import LossData, PosteriorParams
 from lambda_hat.targets import Problem
 
 Status = Literal["ok", "diverged", "budget_exhausted", "error"]
@@ -80,11 +80,6 @@ class Cost(NamedTuple):
     grad_evals: int = 0
     full_grad_equiv: float = 0.0
 
-    def __add__(self, other: Cost) -> Cost:  # type: ignore[override]
-        return Cost(
-            self.grad_evals + other.grad_evals, self.full_grad_equiv + other.full_grad_equiv
-        )
-
 
 FORWARD_COST = 1.0 / 3.0
 
@@ -99,11 +94,6 @@ def cast_problem(problem: Problem, precision: Precision) -> tuple[LossData, Post
     data = LossData(*(jnp.asarray(a, dtype) for a in problem.data))
     post = PosteriorParams(*(jnp.asarray(a, dtype) for a in problem.posterior_params()))
     return data, post
-
-
-def loss_at(w: jax.Array, data: LossData, arch) -> jax.Array:
-    """L_n(w) in the precision of ``w`` (used for L0 so that L − L0 has no precision bias)."""
-    return empirical_loss(w, data, arch)
 
 
 def scalars(values: dict[str, float], precision: Precision) -> dict[str, jax.Array]:
