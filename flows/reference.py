@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -19,7 +20,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.futures import wait
 
 from flows.cluster import dask_cluster, runner_for
-from lambda_hat.problems import load_problem_set
+from flows.logs import forward_library_logs
+from lambda_hat.io import read_json
+from lambda_hat.problems import ProblemSpec, load_problem_set
 from lambda_hat.runners.hmc_reference import ReferenceConfig
 from lambda_hat.settings import Settings
 from tasks.reference import hmc_reference
@@ -38,6 +41,18 @@ def storage_paths(settings: Settings) -> dict[str, str]:
     }
 
 
+def _ref_json_intact(artifacts_dir: Path, spec: dict[str, Any]) -> bool:
+    """A cached reference counts only while its ref.json is on disk and readable: a
+    missing or truncated one (a crash, a full disk, a hand edit) is recomputed."""
+    pid = ProblemSpec.model_validate(spec).pid
+    path = artifacts_dir / "problems" / pid / "ref.json"
+    record = read_json(path)
+    intact = isinstance(record, dict) and record.get("pid") == pid and "llc_ref" in record
+    if path.exists() and not intact:
+        get_run_logger().warning("%s is unreadable or incomplete; recomputing it", path)
+    return intact
+
+
 @flow(name="compute-references")
 def compute_references(
     specs: list[dict[str, Any]],
@@ -48,13 +63,16 @@ def compute_references(
     """One cached ``hmc_reference`` task per problem, all in flight at once."""
     settings = Settings()
     task = hmc_reference.with_options(
-        refresh_cache=refresh,
-        result_storage=settings.results_dir.resolve() / "prefect-results",
+        result_storage=settings.results_dir.resolve() / "prefect-results"
     )
-    futures = [
-        task.submit(spec, config, budget_sec=budget_sec, **storage_paths(settings))
-        for spec in specs
-    ]
+    futures = []
+    for spec in specs:
+        recompute = refresh or not _ref_json_intact(settings.artifacts_dir, spec)
+        futures.append(
+            task.with_options(refresh_cache=recompute).submit(
+                spec, config, budget_sec=budget_sec, **storage_paths(settings)
+            )
+        )
     wait(futures)
     references = []
     for future in futures:
@@ -95,6 +113,7 @@ def reference(
 ) -> list[dict[str, Any]]:
     """HMC references for ``problems`` (a preset name or a YAML path); ``refresh``
     recomputes them even when cached (the nightly deployment sets it)."""
+    forward_library_logs()
     logger = get_run_logger()
     settings = Settings()
     problem_set = load_problem_set(problems)

@@ -29,9 +29,10 @@ from prefect.context import get_run_context
 from prefect.futures import as_completed
 
 from flows.cluster import dask_cluster, runner_for
+from flows.logs import forward_library_logs
 from flows.reference import DEFAULT_REFERENCE, compute_references, storage_paths
 from flows.report import leaderboard_rows, report_markdown
-from lambda_hat.io import check_writable
+from lambda_hat.io import atomic_write_json, check_writable, read_json
 from lambda_hat.problems import ProblemSpec, load_problem_set
 from lambda_hat.results import append_rows
 from lambda_hat.runners.hmc_reference import ReferenceConfig
@@ -40,6 +41,7 @@ from lambda_hat.settings import Settings
 from lambda_hat.tuning import (
     Driver,
     Outcome,
+    StorageRetry,
     TrialPlan,
     check_storage,
     finished_trials,
@@ -114,13 +116,26 @@ def tune_method(
         result_storage=settings.results_dir.resolve() / "prefect-results"
     )
 
+    runs_dir = settings.artifacts_dir.resolve() / "runs"
+
     def submit(plan: TrialPlan):
-        return trial_task.submit(
+        # A trial whose metrics.json is missing or unreadable (truncated) is computed, not
+        # taken from the cache: the files on disk must match what the study was told.
+        trial_dir = runs_dir / pid / method / plan.trial_id
+        recompute = read_json(trial_dir / "metrics.json") is None
+        if recompute and (trial_dir / "metrics.json").exists():
+            logger.warning("%s: metrics.json is unreadable; recomputing the trial", trial_dir)
+        task = trial_task.with_options(refresh_cache=recompute)
+        return task.submit(
             plan.trial_id, spec, method, plan.config, plan.seed, plan.budget_sec, **paths
         )
 
+    def record(outcome: Outcome) -> None:
+        row = _row(outcome, context)
+        atomic_write_json(runs_dir / pid / method / outcome.plan.trial_id / "row.json", row)
+        append_rows(parquet, [row], rebuild_from=runs_dir)
+
     def on_outcome(outcome: Outcome, done: int, total: int) -> None:
-        append_rows(parquet, [_row(outcome, context)])
         update_progress_artifact(progress, 100.0 * min(done, total) / total)
         try:
             best = study.best_value  # one query, not a load of every trial
@@ -151,7 +166,9 @@ def tune_method(
         se_ref=reference["se_ref"],
         objective=objective,
         huber_k=huber_k,
+        record=record,
         on_outcome=on_outcome,
+        retry=StorageRetry(settings.budgets.storage_retry_sec),
     )
     stall_sec = max(settings.budgets.stall_sec, 2 * budget_sec)
 
@@ -166,10 +183,19 @@ def tune_method(
             ) from None
 
     outcomes = driver.run(n_trials, batch=batch, submit=submit, first_done=first_done)
+    latency = sorted(driver.ask_submit_sec) or [0.0]
+    logger.info(
+        "%s: ask→submit latency median %.3f s, max %.3f s over %d trials",
+        study.study_name,
+        latency[len(latency) // 2],
+        latency[-1],
+        len(driver.ask_submit_sec),
+    )
     return {
         "study_name": study.study_name,
         "trials_run_now": len(outcomes),
         "trials_finished": finished_trials(study),
+        "ask_submit_sec": driver.ask_submit_sec,
         "timeline": [
             (o.plan.number, o.result.get("started_at"), o.result.get("finished_at"))
             for o in outcomes
@@ -200,6 +226,7 @@ def tune(
     reference_draws: int = DEFAULT_REFERENCE.num_draws,
 ) -> dict[str, Any]:
     """Tune ``methods`` on ``problems`` (a preset or YAML path) with ``n_trials`` per study."""
+    forward_library_logs()
     logger = get_run_logger()
     settings = Settings()
     problem_set = load_problem_set(problems)

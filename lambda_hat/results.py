@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from filelock import FileLock
 
-from lambda_hat.io import atomic_write_bytes
+from lambda_hat.io import atomic_write_bytes, read_json
+
+log = logging.getLogger(__name__)
 
 # The documented schema (README, "runs.parquet"); hp_<name> columns come on top.
 COLUMNS: dict[str, pa.DataType] = {
@@ -91,14 +96,46 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return pq.read_table(path).to_pylist()
 
 
-def append_rows(path: Path, records: Iterable[dict[str, Any]]) -> int:
+def trial_records(runs_dir: Path) -> list[dict[str, Any]]:
+    """The per-trial copies of the rows (``<runs_dir>/<pid>/<method>/<trial_id>/row.json``,
+    written beside each trial's ``metrics.json``); unreadable ones are skipped."""
+    records = [read_json(path) for path in sorted(Path(runs_dir).glob("*/*/*/row.json"))]
+    return [record for record in records if isinstance(record, dict) and "trial_id" in record]
+
+
+def _existing_rows(path: Path, rebuild_from: Path | None) -> list[dict[str, Any]]:
+    """The file's rows; a file that cannot be read is moved aside (never deleted) and the
+    rows are rebuilt from the per-trial records, with a warning."""
+    try:
+        return read_rows(path)
+    except (pa.ArrowException, OSError) as error:
+        if rebuild_from is None:
+            raise
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(path, aside)
+        rows = [flatten_row(record) for record in trial_records(rebuild_from)]
+        log.warning(
+            "%s was unreadable (%s): moved to %s and rebuilt %d rows from %s/*/*/*/row.json",
+            path,
+            str(error).splitlines()[0],
+            aside.name,
+            len(rows),
+            rebuild_from,
+        )
+        return rows
+
+
+def append_rows(
+    path: Path, records: Iterable[dict[str, Any]], rebuild_from: Path | None = None
+) -> int:
     """Merge trial records into the file (a record with a known trial_id replaces the old
-    row) and return how many rows the file now has."""
+    row) and return how many rows the file now has. With ``rebuild_from`` (the runs
+    directory), a corrupt file is rebuilt from the per-trial records instead of failing."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     new = [flatten_row(record) for record in records]
     with FileLock(str(path) + ".lock", timeout=120):
-        by_id = {row["trial_id"]: row for row in read_rows(path)}
+        by_id = {row["trial_id"]: row for row in _existing_rows(path, rebuild_from)}
         for row in new:
             by_id[row["trial_id"]] = row
         rows = list(by_id.values())

@@ -55,6 +55,11 @@ class BudgetSettings(BaseModel):
         gt=0,
         description="fail a study when no trial finished for this long (paused or lost workers)",
     )
+    storage_retry_sec: float = Field(
+        default=120.0,
+        gt=0,
+        description="retry a lost Optuna storage connection (a database restart) this long",
+    )
 
 
 class JaxSettings(BaseModel):

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from lambda_hat.ids import stable_hash
@@ -125,25 +127,85 @@ def open_study(url: str, name: str, seed: int = 0) -> optuna.Study:
 
 def finished_trials(study: optuna.Study) -> int:
     """Trials that count toward ``n_trials``: the ones the driver told a result (they carry
-    a ``status`` attr), not the ones it reaped (those were re-enqueued and run again)."""
+    a ``status`` attr), not the ones it reaped or lost (those were re-enqueued and run
+    again)."""
     states = (TrialState.COMPLETE, TrialState.FAIL)
     trials = study.get_trials(deepcopy=False, states=states)
     return sum(1 for t in trials if "status" in t.user_attrs)
 
 
+def _requeue(
+    study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial, reason: str
+) -> None:
+    """Fail ``trial`` (not counted) and enqueue its parameters with its seed: the rerun has
+    the same trial_id, so it hits the trial's cache if the work itself had finished."""
+    # The storage call works for live and frozen trials alike (FrozenTrial has no setter).
+    study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+    study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+    attrs = {"seed": trial.user_attrs.get("seed"), "attempt": trial.user_attrs.get("attempt", 1)}
+    study.enqueue_trial(trial.params, user_attrs={**attrs, "attempt": attrs["attempt"] + 1})
+
+
 def reap_stale_trials(study: optuna.Study) -> int:
     """Fail RUNNING trials left by a dead driver and re-enqueue their parameters with their
-    original seed, so the rerun has the same trial_id (and hits its cache if it finished).
+    original seed (Optuna's heartbeat does not run under ask/tell, so nobody else will).
     Call only when no other driver works on this study."""
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in stale:
-        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-        study.enqueue_trial(trial.params, user_attrs={"seed": trial.user_attrs.get("seed")})
+        if trial.params or "seed" in trial.user_attrs:
+            _requeue(study, trial, "stale: its driver died")
+        else:  # created by an ask that failed half-way: nothing to rerun
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
     if stale:
         log.warning(
             "study %s: failed and re-enqueued %d stale trials", study.study_name, len(stale)
         )
     return len(stale)
+
+
+RETRYABLE: tuple[type[Exception], ...] = (
+    optuna.exceptions.StorageInternalError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+)
+
+
+@dataclass(frozen=True)
+class StorageRetry:
+    """Call a storage operation, retrying connection errors (a restarting database) with
+    backoff for at most ``within_sec``; then fail with one line instead of hanging.
+
+    >>> StorageRetry(1.0)("a query", lambda: 42)
+    42
+    """
+
+    within_sec: float = 120.0
+
+    def __call__(self, what: str, operation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + self.within_sec
+        delay = 0.5
+        while True:
+            try:
+                return operation(*args, **kwargs)
+            except RETRYABLE as error:
+                reason = _first_line(error)
+                if time.monotonic() + delay > deadline:
+                    raise StorageError(
+                        f"optuna_storage: {what} failed for {self.within_sec:g} s "
+                        f"(LAMBDA_HAT_BUDGETS__STORAGE_RETRY_SEC); last error: {reason}"
+                    ) from None
+                log.warning(
+                    "optuna_storage: %s failed (%s); retrying in %.1f s", what, reason, delay
+                )
+                time.sleep(delay)
+                delay = min(2 * delay, 10.0)
+
+
+def _first_line(error: BaseException) -> str:
+    """The driver's own message (never the SQL parameters or the URL)."""
+    cause = getattr(error, "orig", None) or error.__cause__ or error
+    text = str(cause).strip().splitlines()
+    return text[0] if text else type(cause).__name__
 
 
 @dataclass(frozen=True)
@@ -157,6 +219,7 @@ class TrialPlan:
     hyperparams: dict[str, Any]
     seed: int
     budget_sec: float
+    attempt: int = 1
 
 
 @dataclass
@@ -168,9 +231,19 @@ class Outcome:
     reason: str | None
 
 
+# A trial whose task raised (its worker or job was killed, after Dask's own re-runs) is
+# run again this many times in all before it counts as a failed trial.
+MAX_ATTEMPTS = 3
+
+
 @dataclass
 class Driver:
-    """Keeps ``batch`` trials of one study in flight until it has ``n_trials`` finished."""
+    """Keeps ``batch`` trials of one study in flight until it has ``n_trials`` finished.
+
+    ``record(outcome)`` is called before Optuna is told (so a crash in between leaves a
+    RUNNING trial that the next run reaps and reruns from cache, never a told trial
+    without its row), ``on_outcome(outcome, finished, n_trials)`` after.
+    """
 
     study: optuna.Study
     space: MethodSpace
@@ -181,7 +254,10 @@ class Driver:
     se_ref: float
     objective: ObjectiveKind = "abs"
     huber_k: float = 1.0
+    record: Callable[[Outcome], None] | None = None
     on_outcome: Callable[[Outcome, int, int], None] | None = None
+    retry: StorageRetry = field(default_factory=StorageRetry)
+    ask_submit_sec: list[float] = field(default_factory=list)
     _in_flight: dict[Hashable, tuple[optuna.Trial, TrialPlan]] = field(default_factory=dict)
 
     def run(
@@ -192,21 +268,38 @@ class Driver:
         submit: Callable[[TrialPlan], Hashable],
         first_done: Callable[[list[Hashable]], Hashable],
     ) -> list[Outcome]:
-        reap_stale_trials(self.study)
-        to_start = max(n_trials - finished_trials(self.study), 0)
+        self.retry("reaping stale trials", reap_stale_trials, self.study)
+        to_start = max(n_trials - self.retry("counting", finished_trials, self.study), 0)
         outcomes: list[Outcome] = []
         while to_start > 0 or self._in_flight:
             while to_start > 0 and len(self._in_flight) < batch:
-                trial = self.study.ask(self.space.distributions())
-                plan = self._plan(trial)
+                asked = time.perf_counter()
+                trial = self.retry("ask", self.study.ask, self.space.distributions())
+                plan = self.retry("planning a trial", self._plan, trial)
                 self._in_flight[submit(plan)] = (trial, plan)
+                self.ask_submit_sec.append(time.perf_counter() - asked)
                 to_start -= 1
             future = first_done(list(self._in_flight))
             trial, plan = self._in_flight.pop(future)
-            outcome = self._tell(trial, plan, _result_of(future))
+            result = _result_of(future)
+            if result["status"] == "lost" and plan.attempt < MAX_ATTEMPTS:
+                log.warning("trial %s lost (%s); running it again", plan.trial_id, result["error"])
+                self.retry(
+                    "re-enqueueing a lost trial", _requeue, self.study, trial, result["error"]
+                )
+                to_start += 1
+                continue
+            outcome = self._judge(plan, result)
+            if self.record is not None:
+                self.record(outcome)
+            self.retry("telling a result", self._tell, trial, outcome)
             outcomes.append(outcome)
             if self.on_outcome is not None:
-                self.on_outcome(outcome, finished_trials(self.study), n_trials)
+                done = self.retry("counting", finished_trials, self.study)
+                self.on_outcome(outcome, done, n_trials)
+        # An ask that failed half-way (storage lost after the trial was created) leaves a
+        # RUNNING trial nobody runs: fail it, so no trial stays RUNNING.
+        self.retry("failing orphaned trials", reap_stale_trials, self.study)
         return outcomes
 
     def _plan(self, trial: optuna.Trial) -> TrialPlan:
@@ -225,27 +318,34 @@ class Driver:
             dict(trial.params),
             seed,
             self.budget_sec,
+            trial.user_attrs.get("attempt", 1),
         )
 
-    def _tell(self, trial: optuna.Trial, plan: TrialPlan, result: dict[str, Any]) -> Outcome:
+    def _judge(self, plan: TrialPlan, result: dict[str, Any]) -> Outcome:
+        """COMPLETE with the objective, or FAIL with a reason (never an inf objective)."""
         llc = result.get("llc_hat")
         status = result.get("status", "error")
-        trial.set_user_attr("status", status)
-        if llc is None or not math.isfinite(llc) or status in ("diverged", "error"):
+        if llc is None or not math.isfinite(llc) or status in ("diverged", "error", "lost"):
             reason = result.get("error") or f"status {status}"
-            trial.set_user_attr("fail_reason", reason)
-            self.study.tell(trial, state=TrialState.FAIL)
             return Outcome(plan, result, TrialState.FAIL, None, reason)
         value = objective_value(llc, self.llc_ref, self.se_ref, self.objective, self.huber_k)
-        trial.set_user_attr("llc_hat", llc)
-        self.study.tell(trial, value)
         return Outcome(plan, result, TrialState.COMPLETE, value, None)
+
+    def _tell(self, trial: optuna.Trial, outcome: Outcome) -> None:
+        """Idempotent, so a retry after a lost connection cannot tell twice."""
+        trial.set_user_attr("status", outcome.result.get("status", "error"))
+        if outcome.state == TrialState.FAIL:
+            trial.set_user_attr("fail_reason", outcome.reason)
+            self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        else:
+            trial.set_user_attr("llc_hat", outcome.result["llc_hat"])
+            self.study.tell(trial.number, outcome.objective, skip_if_finished=True)
 
 
 def _result_of(future: Any) -> dict[str, Any]:
-    """The trial's result dict; an exception from the task (after its retries) is an
-    ``error`` result, so one lost trial does not end the study."""
+    """The trial's result dict. The runner never raises (a diverged or failing run is a
+    result), so an exception here is the infrastructure's: the trial is ``lost``."""
     try:
         return future.result()
-    except Exception as error:  # noqa: BLE001 - infrastructure failures become FAIL trials
-        return {"status": "error", "llc_hat": None, "error": f"{type(error).__name__}: {error}"}
+    except Exception as error:  # noqa: BLE001 - a lost worker must not end the study
+        return {"status": "lost", "llc_hat": None, "error": f"{type(error).__name__}: {error}"}

@@ -35,6 +35,7 @@ def reference_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> 
     task_run_name="hmc-reference-{spec[name]}",
     cache_key_fn=reference_cache_key,
     persist_result=True,
+    result_serializer="json",  # nothing in the results dir is ever unpickled
     retries=2,
     retry_delay_seconds=10,
 )

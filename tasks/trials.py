@@ -30,6 +30,7 @@ def trial_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     task_run_name="{method}-{trial_id}",
     cache_key_fn=trial_cache_key,
     persist_result=True,
+    result_serializer="json",  # nothing in the results dir is ever unpickled
     retries=2,
     retry_delay_seconds=5,
 )

@@ -7,12 +7,21 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import optuna
 import pytest
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from lambda_hat.results import append_rows, read_rows
 from lambda_hat.search_space import load_methods
 from lambda_hat.settings import Settings, mask_url
-from lambda_hat.tuning import Driver, finished_trials, objective_value, open_study
+from lambda_hat.tuning import (
+    MAX_ATTEMPTS,
+    Driver,
+    StorageError,
+    StorageRetry,
+    finished_trials,
+    objective_value,
+    open_study,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -70,16 +79,9 @@ def test_driver_keeps_batch_in_flight_and_tells_each_as_it_finishes(tmp_path):
     assert len({o.plan.trial_id for o in outcomes}) == 9
 
 
-def test_failures_are_told_fail_with_a_reason(tmp_path):
-    study = open_study(f"sqlite:///{tmp_path}/o.db", "p_test:sgld")
-    results = iter(
-        [
-            {"status": "diverged", "llc_hat": None, "error": "chunk 0: non-finite loss"},
-            {"status": "error", "llc_hat": None, "error": "ValueError: boom"},
-            RuntimeError("worker lost"),
-            {"status": "ok", "llc_hat": 3.2},
-        ]
-    )
+def run_scripted(study, script, n_trials, **driver_options):
+    """Run the driver with trials that return (or raise) the scripted results in order."""
+    results = iter(script)
 
     def trial(plan):
         result = next(results)
@@ -88,18 +90,78 @@ def test_failures_are_told_fail_with_a_reason(tmp_path):
         return result
 
     with ThreadPoolExecutor(1) as pool:
-        outcomes = make_driver(study).run(
-            4, batch=1, submit=lambda p: pool.submit(trial, p), first_done=first_done
+        driver = make_driver(study, **driver_options)
+        return driver.run(
+            n_trials, batch=1, submit=lambda p: pool.submit(trial, p), first_done=first_done
         )
-    reasons = [t.user_attrs.get("fail_reason") for t in study.trials]
-    assert reasons[:3] == [
+
+
+def test_failures_are_told_fail_with_a_reason_and_lost_trials_run_again(tmp_path):
+    study = open_study(f"sqlite:///{tmp_path}/o.db", "p_test:sgld")
+    recorded = []
+    script = [
+        {"status": "diverged", "llc_hat": None, "error": "chunk 0: non-finite loss"},
+        {"status": "error", "llc_hat": None, "error": "ValueError: boom"},
+        RuntimeError("worker lost"),  # infrastructure: the same trial runs again
+        {"status": "ok", "llc_hat": 3.2},
+        {"status": "ok", "llc_hat": float("nan")},  # never an inf/nan objective
+    ]
+    outcomes = run_scripted(study, script, 4, record=recorded.append)
+    trials = study.trials
+    assert [t.user_attrs.get("fail_reason") for t in trials[:3]] == [
         "chunk 0: non-finite loss",
         "ValueError: boom",
         "RuntimeError: worker lost",
     ]
-    assert [t.state for t in study.trials] == [TrialState.FAIL] * 3 + [TrialState.COMPLETE]
+    assert [t.state for t in trials] == [TrialState.FAIL] * 3 + [
+        TrialState.COMPLETE,
+        TrialState.FAIL,
+    ]
+    # The rerun of the lost trial has its parameters, seed and so its trial_id.
+    assert trials[3].params == trials[2].params
+    assert trials[3].user_attrs["trial_id"] == trials[2].user_attrs["trial_id"]
+    assert trials[3].user_attrs["attempt"] == 2
     assert study.best_value == pytest.approx(0.2)
-    assert [o.objective for o in outcomes][:3] == [None, None, None]
+    assert [o.objective for o in outcomes] == [None, None, pytest.approx(0.2), None]
+    assert finished_trials(study) == 4
+    assert [o.plan.trial_id for o in recorded] == [o.plan.trial_id for o in outcomes]
+    assert all(t.values is None for t in trials if t.state == TrialState.FAIL)
+
+
+def test_a_trial_lost_every_time_counts_as_failed_after_max_attempts(tmp_path):
+    study = open_study(f"sqlite:///{tmp_path}/o.db", "p_test:sgld")
+    script = [RuntimeError(f"killed {i}") for i in range(MAX_ATTEMPTS)]
+    outcomes = run_scripted(study, script, 1)
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * MAX_ATTEMPTS
+    assert len({t.user_attrs["trial_id"] for t in study.trials}) == 1
+    assert outcomes[0].reason == f"RuntimeError: killed {MAX_ATTEMPTS - 1}"
+    assert finished_trials(study) == 1
+
+
+def _connection_refused():
+    # What SQLAlchemy raises while the database restarts (the real restart is in
+    # test_faults.py; here only the retry logic is under test).
+    raise sqlalchemy.exc.OperationalError("SELECT 1", {}, OSError("connection refused"))
+
+
+def test_storage_retry_rides_out_a_short_outage_and_bounds_a_long_one():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) <= 2:
+            _connection_refused()
+        return "ok"
+
+    assert StorageRetry(30)("a query", flaky) == "ok" and len(calls) == 3
+    started = time.monotonic()
+    with pytest.raises(StorageError) as error:
+        StorageRetry(1.0)("telling a result", _connection_refused)
+    assert time.monotonic() - started < 3
+    assert str(error.value) == (
+        "optuna_storage: telling a result failed for 1 s "
+        "(LAMBDA_HAT_BUDGETS__STORAGE_RETRY_SEC); last error: connection refused"
+    )
 
 
 def test_stale_running_trials_are_reaped_and_rerun_with_their_seed(tmp_path):

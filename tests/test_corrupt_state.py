@@ -1,0 +1,79 @@
+"""Corrupt state on disk (issue 6, fault 6) on the embedded default with a real Prefect
+server: a truncated ref.json, cache entry or metrics.json is recomputed; a corrupt
+runs.parquet is moved aside and rebuilt from the per-trial records without losing rows.
+Also: nothing in the results directory is a pickle (every cache entry is JSON)."""
+
+import json
+
+import optuna
+
+from flows.reference import reference
+from flows.tune import tune
+from lambda_hat.problems import load_problem_set
+from lambda_hat.results import read_rows
+from lambda_hat.settings import Settings
+
+from .test_flows import FAST_METHODS, SMALL_REFERENCE
+
+SMALL = {"problems": "smoke", "num_warmup": 100, "num_draws": 200}
+
+
+def truncate(path, keep=20):
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def test_truncated_ref_json_or_cache_entry_is_recomputed(prefect_server, lambda_hat_env):
+    first = reference(**SMALL)
+    problems = lambda_hat_env / "artifacts" / "problems"
+    cache = lambda_hat_env / "results" / "prefect-results"
+    truncate(problems / first[0]["pid"] / "ref.json")
+    (entry,) = cache.glob(f"hmc-reference-{first[1]['pid']}-*")
+    truncate(entry)
+
+    again = reference(**SMALL)
+    assert [r["cached"] for r in again] == [False, False]
+    assert not {r["hmc_run_id"] for r in again} & {r["hmc_run_id"] for r in first}
+    for ref in again:
+        assert (
+            json.loads((problems / ref["pid"] / "ref.json").read_text())["hmc_run_id"]
+            == (ref["hmc_run_id"])
+        )
+    assert [r["cached"] for r in reference(**SMALL)] == [True, True]
+    # Cache entries are JSON documents: nothing from the results dir is ever unpickled.
+    for path in cache.iterdir():
+        record = json.loads(path.read_text())
+        assert record["metadata"]["serializer"]["type"] == "json", path
+
+
+def test_corrupt_parquet_is_rebuilt_and_truncated_metrics_are_recomputed(
+    prefect_server, lambda_hat_env
+):
+    methods_file = lambda_hat_env / "methods.yaml"
+    methods_file.write_text(FAST_METHODS)
+    spec = load_problem_set("smoke").problems[0]
+    problems = lambda_hat_env / "problems.yaml"
+    problems.write_text(json.dumps({"problems": [spec.model_dump(mode="json")]}))
+    run = {"problems": str(problems), "methods": ["sgld"], "batch": 2, **SMALL_REFERENCE}
+    tune(n_trials=3, methods_file=str(methods_file), **run)
+
+    parquet = lambda_hat_env / "results" / "runs.parquet"
+    before = {row["trial_id"]: row for row in read_rows(parquet)}
+    assert len(before) == 3
+    runs = lambda_hat_env / "artifacts" / "runs" / spec.pid / "sgld"
+    study = optuna.load_study(study_name=f"{spec.pid}:sgld", storage=Settings().storage_url())
+    damaged, intact = study.trials[0], study.trials[1]
+    truncate(runs / damaged.user_attrs["trial_id"] / "metrics.json")
+    truncate(parquet, keep=100)
+    # The same parameters and seeds again: the same trial_ids (as after a crash).
+    for trial in (damaged, intact):
+        study.enqueue_trial(trial.params, user_attrs={"seed": trial.user_attrs["seed"]})
+
+    tune(n_trials=5, methods_file=str(methods_file), **run)
+    assert len(list(parquet.parent.glob("runs.parquet.corrupt-*"))) == 1
+    after = {row["trial_id"]: row for row in read_rows(parquet)}
+    assert set(before) <= set(after) and len(after) == 3  # nothing lost, nothing doubled
+    damaged_id, intact_id = damaged.user_attrs["trial_id"], intact.user_attrs["trial_id"]
+    assert after[damaged_id]["started_at"] > before[damaged_id]["started_at"]  # recomputed
+    assert after[intact_id]["started_at"] == before[intact_id]["started_at"]  # cache hit
+    metrics = json.loads((runs / damaged_id / "metrics.json").read_text())
+    assert metrics["status"] == after[damaged_id]["status"]
