@@ -8,6 +8,7 @@ from pathlib import Path
 import optuna
 from pydantic import ValidationError
 
+from flows.cluster import ClusterError, check_cluster
 from flows.reference import DEFAULT_REFERENCE
 from lambda_hat.cli import OneLineErrors
 from lambda_hat.io import check_writable, read_json
@@ -54,6 +55,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--huber-k", type=_positive_float, default=1.0, help="huber δ = k·se_ref")
     p.add_argument("--refresh-references", action="store_true", help="recompute HMC references")
     p.add_argument("--methods-file", default=None, help="YAML overriding the search spaces")
+    p.add_argument(
+        "--reference-warmup",
+        type=_positive_int,
+        default=DEFAULT_REFERENCE.num_warmup,
+        help="HMC warmup steps per chain for the references",
+    )
+    p.add_argument(
+        "--reference-draws",
+        type=_positive_int,
+        default=DEFAULT_REFERENCE.num_draws,
+        help="HMC draws per chain for the references",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan, compute nothing")
     return p
 
@@ -68,11 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         settings = Settings()
         check_writable(settings.results_dir, "results_dir")
         check_writable(settings.artifacts_dir, "artifacts_dir")
+        check_cluster(settings.cluster)
         if settings.optuna_storage is not None:  # (SQLite: connecting would create the file)
             check_storage(settings.storage_url())
     except ValidationError as error:  # (a ValueError too: keep this clause first)
         p.error(f"settings (LAMBDA_HAT_*): {format_validation_error(error)}")
-    except (SpecError, SearchSpaceError, StorageError, ValueError) as error:
+    except (SpecError, SearchSpaceError, StorageError, ClusterError, ValueError) as error:
         p.error(str(error))
     return args
 
@@ -109,7 +123,8 @@ def print_plan(args: argparse.Namespace) -> None:
     )
     storage = _existing_storage(settings.storage_url())
     for spec in problem_set.problems:
-        cached = _reference_cached(settings.artifacts_dir, spec.pid, DEFAULT_REFERENCE)
+        config = ReferenceConfig(num_warmup=args.reference_warmup, num_draws=args.reference_draws)
+        cached = _reference_cached(settings.artifacts_dir, spec.pid, config)
         reference = (
             "recompute (refresh)"
             if args.refresh_references

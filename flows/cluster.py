@@ -102,12 +102,21 @@ def _start(cluster, role: RoleProfile, kind: str) -> None:
             ) from None
 
 
-@contextmanager
-def dask_cluster(settings: ClusterSettings, role: Role = "trials") -> Iterator[str]:
-    """Yield a scheduler address for ``role``; stop the cluster (and its jobs) afterwards."""
+def check_cluster(settings: ClusterSettings) -> None:
+    """Fail before any work on a cluster setting that cannot work (a missing or invalid
+    profile, an ``address`` kind without an address)."""
     if settings.kind == "address":
         if not settings.scheduler_address:
             raise ClusterError("cluster.scheduler_address: required when cluster.kind is 'address'")
+        return
+    load_profile(settings)
+
+
+@contextmanager
+def dask_cluster(settings: ClusterSettings, role: Role = "trials") -> Iterator[str]:
+    """Yield a scheduler address for ``role``; stop the cluster (and its jobs) afterwards."""
+    check_cluster(settings)
+    if settings.kind == "address":
         yield settings.scheduler_address
         return
     profile = getattr(load_profile(settings), role)

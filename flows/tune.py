@@ -28,7 +28,7 @@ from prefect.artifacts import (
 from prefect.context import get_run_context
 from prefect.futures import as_completed
 
-from flows.cluster import dask_cluster, runner_for
+from flows.cluster import ClusterError, dask_cluster, runner_for
 from flows.logs import forward_library_logs
 from flows.reference import DEFAULT_REFERENCE, compute_references, storage_paths
 from flows.report import leaderboard_rows, report_markdown
@@ -41,8 +41,10 @@ from lambda_hat.settings import Settings
 from lambda_hat.tuning import (
     Driver,
     Outcome,
+    StorageError,
     StorageRetry,
     TrialPlan,
+    best_value,
     check_storage,
     finished_trials,
     open_study,
@@ -50,6 +52,10 @@ from lambda_hat.tuning import (
 from tasks.trials import run_trial_task
 
 DEFAULT_METHODS = ("sgld", "mclmc", "vi")
+
+
+class StudyStalled(RuntimeError):
+    """No trial finished within the stall timeout. One line."""
 
 
 def artifact_key(*parts: str) -> str:
@@ -95,9 +101,10 @@ def tune_method(
     settings = Settings()
     paths = storage_paths(settings)
     pid = ProblemSpec.model_validate(spec).pid
-    study = open_study(settings.storage_url(), f"{pid}:{method}")
+    retry = StorageRetry(settings.budgets.storage_retry_sec)
+    study = retry("opening the study", open_study, settings.storage_url(), f"{pid}:{method}")
     progress = create_progress_artifact(
-        100.0 * min(finished_trials(study), n_trials) / n_trials,
+        100.0 * min(retry("counting", finished_trials, study), n_trials) / n_trials,
         key=artifact_key("progress", pid, method),
         description=f"trials finished in study {study.study_name}",
     )
@@ -137,10 +144,7 @@ def tune_method(
 
     def on_outcome(outcome: Outcome, done: int, total: int) -> None:
         update_progress_artifact(progress, 100.0 * min(done, total) / total)
-        try:
-            best = study.best_value  # one query, not a load of every trial
-        except ValueError:  # no completed trial yet
-            best = None
+        best = retry("reading the best value", best_value, study)
         shown = (
             "failed: " + str(outcome.reason)
             if outcome.objective is None
@@ -168,7 +172,7 @@ def tune_method(
         huber_k=huber_k,
         record=record,
         on_outcome=on_outcome,
-        retry=StorageRetry(settings.budgets.storage_retry_sec),
+        retry=retry,
     )
     stall_sec = max(settings.budgets.stall_sec, 2 * budget_sec)
 
@@ -176,7 +180,7 @@ def tune_method(
         try:
             return next(as_completed(futures, timeout=stall_sec))
         except TimeoutError:
-            raise RuntimeError(
+            raise StudyStalled(
                 f"study {study.study_name}: no trial finished within {stall_sec:g} s "
                 f"(LAMBDA_HAT_BUDGETS__STALL_SEC); workers are paused (memory), lost, or "
                 "not starting. The study resumes when the flow is run again."
@@ -194,7 +198,7 @@ def tune_method(
     return {
         "study_name": study.study_name,
         "trials_run_now": len(outcomes),
-        "trials_finished": finished_trials(study),
+        "trials_finished": retry("counting", finished_trials, study),
         "ask_submit_sec": driver.ask_submit_sec,
         "timeline": [
             (o.plan.number, o.result.get("started_at"), o.result.get("finished_at"))
@@ -266,7 +270,10 @@ def tune(
                     settings.budgets.trial_sec,
                 )
                 studies.append(summary)
-    rows = leaderboard_rows(settings.storage_url(), references, methods)
+    retry = StorageRetry(settings.budgets.storage_retry_sec)
+    rows = retry(
+        "building the leaderboard", leaderboard_rows, settings.storage_url(), references, methods
+    )
     create_table_artifact(key="leaderboard", table=rows, description="best trial per study")
     create_markdown_artifact(
         key="tune-report",
@@ -283,16 +290,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print_plan(args)
         return 0
-    tune(
-        problems=args.problems,
-        methods=args.methods,
-        n_trials=args.n_trials,
-        batch=args.batch,
-        objective=args.objective,
-        huber_k=args.huber_k,
-        refresh_references=args.refresh_references,
-        methods_file=args.methods_file,
-    )
+    try:
+        tune(
+            problems=args.problems,
+            methods=args.methods,
+            n_trials=args.n_trials,
+            batch=args.batch,
+            objective=args.objective,
+            huber_k=args.huber_k,
+            refresh_references=args.refresh_references,
+            methods_file=args.methods_file,
+            reference_warmup=args.reference_warmup,
+            reference_draws=args.reference_draws,
+        )
+    except (StorageError, ClusterError, StudyStalled) as error:
+        # The traceback is in the flow's logs; the terminal gets the reason in one line.
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

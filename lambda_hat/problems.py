@@ -142,7 +142,8 @@ class OptimumSpec(_Frozen):
 class ProblemSpec(_Frozen):
     """One LLC problem. ``name`` is a label; it does not enter the problem id."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,80}$")
+    # A label, but it reaches run names and keys: no "/", no leading dot or dash.
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")
     model: ModelSpec
     data: DataSpec
     teacher: TeacherSpec = TeacherSpec()

@@ -134,6 +134,14 @@ def finished_trials(study: optuna.Study) -> int:
     return sum(1 for t in trials if "status" in t.user_attrs)
 
 
+def best_value(study: optuna.Study) -> float | None:
+    """The best objective so far (one query, not a load of every trial), or None."""
+    try:
+        return study.best_value
+    except ValueError:  # no completed trial yet
+        return None
+
+
 def _requeue(
     study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial, reason: str
 ) -> None:

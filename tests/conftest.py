@@ -129,3 +129,11 @@ def lambda_hat_env(tmp_path, monkeypatch):
     monkeypatch.setenv("LAMBDA_HAT_JAX__COMPILATION_CACHE_DIR", str(REPO / ".jax_cache"))
     monkeypatch.delenv("LAMBDA_HAT_OPTUNA_STORAGE", raising=False)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def stack():
+    """The real SLURM + Postgres + Prefect stack (tests/stack.py), once per test run."""
+    from .stack import real_stack
+
+    yield from real_stack()

@@ -1,20 +1,10 @@
 """The production path end to end, driven the way a user drives it: a real single-node SLURM,
 a real Postgres, a real Prefect server, `prefect deploy`, `prefect deployment run`, and a
-process worker with `--run-once`. Everything is brought up with the scripts users get
-(`deployments/*.sh`) and torn down by PID.
-
-Needs root and the packages of `deployments/install-system-packages.sh` (the README's test
-command installs them). It fails loudly without them; `LAMBDA_HAT_SKIP_E2E=1` (never set in
-CI) skips it on machines where it cannot run.
-"""
+process worker with `--run-once` (the stack: tests/stack.py)."""
 
 import json
-import os
 import re
-import shutil
-import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,84 +16,9 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from lambda_hat.results import read_rows
 
-from .conftest import REPO
+from .stack import PASSWORD, PREFECT, PROFILE, REPO, sh, skip_without_stack
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("LAMBDA_HAT_SKIP_E2E") == "1", reason="LAMBDA_HAT_SKIP_E2E=1 (opt-out)"
-)
-
-PREFECT = str(REPO / ".venv" / "bin" / "prefect")
-PROFILE = """
-trials:
-  cluster: {{cores: 1, processes: 1, memory: 4GB, walltime: "00:20:00",
-            job_name: lambda-hat-trial, interface: lo, log_directory: {logs}}}
-  scale: {{jobs: 2}}
-  start_timeout_sec: 120
-reference:
-  cluster: {{cores: 2, processes: 1, memory: 4GB, walltime: "00:20:00",
-            job_name: lambda-hat-reference, interface: lo, log_directory: {logs}}}
-  scale: {{jobs: 1}}
-  start_timeout_sec: 120
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def sh(*args: str, env: dict[str, str], timeout: float = 300) -> str:
-    """Run a command from the repo root; fail with its output if it fails."""
-    out = subprocess.run(
-        list(args), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert out.returncode == 0, (
-        f"{' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    )
-    return out.stdout
-
-
-def exports(output: str) -> dict[str, str]:
-    return dict(re.findall(r"^export (\w+)=(\S+)$", output, flags=re.MULTILINE))
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    """SLURM, Postgres and Prefect (server + work pool) from the user scripts; down by PID."""
-    assert os.geteuid() == 0, "the end-to-end test needs root (SLURM as root, Postgres via runuser)"
-    # munged and postgres run as their own users: their state must not sit under pytest's
-    # private (0700) temp directories.
-    shared = Path(tempfile.mkdtemp(prefix="lambda-hat-e2e-"))
-    shared.chmod(0o755)
-    env = {
-        **os.environ,
-        "PGPORT": str(free_port()),
-        "PREFECT_PORT": str(free_port()),
-        "SLURMCTLD_PORT": str(free_port()),
-        "SLURMD_PORT": str(free_port()),
-        "DO_NOT_TRACK": "1",
-        "PREFECT_HOME": str(shared / "prefect-home"),
-    }
-    for key in ("PREFECT_API_URL", "LAMBDA_HAT_OPTUNA_STORAGE", "SLURM_CONF"):
-        env.pop(key, None)
-    state = {name: str(shared / name) for name in ("slurm", "postgres", "prefect")}
-    down = [
-        ("deployments/stack.sh", "down", state["prefect"]),
-        ("deployments/postgres-local.sh", "down", state["postgres"]),
-        ("deployments/slurm-local.sh", "down", state["slurm"]),
-    ]
-    try:
-        env.update(exports(sh("bash", "deployments/slurm-local.sh", "up", state["slurm"], env=env)))
-        env.update(
-            exports(sh("bash", "deployments/postgres-local.sh", "up", state["postgres"], env=env))
-        )
-        env.update(exports(sh("bash", "deployments/stack.sh", "up", state["prefect"], env=env)))
-        yield env
-    finally:
-        for script, action, directory in down:
-            subprocess.run(["bash", script, action, directory], cwd=REPO, env=env, timeout=120)
-        shutil.rmtree(shared, ignore_errors=True)
+pytestmark = skip_without_stack
 
 
 def test_deploy_and_run_tune_on_slurm_and_postgres(stack, tmp_path):
@@ -147,8 +62,11 @@ def test_deploy_and_run_tune_on_slurm_and_postgres(stack, tmp_path):
         env=env,
     )  # fmt: skip
     flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", run).group(1)
-    sh(PREFECT, "worker", "start", "--pool", "lambda-hat", "--run-once", env=worker_env,
-       timeout=600)  # fmt: skip
+    worker = subprocess.run(
+        [PREFECT, "worker", "start", "--pool", "lambda-hat", "--run-once"],
+        cwd=REPO, env=worker_env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert worker.returncode == 0, worker.stderr[-3000:]
 
     api = {PREFECT_API_URL: env["PREFECT_API_URL"]}
     with temporary_settings(api), get_client(sync_client=True) as client:
@@ -172,11 +90,35 @@ def test_deploy_and_run_tune_on_slurm_and_postgres(stack, tmp_path):
         ref = json.loads((tmp_path / "artifacts" / "problems" / pid / "ref.json").read_text())
         assert ref["slurm_job_id"] and ref["slurm_job_name"] == "lambda-hat-reference"
         assert ref["slurm_job_id"] not in jobs
-    # The password is a secret: not in parameters, artifacts or the Parquet file.
-    password = storage.split(":")[2].split("@")[0]
-    assert password not in json.dumps(rows, default=str)
-    assert password not in json.dumps(flow_run.parameters)
+    assert PASSWORD in storage  # the run really used the recognisable password
+    assert_secret_nowhere(
+        PASSWORD,
+        env["PREFECT_API_URL"],
+        texts={"worker output": worker.stdout + worker.stderr},
+        directories=[tmp_path, Path(env["PREFECT_HOME"])],
+    )
     print(f"end-to-end test body took {time.monotonic() - started:.0f} s")
+
+
+def assert_secret_nowhere(secret, api_url, texts, directories):
+    """The secret is in no output: the given texts, every file (results, artifacts, Parquet,
+    metrics.json, Prefect cache entries, SLURM job logs, the Prefect server's database), and
+    every flow run's parameters, log line and artifact on the server."""
+    found = [name for name, text in texts.items() if secret in text]
+    for directory in directories:
+        for path in Path(directory).rglob("*"):
+            if path.is_file() and secret.encode() in path.read_bytes():
+                found.append(str(path))
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs()
+        logs = client.read_logs()
+        artifacts = client.read_artifacts()
+    assert len(runs) >= 4 and logs and artifacts  # the run's flows, subflows, logs, tables
+    for kind, items in (("flow run", runs), ("log", logs), ("artifact", artifacts)):
+        for item in items:
+            if secret in item.model_dump_json():
+                found.append(f"{kind} {item.model_dump_json()[:200]}")
+    assert not found, found
 
 
 def test_jobs_that_never_start_fail_fast_with_a_clear_message(stack, tmp_path, monkeypatch):

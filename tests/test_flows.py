@@ -2,10 +2,8 @@
 Dask LocalCluster (2 worker processes), SQLite-backed Optuna, Parquet and artifacts."""
 
 import json
-import math
 import subprocess
 import sys
-import time
 
 import optuna
 import pytest
@@ -13,7 +11,6 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.reference import reference
-from flows.tune import main as tune_main
 from flows.tune import tune
 from lambda_hat.problems import load_problem_set
 from lambda_hat.results import read_rows
@@ -185,61 +182,3 @@ def test_help_works():
         "--dry-run",
     ):
         assert option in out.stdout
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--methods", "nuts"], "argument --methods: invalid choice: 'nuts'"),
-        (["--n-trials", "0"], "argument --n-trials: must be at least 1, got 0"),
-        (["--batch", "two"], "argument --batch: expected a positive integer, got 'two'"),
-        (["--problems", "nope.yaml"], "problems: no such file or preset 'nope.yaml'"),
-        (["--objective", "mse"], "argument --objective: invalid choice: 'mse'"),
-        (["--methods-file", "nope.yaml"], "methods: no such file 'nope.yaml'"),
-    ],
-)
-def test_bad_cli_input_exits_2_with_one_line(argv, message, capsys, lambda_hat_env):
-    with pytest.raises(SystemExit) as exit_info:
-        tune_main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1, err
-    assert not (lambda_hat_env / "results").exists()
-
-
-def test_bad_settings_are_named(monkeypatch, capsys, lambda_hat_env):
-    monkeypatch.setenv("LAMBDA_HAT_CLUSTER__KIND", "kubernetes")
-    with pytest.raises(SystemExit) as exit_info:
-        tune_main(["--dry-run"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "settings (LAMBDA_HAT_*): cluster.kind: Input should be" in err, err
-    assert math.isfinite(len(err)) and err.count("\n") == 1
-
-
-@pytest.mark.parametrize(
-    ("variable", "value", "message"),
-    [
-        (
-            "LAMBDA_HAT_OPTUNA_STORAGE",
-            "postgresql+psycopg://lh:s3cret@127.0.0.1:1/lh",
-            "optuna_storage postgresql+psycopg://lh:***@127.0.0.1:1/lh: cannot connect",
-        ),
-        ("LAMBDA_HAT_OPTUNA_STORAGE", "nosuchdb://x", "optuna_storage nosuchdb://x: unknown"),
-        ("LAMBDA_HAT_RESULTS_DIR", "/proc/version/results", "results_dir /proc/version/results:"),
-        ("LAMBDA_HAT_ARTIFACTS_DIR", "/proc/version/a", "artifacts_dir /proc/version/a:"),
-    ],
-)
-def test_unusable_storage_or_dirs_fail_before_any_work(
-    variable, value, message, monkeypatch, capsys, lambda_hat_env
-):
-    monkeypatch.setenv(variable, value)
-    started = time.monotonic()
-    with pytest.raises(SystemExit) as exit_info:
-        tune_main(["--problems", "smoke"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1, err
-    assert "s3cret" not in err
-    assert time.monotonic() - started < 15  # a clear error within seconds, no hang
-    assert not (lambda_hat_env / "results").exists()

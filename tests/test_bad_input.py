@@ -1,0 +1,149 @@
+"""Bad input (issue 6): every case exits 2 with one line that names the problem, within
+seconds, and writes nothing (an existing results directory is left byte for byte as it was).
+All go through ``python flows/tune.py``'s entry point, as a user's typo would."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.tune import main as tune_main
+from lambda_hat.problems import load_problem_set
+
+GOOD_PROBLEM = load_problem_set("smoke").problems[0].model_dump(mode="json")
+
+
+def problem(**changes) -> str:
+    """A problems file with one smoke problem, sections changed as given."""
+    spec = json.loads(json.dumps(GOOD_PROBLEM))
+    for section, value in changes.items():
+        if isinstance(value, dict):
+            spec[section].update(value)
+        else:
+            spec[section] = value
+    return json.dumps({"problems": [spec]})
+
+
+SGLD_SPACE = "methods:\n  sgld:\n    space:\n      step_size: {}\n"
+
+# (case, argv, files {name: text}, env {var: value}, what the one line must contain)
+CASES = [
+    ("problems: malformed YAML", ["--problems", "p.yaml"], {"p.yaml": "problems: [{name: x"},
+     {}, "p.yaml: malformed YAML at line 1"),
+    ("problems: unknown family", ["--problems", "p.yaml"],
+     {"p.yaml": problem(model={"family": "cnn"})}, {},
+     "problems.0.model: Input tag 'cnn' found using 'family' does not match"),
+    ("problems: unknown activation", ["--problems", "p.yaml"],
+     {"p.yaml": problem(model={"family": "mlp", "widths": [2, 4, 1], "activation": "swish"},
+                        teacher={"widths": [2, 3, 1]})}, {},
+     "problems.0.model.mlp.activation: Input should be 'tanh', 'relu' or 'gelu'"),
+    ("problems: n out of range", ["--problems", "p.yaml"],
+     {"p.yaml": problem(data={"n": 0})}, {},
+     "problems.0.data.n: Input should be greater than or equal to 2"),
+    ("problems: negative noise", ["--problems", "p.yaml"],
+     {"p.yaml": problem(data={"noise_sigma": -1.0})}, {},
+     "problems.0.data.noise_sigma: Input should be greater than 0"),
+    ("problems: rank above the smallest width", ["--problems", "p.yaml"],
+     {"p.yaml": problem(teacher={"rank": 9})}, {},
+     "teacher.rank: must be <= the smallest width 2, got 9"),
+    ("problems: empty set", ["--problems", "p.yaml"], {"p.yaml": "problems: []\n"}, {},
+     "p.yaml: problems: must list at least one problem"),
+    ("problems: not a mapping", ["--problems", "p.yaml"], {"p.yaml": "- a\n- b\n"}, {},
+     "p.yaml: problems.0: Input should be a valid dictionary"),
+    ("problems: a name that escapes a directory", ["--problems", "p.yaml"],
+     {"p.yaml": problem(name="../../etc")}, {},
+     "problems.0.name: String should match pattern"),
+    ("problems: no such file or preset", ["--problems", "nope.yaml"], {}, {},
+     "problems: no such file or preset 'nope.yaml'"),
+    ("cli: unknown method", ["--methods", "nuts"], {}, {},
+     "argument --methods: invalid choice: 'nuts'"),
+    ("cli: n-trials out of range", ["--n-trials", "0"], {}, {},
+     "argument --n-trials: must be at least 1, got 0"),
+    ("cli: batch not a number", ["--batch", "two"], {}, {},
+     "argument --batch: expected a positive integer, got 'two'"),
+    ("cli: unknown objective", ["--objective", "mse"], {}, {},
+     "argument --objective: invalid choice: 'mse'"),
+    ("cli: negative huber-k", ["--huber-k", "-1"], {}, {}, "argument --huber-k: must be > 0"),
+    ("search space: no such file", ["--methods-file", "nope.yaml"], {}, {},
+     "methods: no such file 'nope.yaml'"),
+    ("search space: malformed YAML", ["--methods-file", "m.yaml"],
+     {"m.yaml": "methods: {sgld: [}"}, {}, "m.yaml: malformed YAML"),
+    ("search space: low > high", ["--methods-file", "m.yaml"],
+     {"m.yaml": SGLD_SPACE.format("{type: float, low: 1.0e-3, high: 1.0e-5}")}, {},
+     "methods.sgld.space.step_size.float: low must be below high (got low=0.001, high=1e-05)"),
+    ("search space: log with low <= 0", ["--methods-file", "m.yaml"],
+     {"m.yaml": SGLD_SPACE.format("{type: float, low: 0.0, high: 1.0e-3, log: true}")}, {},
+     "step_size.float: log scale needs low > 0 (got low=0.0)"),
+    ("search space: unknown hyperparameter", ["--methods-file", "m.yaml"],
+     {"m.yaml": "methods:\n  sgld:\n    space:\n      stepsize: {type: float, low: 1, high: 2}\n"},
+     {}, "m.yaml: methods.sgld: sgld.stepsize: unknown field"),
+    ("search space: unknown method", ["--methods-file", "m.yaml"],
+     {"m.yaml": "methods:\n  hmc: {fixed: {}}\n"}, {},
+     "m.yaml: methods.hmc: unknown method (allowed: mclmc, sgld, vi)"),
+    ("settings: unknown cluster kind", [], {}, {"LAMBDA_HAT_CLUSTER__KIND": "kubernetes"},
+     "settings (LAMBDA_HAT_*): cluster.kind: Input should be"),
+    ("settings: negative trial budget", [], {}, {"LAMBDA_HAT_BUDGETS__TRIAL_SEC": "-5"},
+     "budgets.trial_sec: Input should be greater than 0"),
+    ("settings: scheduler address without scheme", [], {},
+     {"LAMBDA_HAT_CLUSTER__KIND": "address", "LAMBDA_HAT_CLUSTER__SCHEDULER_ADDRESS": "h:8786"},
+     "cluster.scheduler_address: expected e.g. tcp://host:8786, got 'h:8786'"),
+    ("settings: address kind without an address", [], {},
+     {"LAMBDA_HAT_CLUSTER__KIND": "address"},
+     "cluster.scheduler_address: required when cluster.kind is 'address'"),
+    ("settings: missing cluster profile", [], {},
+     {"LAMBDA_HAT_CLUSTER__KIND": "slurm", "LAMBDA_HAT_CLUSTER__PROFILE": "nope.yaml"},
+     "cluster.profile: no such file 'nope.yaml'"),
+    ("settings: profile with an unknown key", [],
+     {"prof.yaml": "trials: {}\nreference: {}\nextra: 1\n"},
+     {"LAMBDA_HAT_CLUSTER__KIND": "slurm", "LAMBDA_HAT_CLUSTER__PROFILE": "prof.yaml"},
+     "prof.yaml: extra: unknown field"),
+    ("storage: unreachable Postgres", [], {},
+     {"LAMBDA_HAT_OPTUNA_STORAGE": "postgresql+psycopg://lh:s3cret@127.0.0.1:1/lh"},
+     "optuna_storage postgresql+psycopg://lh:***@127.0.0.1:1/lh: cannot connect"),
+    ("storage: unknown driver", [], {}, {"LAMBDA_HAT_OPTUNA_STORAGE": "nosuchdb://x"},
+     "optuna_storage nosuchdb://x: unknown database driver"),
+    ("dirs: results_dir under a file", [], {},
+     {"LAMBDA_HAT_RESULTS_DIR": "/proc/version/results"},
+     "results_dir /proc/version/results: /proc/version is not a directory"),
+    ("dirs: artifacts_dir not writable", [], {},
+     {"LAMBDA_HAT_ARTIFACTS_DIR": "/proc/sys/lambda_hat"},
+     "artifacts_dir /proc/sys/lambda_hat: /proc/sys is not writable"),
+]  # fmt: skip
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("argv", "files", "env", "message"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(
+    argv, files, env, message, capsys, monkeypatch, lambda_hat_env
+):
+    monkeypatch.chdir(lambda_hat_env)
+    for name, text in files.items():
+        (lambda_hat_env / name).write_text(text)
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    # A campaign's results already exist: bad input must leave them exactly as they were.
+    (lambda_hat_env / "results").mkdir()
+    (lambda_hat_env / "results" / "runs.parquet").write_bytes(b"rows of an earlier campaign")
+    before = snapshot(lambda_hat_env)
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as exit_info:
+        tune_main(["--problems", "smoke", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert "s3cret" not in err and "Traceback" not in err
+    assert time.monotonic() - started < 15  # a clear error within seconds, no hang
+    assert snapshot(lambda_hat_env) == before
+    assert not (lambda_hat_env / "artifacts").exists()
+
+
+def test_there_are_at_least_twenty_cases():
+    assert len(CASES) >= 20 and len({case[0] for case in CASES}) == len(CASES)

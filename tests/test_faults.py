@@ -1,0 +1,228 @@
+"""Faults on the real stack (issue 6): a trial's SLURM job is killed mid-trial, the flow
+process is SIGKILLed and run again, Postgres restarts mid-run or stays down. Each campaign
+is `python flows/tune.py` exactly as a user runs it, against the session's SLURM, Postgres
+and Prefect server (tests/stack.py)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from lambda_hat.problems import load_problem_set
+from lambda_hat.results import read_rows
+from lambda_hat.tuning import finished_trials
+
+from .stack import PASSWORD, REPO, sh, skip_without_stack
+
+pytestmark = skip_without_stack
+
+PROFILE = """
+trials:
+  cluster: {{cores: 1, processes: 1, memory: 4GB, walltime: "00:20:00",
+            job_name: {name}, interface: lo, log_directory: {logs}}}
+  scale: {{jobs: 3}}
+  start_timeout_sec: 120
+reference:
+  cluster: {{cores: 1, processes: 1, memory: 4GB, walltime: "00:20:00",
+            job_name: {name}-ref, interface: lo, log_directory: {logs}}}
+  scale: {{jobs: 1}}
+  start_timeout_sec: 120
+"""
+# Trials of a few seconds: long enough to be killed in the middle.
+METHODS = """
+methods:
+  sgld:
+    fixed: {num_steps: 15000, thinning: 10, num_chains: 2, batch_size: 64}
+    space:
+      step_size: {type: float, low: 1.0e-5, high: 3.0e-4, log: true}
+"""
+
+
+class Campaign:
+    """One study (its own problem, so its own pid) run with `python flows/tune.py`."""
+
+    def __init__(self, stack: dict[str, str], tmp_path: Path, name: str, data_seed: int):
+        spec = load_problem_set("smoke").problems[0].model_dump(mode="json")
+        spec["seed"] = data_seed
+        spec["name"] = name
+        (tmp_path / "problems.yaml").write_text(json.dumps({"problems": [spec]}))
+        (tmp_path / "methods.yaml").write_text(METHODS)
+        (tmp_path / "profile.yaml").write_text(PROFILE.format(name=name, logs=tmp_path / "logs"))
+        self.pid = load_problem_set(str(tmp_path / "problems.yaml")).problems[0].pid
+        self.tmp, self.name, self.storage = tmp_path, name, stack["LAMBDA_HAT_OPTUNA_STORAGE"]
+        self.parquet = tmp_path / "results" / "runs.parquet"
+        self.runs = tmp_path / "artifacts" / "runs" / self.pid / "sgld"
+        self.env = {
+            **stack,
+            "LAMBDA_HAT_CLUSTER__KIND": "slurm",
+            "LAMBDA_HAT_CLUSTER__PROFILE": str(tmp_path / "profile.yaml"),
+            "LAMBDA_HAT_RESULTS_DIR": str(tmp_path / "results"),
+            "LAMBDA_HAT_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
+            "LAMBDA_HAT_JAX__COMPILATION_CACHE_DIR": str(REPO / ".jax_cache"),
+        }
+
+    def start(self, n_trials: int, batch: int, log: str, **env: str) -> subprocess.Popen:
+        argv = [
+            sys.executable, "flows/tune.py",
+            "--problems", str(self.tmp / "problems.yaml"),
+            "--methods", "sgld",
+            "--n-trials", str(n_trials),
+            "--batch", str(batch),
+            "--methods-file", str(self.tmp / "methods.yaml"),
+            "--reference-warmup", "100",
+            "--reference-draws", "200",
+        ]  # fmt: skip
+        output = open(self.tmp / log, "w")  # noqa: SIM115 - the child owns it
+        return subprocess.Popen(
+            argv, cwd=REPO, env={**self.env, **env}, stdout=output, stderr=subprocess.STDOUT
+        )
+
+    def finish(self, process: subprocess.Popen, log: str, timeout: float = 420) -> str:
+        try:
+            process.wait(timeout=timeout)
+        finally:
+            process.kill()
+        return (self.tmp / log).read_text()
+
+    def study(self) -> optuna.Study:
+        return optuna.load_study(study_name=f"{self.pid}:sgld", storage=self.storage)
+
+    def rows(self) -> list[dict]:
+        return read_rows(self.parquet) if self.parquet.exists() else []
+
+    def running_trials(self) -> list[dict]:
+        """Trials that started on a worker and have not written metrics.json yet."""
+        started = [json.loads(p.read_text()) for p in self.runs.glob("*/manifest.json")]
+        return [m for m in started if not (self.runs / m["trial_id"] / "metrics.json").exists()]
+
+    def cancel_jobs(self) -> None:
+        subprocess.run(["scancel", "--name", self.name], env=self.env, check=False)
+        subprocess.run(["scancel", "--name", f"{self.name}-ref"], env=self.env, check=False)
+
+    def assert_clean_study(self, n_trials: int) -> list[dict]:
+        """n_trials told, none RUNNING, exactly one Parquet row per trial_id."""
+        study = self.study()
+        assert finished_trials(study) == n_trials
+        assert not study.get_trials(states=(TrialState.RUNNING,))
+        rows = self.rows()
+        told = {
+            t.user_attrs["trial_id"]
+            for t in study.trials
+            if t.state.is_finished() and "status" in t.user_attrs
+        }
+        assert {row["trial_id"] for row in rows} == told
+        assert len(rows) == len(told)
+        return rows
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_a_killed_trial_job_is_rerun_on_another_worker(stack, tmp_path):
+    campaign = Campaign(stack, tmp_path, "fault-scancel", data_seed=101)
+    process = campaign.start(n_trials=4, batch=2, log="tune.log")
+    try:
+        victim = wait_for(campaign.running_trials, 300, "a trial to start on a SLURM job")[0]
+        sh("scancel", victim["slurm_job_id"], env=campaign.env)
+        output = campaign.finish(process, "tune.log")
+    finally:
+        process.kill()
+        campaign.cancel_jobs()
+    assert process.returncode == 0, output[-3000:]
+    rows = campaign.assert_clean_study(4)
+    rerun = [row for row in rows if row["trial_id"] == victim["trial_id"]]
+    assert len(rerun) == 1 and rerun[0]["status"] == "ok", rerun
+    assert rerun[0]["slurm_job_id"] != victim["slurm_job_id"]  # finished on another job
+
+
+def test_sigkilled_flow_then_the_same_command_finishes_without_redoing_work(stack, tmp_path):
+    campaign = Campaign(stack, tmp_path, "fault-sigkill", data_seed=102)
+    first = campaign.start(n_trials=6, batch=2, log="first.log")
+    try:
+        wait_for(lambda: len(campaign.rows()) >= 2, 300, "two finished trials")
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(30)
+    finally:
+        first.kill()
+    before = {row["trial_id"]: row for row in campaign.rows()}
+    stale = campaign.study().get_trials(states=(TrialState.RUNNING,))
+    assert stale, "the kill left no trial in flight; nothing was tested"
+
+    second = campaign.start(n_trials=6, batch=2, log="second.log")
+    try:
+        output = campaign.finish(second, "second.log")
+    finally:
+        campaign.cancel_jobs()
+    assert second.returncode == 0, output[-3000:]
+    rows = campaign.assert_clean_study(6)
+    after = {row["trial_id"]: row for row in rows}
+    for trial_id, row in before.items():  # told before the kill: not recomputed
+        assert after[trial_id]["started_at"] == row["started_at"]
+    reaped = [
+        t
+        for t in campaign.study().trials
+        if t.user_attrs.get("fail_reason", "").startswith("stale")
+    ]
+    assert {t.number for t in reaped} == {t.number for t in stale}
+    # Each stale trial ran again under its own trial_id (from cache if its job finished it).
+    assert {t.user_attrs["trial_id"] for t in stale} <= set(after)
+
+
+def restart_postgres(env: dict[str, str], down_sec: float) -> None:
+    state = str(Path(env["SLURM_CONF"]).parents[1] / "postgres")
+    sh("bash", "deployments/postgres-local.sh", "down", state, env=env)
+    time.sleep(down_sec)
+    sh("bash", "deployments/postgres-local.sh", "up", state, env=env)
+
+
+def test_postgres_restart_mid_run_is_ridden_out(stack, tmp_path):
+    campaign = Campaign(stack, tmp_path, "fault-pgrestart", data_seed=103)
+    process = campaign.start(n_trials=6, batch=2, log="tune.log")
+    try:
+        wait_for(lambda: len(campaign.rows()) >= 1, 300, "a finished trial")
+        # Down long enough that trials finish while it is gone: the driver must retry.
+        restart_postgres(stack, down_sec=8)
+        output = campaign.finish(process, "tune.log")
+    finally:
+        process.kill()
+        campaign.cancel_jobs()
+    assert process.returncode == 0, output[-3000:]
+    assert "optuna_storage:" in output and "retrying in" in output, output[-3000:]
+    campaign.assert_clean_study(6)
+    assert PASSWORD not in output
+
+
+def test_postgres_down_for_good_fails_within_the_bound_with_one_line(stack, tmp_path):
+    campaign = Campaign(stack, tmp_path, "fault-pgdown", data_seed=104)
+    process = campaign.start(
+        n_trials=6, batch=2, log="tune.log", LAMBDA_HAT_BUDGETS__STORAGE_RETRY_SEC="10"
+    )
+    state = str(Path(stack["SLURM_CONF"]).parents[1] / "postgres")
+    try:
+        wait_for(lambda: len(campaign.rows()) >= 1, 300, "a finished trial")
+        sh("bash", "deployments/postgres-local.sh", "down", state, env=stack)
+        stopped = time.monotonic()
+        output = campaign.finish(process, "tune.log", timeout=180)
+        failed_after = time.monotonic() - stopped
+    finally:
+        process.kill()
+        campaign.cancel_jobs()
+        sh("bash", "deployments/postgres-local.sh", "up", state, env=stack)
+    assert process.returncode == 1, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("error: optuna_storage: ") and "failed for 10 s" in last, last
+    assert failed_after < 90, failed_after  # bounded: trial time + 10 s of retries + teardown
+    assert PASSWORD not in output
