@@ -3,8 +3,9 @@
 # one machine, and for the end-to-end test. Root only (SlurmUser=root).
 #   deployments/slurm-local.sh up [STATE_DIR]     start; prints `export SLURM_CONF=...`
 #   deployments/slurm-local.sh down [STATE_DIR]   stop everything it started, by PID
-# STATE_DIR defaults to ./.stack/slurm. CPUS (default 8) is what the node declares: more
-# than the machine has is fine (SlurmdParameters=config_overrides) for many small workers.
+# STATE_DIR defaults to ./.stack/slurm. CPUS (default 8) and MEMORY_MB (default 80 % of
+# the machine's) are what the node declares: more than the machine has is fine
+# (SlurmdParameters=config_overrides) for many small workers.
 set -euo pipefail
 action="${1:?usage: slurm-local.sh up|down [STATE_DIR]}"
 state="$(mkdir -p "${2:-.stack/slurm}" && cd "${2:-.stack/slurm}" && pwd)"
@@ -38,7 +39,7 @@ up)
         chown munge:munge "$state/munge/munge.key"
         chmod 400 "$state/munge/munge.key"
     fi
-    memory_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 8 / 10 ))
+    memory_mb=${MEMORY_MB:-$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 8 / 10 ))}
     cat >"$conf" <<CONF
 ClusterName=lambdahat
 SlurmctldHost=$host(127.0.0.1)

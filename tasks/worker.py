@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,17 @@ def _problem(spec_json: str, cache_dir: str) -> Problem:
     return build_problem(ProblemSpec.model_validate_json(spec_json), cache_dir=Path(cache_dir))
 
 
+_building = threading.Lock()
+
+
 def problem_for(spec: dict[str, Any], results_dir: str, jax_cache_dir: str) -> Problem:
     """The built problem (w* trained or loaded from ``<results_dir>/targets``), cached in
-    this worker process so a study's trials do not reload it."""
-    _jax_cache(jax_cache_dir)
+    this worker process so a study's trials do not reload it. A worker with several
+    threads builds it once, not once per thread."""
     spec_json = ProblemSpec.model_validate(spec).model_dump_json()
-    return _problem(spec_json, str(Path(results_dir) / "targets"))
+    with _building:
+        _jax_cache(jax_cache_dir)
+        return _problem(spec_json, str(Path(results_dir) / "targets"))
 
 
 def worker_info() -> dict[str, Any]:

@@ -62,7 +62,7 @@ def exports(output: str) -> dict[str, str]:
     return dict(re.findall(r"^export (\w+)=(\S+)$", output, flags=re.MULTILINE))
 
 
-def real_stack() -> Iterator[dict[str, str]]:
+def real_stack(cpus: int = 16, memory_mb: int | None = None) -> Iterator[dict[str, str]]:
     """SLURM, Postgres and Prefect (server + work pool) from the user scripts; down by PID.
     Yields the environment that reaches them (SLURM_CONF, the storage URL, the API URL)."""
     assert os.geteuid() == 0, "the end-to-end test needs root (SLURM as root, Postgres via runuser)"
@@ -79,7 +79,8 @@ def real_stack() -> Iterator[dict[str, str]]:
         "DO_NOT_TRACK": "1",
         "PREFECT_HOME": str(shared / "prefect-home"),
         "LAMBDA_HAT_PG_PASSWORD": PASSWORD,
-        "CPUS": "16",
+        "CPUS": str(cpus),  # declared; more than the machine has (config_overrides)
+        **({"MEMORY_MB": str(memory_mb)} if memory_mb else {}),
     }
     for key in ("PREFECT_API_URL", "LAMBDA_HAT_OPTUNA_STORAGE", "SLURM_CONF"):
         env.pop(key, None)

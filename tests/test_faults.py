@@ -18,6 +18,7 @@ from lambda_hat.problems import load_problem_set
 from lambda_hat.results import read_rows
 from lambda_hat.tuning import finished_trials
 
+from .load import run_load_campaign
 from .stack import PASSWORD, REPO, sh, skip_without_stack
 
 pytestmark = skip_without_stack
@@ -47,12 +48,19 @@ methods:
 class Campaign:
     """One study (its own problem, so its own pid) run with `python flows/tune.py`."""
 
-    def __init__(self, stack: dict[str, str], tmp_path: Path, name: str, data_seed: int):
+    def __init__(
+        self,
+        stack: dict[str, str],
+        tmp_path: Path,
+        name: str,
+        data_seed: int,
+        methods: str = METHODS,
+    ):
         spec = load_problem_set("smoke").problems[0].model_dump(mode="json")
         spec["seed"] = data_seed
         spec["name"] = name
         (tmp_path / "problems.yaml").write_text(json.dumps({"problems": [spec]}))
-        (tmp_path / "methods.yaml").write_text(METHODS)
+        (tmp_path / "methods.yaml").write_text(methods)
         (tmp_path / "profile.yaml").write_text(PROFILE.format(name=name, logs=tmp_path / "logs"))
         self.pid = load_problem_set(str(tmp_path / "problems.yaml")).problems[0].pid
         self.tmp, self.name, self.storage = tmp_path, name, stack["LAMBDA_HAT_OPTUNA_STORAGE"]
@@ -89,6 +97,12 @@ class Campaign:
         finally:
             process.kill()
         return (self.tmp / log).read_text()
+
+    def enqueue(self, params: dict) -> None:
+        """A trial the study must run first (before the flow starts)."""
+        name = f"{self.pid}:sgld"
+        study = optuna.create_study(study_name=name, storage=self.storage, load_if_exists=True)
+        study.enqueue_trial(params)
 
     def study(self) -> optuna.Study:
         return optuna.load_study(study_name=f"{self.pid}:sgld", storage=self.storage)
@@ -188,8 +202,10 @@ def restart_postgres(env: dict[str, str], down_sec: float) -> None:
     sh("bash", "deployments/postgres-local.sh", "up", state, env=env)
 
 
-def test_postgres_restart_mid_run_is_ridden_out(stack, tmp_path):
-    campaign = Campaign(stack, tmp_path, "fault-pgrestart", data_seed=103)
+def test_postgres_restart_mid_run_is_ridden_out_and_a_diverged_trial_fails(stack, tmp_path):
+    wide = METHODS.replace("high: 3.0e-4", "high: 1.0e-1")
+    campaign = Campaign(stack, tmp_path, "fault-pgrestart", data_seed=103, methods=wide)
+    campaign.enqueue({"step_size": 0.05})  # diverges within its first chunk
     process = campaign.start(n_trials=6, batch=2, log="tune.log")
     try:
         wait_for(lambda: len(campaign.rows()) >= 1, 300, "a finished trial")
@@ -201,7 +217,15 @@ def test_postgres_restart_mid_run_is_ridden_out(stack, tmp_path):
         campaign.cancel_jobs()
     assert process.returncode == 0, output[-3000:]
     assert "optuna_storage:" in output and "retrying in" in output, output[-3000:]
-    campaign.assert_clean_study(6)
+    rows = campaign.assert_clean_study(6)
+    # The diverged trial: FAIL with its reason, no objective (not inf), and the campaign
+    # went on. TPE models COMPLETE trials only, so it is out of the sampler's model.
+    diverged = campaign.study().trials[0]
+    assert diverged.state == TrialState.FAIL and diverged.values is None
+    assert diverged.user_attrs["status"] == "diverged" and diverged.user_attrs["fail_reason"]
+    (row,) = [r for r in rows if r["trial_id"] == diverged.user_attrs["trial_id"]]
+    assert row["status"] == "diverged" and row["objective"] is None and row["error"]
+    assert sum(r["status"] == "ok" for r in rows) >= 1
     assert PASSWORD not in output
 
 
@@ -226,3 +250,18 @@ def test_postgres_down_for_good_fails_within_the_bound_with_one_line(stack, tmp_
     assert last.startswith("error: optuna_storage: ") and "failed for 10 s" in last, last
     assert failed_after < 90, failed_after  # bounded: trial time + 10 s of retries + teardown
     assert PASSWORD not in output
+
+
+def test_eight_concurrent_workers_against_postgres(stack, tmp_path):
+    """The load check at CI size (4 SLURM jobs × 2 worker threads); the ≥ 32-worker run is
+    benchmarks/load_slurm.py."""
+    report = run_load_campaign(stack, tmp_path, "load-ci", jobs=4, threads=2, n_trials=24)
+    print(json.dumps({k: v for k, v in report.items() if k != "output_tail"}))
+    assert report["returncode"] == 0, report["output_tail"]
+    assert report["trials_finished"] == 24 and report["rows"] == 24
+    assert report["trials_running"] == 0 and report["trial_errors"] == 0
+    assert report["duplicate_params"] == 0 and report["duplicate_trial_ids"] == 0
+    assert report["distinct_slurm_jobs"] == 4
+    assert report["peak_concurrent_trials"] >= 6, report  # the workers really ran together
+    # One driver, one small pool per open study (pool_size 2 + overflow 2): bounded.
+    assert report["pg_connections_peak"] <= 6, report
