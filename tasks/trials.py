@@ -17,7 +17,7 @@ from prefect.context import TaskRunContext
 
 from lambda_hat.ids import validate_id
 from lambda_hat.io import atomic_write_json
-from lambda_hat.runners.run_method import method_code_version, run_trial
+from lambda_hat.runners.run_method import method_code_version, method_of, run_trial
 from tasks.worker import problem_for, worker_info
 
 
@@ -49,6 +49,7 @@ def run_trial_task(
     ``manifest.json`` (what was asked) and ``metrics.json`` (what came out)."""
     started = time.time()
     problem = problem_for(spec, results_dir, jax_cache_dir)
+    method_of(method)  # a known method name: it becomes a path component
     out_dir = Path(artifacts_dir) / "runs" / problem.pid / method / validate_id(trial_id)
     where = worker_info()
     manifest = {
