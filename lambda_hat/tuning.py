@@ -171,6 +171,18 @@ def reap_stale_trials(study: optuna.Study) -> int:
     return len(stale)
 
 
+def fail_orphans(study: optuna.Study) -> int:
+    """Fail the RUNNING trials left when a driver has nothing in flight: an ask cut off by
+    a lost connection after it created its trial. Nothing to rerun, so no re-enqueue."""
+    orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in orphans:
+        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "orphan: ask cut off")
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+    if orphans:
+        log.warning("study %s: failed %d orphaned trials", study.study_name, len(orphans))
+    return len(orphans)
+
+
 RETRYABLE: tuple[type[Exception], ...] = (
     optuna.exceptions.StorageInternalError,
     sqlalchemy.exc.OperationalError,
@@ -305,9 +317,7 @@ class Driver:
             if self.on_outcome is not None:
                 done = self.retry("counting", finished_trials, self.study)
                 self.on_outcome(outcome, done, n_trials)
-        # An ask that failed half-way (storage lost after the trial was created) leaves a
-        # RUNNING trial nobody runs: fail it, so no trial stays RUNNING.
-        self.retry("failing orphaned trials", reap_stale_trials, self.study)
+        self.retry("failing orphaned trials", fail_orphans, self.study)
         return outcomes
 
     def _plan(self, trial: optuna.Trial) -> TrialPlan:

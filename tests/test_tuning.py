@@ -164,6 +164,25 @@ def test_storage_retry_rides_out_a_short_outage_and_bounds_a_long_one():
     )
 
 
+def test_an_ask_cut_off_half_way_leaves_no_running_or_waiting_trial(tmp_path, monkeypatch):
+    study = open_study(f"sqlite:///{tmp_path}/o.db", "p_test:sgld")
+    real_ask, cut = study.ask, []
+
+    def ask_cut_off_once(*args, **kwargs):
+        trial = real_ask(*args, **kwargs)  # created in the storage ...
+        if not cut:
+            cut.append(trial.number)
+            _connection_refused()  # ... but the answer never came back
+        return trial
+
+    monkeypatch.setattr(study, "ask", ask_cut_off_once)
+    run_scripted(study, [{"status": "ok", "llc_hat": 3.1}] * 2, 2)
+    states = {t.number: t.state for t in study.trials}
+    assert TrialState.RUNNING not in states.values() and TrialState.WAITING not in states.values()
+    assert study.trials[cut[0]].user_attrs["fail_reason"] == "orphan: ask cut off"
+    assert finished_trials(study) == 2
+
+
 def test_stale_running_trials_are_reaped_and_rerun_with_their_seed(tmp_path):
     url = f"sqlite:///{tmp_path}/o.db"
     study = open_study(url, "p_test:sgld")
