@@ -52,6 +52,9 @@ class RoleProfile(BaseModel):
     cluster: dict[str, Any] = {}
     scale: Scale = Scale(jobs=1)
     start_timeout_sec: float = Field(default=300, gt=0)
+    # Workers that must have joined before work starts (all jobs' workers for benchmarks;
+    # 1 on a busy cluster, where the rest join as their jobs start).
+    start_workers: int = Field(default=1, ge=1)
 
 
 class Profile(BaseModel):
@@ -81,7 +84,7 @@ def _jobqueue_cluster(kind: str, options: dict[str, Any]):
 
 
 def _start(cluster, role: RoleProfile, kind: str) -> None:
-    """Scale the jobqueue cluster and wait, boundedly, for its first worker."""
+    """Scale the jobqueue cluster and wait, boundedly, for its first ``start_workers``."""
     from distributed import Client
 
     if role.scale.adapt is not None:
@@ -92,11 +95,13 @@ def _start(cluster, role: RoleProfile, kind: str) -> None:
         cluster.scale(jobs=role.scale.jobs or 1)
     with Client(cluster) as client:
         try:
-            client.wait_for_workers(1, timeout=role.start_timeout_sec)
+            client.wait_for_workers(role.start_workers, timeout=role.start_timeout_sec)
         except TimeoutError:
             queue = role.cluster.get("queue")
+            joined = len(client.scheduler_info()["workers"])
+            who = "no" if joined == 0 else f"only {joined} of {role.start_workers}"
             raise ClusterError(
-                f"no {kind} worker joined within start_timeout_sec={role.start_timeout_sec:g} s "
+                f"{who} {kind} worker joined within start_timeout_sec={role.start_timeout_sec:g} s "
                 f"(queue={queue!r}, job_name={role.cluster.get('job_name')!r}): the jobs did not "
                 "start; check the partition/queue, account and resources (squeue/qstat)"
             ) from None

@@ -29,6 +29,7 @@ trials:
             job_name: {name}, interface: lo, log_directory: {logs}}}
   scale: {{jobs: {jobs}}}
   start_timeout_sec: 300
+  start_workers: {jobs}
 reference:
   cluster: {{cores: 1, processes: 1, memory: 4GB, walltime: "00:30:00",
             job_name: {name}-ref, interface: lo, log_directory: {logs}}}
