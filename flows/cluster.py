@@ -6,7 +6,8 @@ and ``LAMBDA_HAT_CLUSTER__PROFILE`` an edited copy of a profile. The flow proces
 cluster per role and every subflow gets its own ``DaskTaskRunner`` pointing at it.
 
 No silent hangs: after asking for jobs the flow waits at most ``start_timeout_sec`` for the
-first worker, then stops the jobs and fails with a message that says why.
+first ``start_workers`` workers (default 1), then stops the jobs and fails with a message
+that says why.
 """
 
 from __future__ import annotations
