@@ -270,7 +270,7 @@ def test_eight_concurrent_workers_against_postgres(stack, tmp_path):
 RETIRING_PROFILE = """
 trials:
   cluster: {{cores: 1, processes: 1, memory: 4GB, walltime: "00:05:00",
-            worker_extra_args: ["--lifetime", "20s", "--lifetime-stagger", "2s"],
+            worker_extra_args: ["--lifetime", "15s", "--lifetime-stagger", "2s"],
             job_name: {name}, interface: lo, log_directory: {logs}}}
   scale: {{adapt: {{minimum_jobs: 2, maximum_jobs: 2}}}}
   start_timeout_sec: 120
@@ -283,7 +283,7 @@ reference:
 
 
 def test_overrunning_trials_stop_at_their_budget_and_retired_jobs_are_replaced(stack, tmp_path):
-    # Trials that would run for minutes, a 3 s budget, and jobs that retire after ~20 s
+    # Trials that would run for minutes, a 3 s budget, and jobs that retire after ~15 s
     # (the profiles' --lifetime before walltime; a walltime or pre-emption kill takes the
     # path of the scancel test): the runner ends each trial near its budget, and adapt
     # brings up new jobs so the campaign finishes.
@@ -293,7 +293,7 @@ def test_overrunning_trials_stop_at_their_budget_and_retired_jobs_are_replaced(s
         RETIRING_PROFILE.format(name=campaign.name, logs=tmp_path / "logs")
     )
     process = campaign.start(
-        n_trials=12, batch=2, log="tune.log", LAMBDA_HAT_BUDGETS__TRIAL_SEC="3"
+        n_trials=16, batch=2, log="tune.log", LAMBDA_HAT_BUDGETS__TRIAL_SEC="3"
     )
     try:
         output = campaign.finish(process, "tune.log", timeout=480)
@@ -301,7 +301,7 @@ def test_overrunning_trials_stop_at_their_budget_and_retired_jobs_are_replaced(s
         process.kill()
         campaign.cancel_jobs()
     assert process.returncode == 0, output[-3000:]
-    rows = campaign.assert_clean_study(12)
+    rows = campaign.assert_clean_study(16)
     assert {row["status"] for row in rows} == {"budget_exhausted"}
     assert max(row["runtime_sec"] for row in rows) <= 3 * 1.1  # the runner's own deadline
     assert all(row["llc_hat"] is not None for row in rows)  # the draws so far are kept
