@@ -18,11 +18,10 @@ import optuna
 import psycopg
 from optuna.trial import TrialState
 
-from lambda_hat.problems import load_problem_set
 from lambda_hat.results import read_rows
 from lambda_hat.tuning import finished_trials
+from tests.stack import REPO, slurm_settings_env, write_one_problem
 
-REPO = Path(__file__).resolve().parents[1]
 PROFILE = """
 trials:
   cluster: {{cores: {threads}, processes: 1, memory: 4GB, walltime: "00:30:00",
@@ -76,21 +75,11 @@ def run_load_campaign(
 ) -> dict[str, Any]:
     """One study with ``jobs × threads`` trials in flight; returns the measurements and
     the checks (errors, duplicates, RUNNING trials, rows) as numbers."""
-    spec = load_problem_set("smoke").problems[0].model_dump(mode="json")
-    spec.update(name=name, seed=zlib.crc32(name.encode()) % 1000)
-    (tmp / "problems.yaml").write_text(json.dumps({"problems": [spec]}))
+    pid = write_one_problem(tmp, name, zlib.crc32(name.encode()) % 1000)
     (tmp / "methods.yaml").write_text(SHORT_TRIALS.format(num_steps=num_steps))
     profile = PROFILE.format(threads=threads, jobs=jobs, name=name, logs=tmp / "logs")
     (tmp / "profile.yaml").write_text(profile)
-    pid = load_problem_set(str(tmp / "problems.yaml")).problems[0].pid
-    env = {
-        **stack,
-        "LAMBDA_HAT_CLUSTER__KIND": "slurm",
-        "LAMBDA_HAT_CLUSTER__PROFILE": str(tmp / "profile.yaml"),
-        "LAMBDA_HAT_RESULTS_DIR": str(tmp / "results"),
-        "LAMBDA_HAT_ARTIFACTS_DIR": str(tmp / "artifacts"),
-        "LAMBDA_HAT_JAX__COMPILATION_CACHE_DIR": str(REPO / ".jax_cache"),
-    }
+    env = slurm_settings_env(stack, tmp)
     argv = [
         sys.executable, "flows/tune.py", "--problems", str(tmp / "problems.yaml"),
         "--methods", "sgld", "--n-trials", str(n_trials), "--batch", str(jobs * threads),

@@ -8,6 +8,7 @@ command installs them). It fails loudly without them; `LAMBDA_HAT_SKIP_E2E=1` (n
 CI) skips those tests on machines where they cannot run.
 """
 
+import json
 import os
 import re
 import shutil
@@ -39,6 +40,30 @@ reference:
   scale: {{jobs: 1}}
   start_timeout_sec: 120
 """
+
+
+def slurm_settings_env(stack: dict[str, str], tmp: Path) -> dict[str, str]:
+    """The stack's environment plus the lambda_hat settings of a SLURM campaign whose
+    profile, results and artifacts live in ``tmp``."""
+    return {
+        **stack,
+        "LAMBDA_HAT_CLUSTER__KIND": "slurm",
+        "LAMBDA_HAT_CLUSTER__PROFILE": str(tmp / "profile.yaml"),
+        "LAMBDA_HAT_RESULTS_DIR": str(tmp / "results"),
+        "LAMBDA_HAT_ARTIFACTS_DIR": str(tmp / "artifacts"),
+        "LAMBDA_HAT_JAX__COMPILATION_CACHE_DIR": str(REPO / ".jax_cache"),
+    }
+
+
+def write_one_problem(tmp: Path, name: str, data_seed: int) -> str:
+    """``tmp/problems.yaml`` with the first smoke problem renamed and reseeded (so each
+    campaign has its own pid, hence its own study); returns the pid."""
+    from lambda_hat.problems import load_problem_set
+
+    spec = load_problem_set("smoke").problems[0].model_dump(mode="json")
+    spec.update(name=name, seed=data_seed)
+    (tmp / "problems.yaml").write_text(json.dumps({"problems": [spec]}))
+    return load_problem_set(str(tmp / "problems.yaml")).problems[0].pid
 
 
 def free_port() -> int:

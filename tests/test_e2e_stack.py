@@ -16,7 +16,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from lambda_hat.results import read_rows
 
-from .stack import PASSWORD, PREFECT, PROFILE, REPO, sh, skip_without_stack
+from .stack import PASSWORD, PREFECT, PROFILE, REPO, sh, skip_without_stack, slurm_settings_env
 
 pytestmark = skip_without_stack
 
@@ -35,14 +35,7 @@ def test_deploy_and_run_tune_on_slurm_and_postgres(stack, tmp_path):
 
     # The worker's environment is where settings (and the storage secret) live.
     (tmp_path / "profile.yaml").write_text(PROFILE.format(logs=tmp_path / "slurm-logs"))
-    worker_env = {
-        **env,
-        "LAMBDA_HAT_CLUSTER__KIND": "slurm",
-        "LAMBDA_HAT_CLUSTER__PROFILE": str(tmp_path / "profile.yaml"),
-        "LAMBDA_HAT_RESULTS_DIR": str(tmp_path / "results"),
-        "LAMBDA_HAT_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
-        "LAMBDA_HAT_JAX__COMPILATION_CACHE_DIR": str(REPO / ".jax_cache"),
-    }
+    worker_env = slurm_settings_env(env, tmp_path)
     (tmp_path / "methods.yaml").write_text(
         "methods:\n"
         "  sgld:\n    fixed: {num_steps: 1000, thinning: 5, batch_size: 64}\n"

@@ -14,12 +14,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from lambda_hat.problems import load_problem_set
 from lambda_hat.results import read_rows
 from lambda_hat.tuning import finished_trials
 
 from .load import run_load_campaign
-from .stack import PASSWORD, REPO, sh, skip_without_stack
+from .stack import PASSWORD, REPO, sh, skip_without_stack, slurm_settings_env, write_one_problem
 
 pytestmark = skip_without_stack
 
@@ -56,24 +55,13 @@ class Campaign:
         data_seed: int,
         methods: str = METHODS,
     ):
-        spec = load_problem_set("smoke").problems[0].model_dump(mode="json")
-        spec["seed"] = data_seed
-        spec["name"] = name
-        (tmp_path / "problems.yaml").write_text(json.dumps({"problems": [spec]}))
         (tmp_path / "methods.yaml").write_text(methods)
         (tmp_path / "profile.yaml").write_text(PROFILE.format(name=name, logs=tmp_path / "logs"))
-        self.pid = load_problem_set(str(tmp_path / "problems.yaml")).problems[0].pid
+        self.pid = write_one_problem(tmp_path, name, data_seed)
         self.tmp, self.name, self.storage = tmp_path, name, stack["LAMBDA_HAT_OPTUNA_STORAGE"]
         self.parquet = tmp_path / "results" / "runs.parquet"
         self.runs = tmp_path / "artifacts" / "runs" / self.pid / "sgld"
-        self.env = {
-            **stack,
-            "LAMBDA_HAT_CLUSTER__KIND": "slurm",
-            "LAMBDA_HAT_CLUSTER__PROFILE": str(tmp_path / "profile.yaml"),
-            "LAMBDA_HAT_RESULTS_DIR": str(tmp_path / "results"),
-            "LAMBDA_HAT_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
-            "LAMBDA_HAT_JAX__COMPILATION_CACHE_DIR": str(REPO / ".jax_cache"),
-        }
+        self.env = slurm_settings_env(stack, tmp_path)
 
     def start(self, n_trials: int, batch: int, log: str, **env: str) -> subprocess.Popen:
         argv = [
