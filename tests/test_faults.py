@@ -179,8 +179,11 @@ def test_sigkilled_flow_then_the_same_command_finishes_without_redoing_work(stac
         if t.user_attrs.get("fail_reason", "").startswith("stale")
     ]
     assert {t.number for t in reaped} == {t.number for t in stale}
-    # Each stale trial ran again under its own trial_id (from cache if its job finished it).
-    assert {t.user_attrs["trial_id"] for t in stale} <= set(after)
+    # Each stale trial that had been submitted ran again under its own trial_id (from cache
+    # if its job finished it). One killed between ask and submit has no trial_id yet: it is
+    # re-enqueued with its parameters and gets its seed when it is planned.
+    submitted = {t.user_attrs["trial_id"] for t in stale if "trial_id" in t.user_attrs}
+    assert submitted <= set(after)
 
 
 def restart_postgres(env: dict[str, str], down_sec: float) -> None:
