@@ -158,3 +158,15 @@ def test_ref_json_has_every_contract_field(tiny_spec, tmp_path):
 def test_invalid_reference_config_is_rejected(field, value):
     with pytest.raises(ValidationError, match=field):
         ReferenceConfig(**{field: value})
+
+
+def test_sufficient_statistics_and_rows_sample_the_same_posterior():
+    # Both must land on the exact Gaussian answer; only rounding separates their densities,
+    # so their chains part ways after a few steps and agree in distribution only.
+    problem = build_problem(
+        make_spec(model={"family": "dln", "widths": [3, 2]}, teacher={"rank": 2})
+    )
+    exact = exact_gaussian_llc(problem)
+    for sufficient in (True, False):
+        result = run(problem, FAST.model_copy(update={"sufficient_statistics": sufficient}))
+        assert abs(result.llc_ref - exact) < 4 * result.se_ref, (sufficient, result.llc_ref)

@@ -2,7 +2,9 @@
 
 Every chain starts at w* and runs its own window adaptation (vmapped), then samples in
 fixed-length compiled chunks so a wall-clock budget can end the run between chunks with
-the draws it has. float64 throughout.
+the draws it has. float64 throughout. For linear networks (dln, rrr) L_n is evaluated from
+the data's second moments (``posterior.Moments``): the same posterior, with gradients whose
+cost does not grow with n.
 
 >>> from lambda_hat.problems import ProblemSpec
 >>> from lambda_hat.targets import build_problem
@@ -31,7 +33,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from lambda_hat.estimator import compiled_diagnostics, llc_from_losses
 from lambda_hat.ids import code_version
 from lambda_hat.io import atomic_write_json
-from lambda_hat.posterior import Arch, LossData, PosteriorParams, log_density
+from lambda_hat.posterior import (
+    Arch,
+    LossData,
+    Moments,
+    PosteriorParams,
+    empirical_loss,
+    is_linear,
+    log_density,
+    moments_of,
+)
 from lambda_hat.targets import Problem
 
 
@@ -54,6 +65,11 @@ class ReferenceConfig(BaseModel):
     mass_matrix: Literal["diagonal", "dense"] = "diagonal"
     max_num_doublings: int = Field(default=10, ge=1, le=15, description="NUTS tree depth cap")
     num_integration_steps: int = Field(default=16, ge=1, description="HMC leapfrog steps")
+    sufficient_statistics: bool = Field(
+        default=True,
+        description="linear networks: L_n from (1/n)·XᵀX, XᵀY, Σ‖y‖² instead of the n rows "
+        "(exact; no effect on MLPs)",
+    )
     seed: int = Field(default=0, ge=0)
 
 
@@ -109,7 +125,7 @@ def _algorithm(static: _Static) -> tuple[Any, dict[str, Any]]:
     return blackjax.hmc, {"num_integration_steps": static.num_integration_steps}
 
 
-def _logdensity(data: LossData, post: PosteriorParams, arch: Arch) -> Callable:
+def _logdensity(data: LossData | Moments, post: PosteriorParams, arch: Arch) -> Callable:
     return partial(log_density, data=data, post=post, arch=arch)
 
 
@@ -168,16 +184,23 @@ def _sample_chunk(keys, states, parameters, data, post, static: _Static):
     return jax.vmap(one_chain)(keys, states, parameters)
 
 
+def _sampled_data(problem: Problem, config: ReferenceConfig) -> LossData | Moments:
+    """What the log density reads: the second moments where they suffice, else the rows."""
+    if config.sufficient_statistics and is_linear(problem.arch):
+        return moments_of(problem.data)
+    return problem.data
+
+
 @lru_cache(maxsize=32)
-def _compiled(static: _Static, n: int, n_in: int, n_out: int, d: int):
-    """Ahead-of-time compiled warmup and chunk for one (problem shape, static config)."""
+def _compiled(static: _Static, data_shapes: tuple[tuple[int, ...], ...], d: int):
+    """Ahead-of-time compiled warmup and chunk for one (data shapes, static config).
+
+    ``data_shapes`` has 3 shapes for ``LossData`` and 4 for ``Moments``.
+    """
     f64 = jnp.float64
     key_spec = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), static.num_chains))
-    data = LossData(
-        jax.ShapeDtypeStruct((n, n_in), f64),
-        jax.ShapeDtypeStruct((n, n_out), f64),
-        jax.ShapeDtypeStruct((), f64),
-    )
+    kind = Moments if len(data_shapes) == len(Moments._fields) else LossData
+    data = kind(*(jax.ShapeDtypeStruct(shape, f64) for shape in data_shapes))
     post = PosteriorParams(
         jax.ShapeDtypeStruct((d,), f64),
         jax.ShapeDtypeStruct((), f64),
@@ -279,20 +302,20 @@ def run(
     config = config or ReferenceConfig()
     start = time.perf_counter()
     static = _static(problem, config)
-    n_in, n_out = problem.data.x.shape[1], problem.data.y.shape[1]
-    warmup, chunk = _compiled(static, problem.n, n_in, n_out, problem.d)
+    data = _sampled_data(problem, config)
+    warmup, chunk = _compiled(static, tuple(a.shape for a in data), problem.d)
     post = problem.posterior_params()
+    # L0 from the same expression as the draws' L_n (they differ by rounding only).
+    loss_at_w_star = float(empirical_loss(problem.w_star, data, problem.arch))
     key_warmup, key_sample = jax.random.split(jax.random.key(config.seed))
     positions = jnp.tile(problem.w_star, (config.num_chains, 1))
     keys = jax.random.split(key_warmup, config.num_chains)
     warmup_start = time.perf_counter()
-    states, parameters, warmup_grads = jax.block_until_ready(
-        warmup(keys, positions, problem.data, post)
-    )
+    states, parameters, warmup_grads = jax.block_until_ready(warmup(keys, positions, data, post))
     # Until a chunk has been timed, predict its cost from the warmup's time per transition
     # (pessimistic: early warmup uses small steps and long trajectories).
     per_transition = (time.perf_counter() - warmup_start) / config.num_warmup
-    sampler = _ChunkedSampler(chunk, parameters, problem.data, post, config, static)
+    sampler = _ChunkedSampler(chunk, parameters, data, post, config, static)
     tally = sampler.sample(
         states,
         key_sample,
@@ -306,7 +329,7 @@ def run(
             f"(compile + warmup took {time.perf_counter() - start:.1f} s); "
             "raise it or lower num_warmup"
         )
-    estimate = llc_from_losses(tally.losses, problem.L0, problem.n_beta)
+    estimate = llc_from_losses(tally.losses, loss_at_w_star, problem.n_beta)
     theory = problem.lambda_theory
     result = ReferenceResult(
         pid=problem.pid,
