@@ -1,12 +1,14 @@
 """Reference accuracy at realistic size: HMC llc_ref against closed-form λ over data seeds.
 
     .venv/bin/python benchmarks/reference_accuracy.py                 # the full suite
-    .venv/bin/python benchmarks/reference_accuracy.py --quick         # a 2-core-hour subset
+    .venv/bin/python benchmarks/reference_accuracy.py --quick         # 4 of the 8 problems
 
-For every problem and data seed it prints and records λ_theory, llc_ref ± SE, R-hat,
-divergences and runtime; per problem the mean over seeds, the relative bias, the
-seed-to-seed spread and the √(λβ/2) scale it should be compared with; and the HMC gradient
-throughput against a bare jitted ``value_and_grad`` loop on the same problem. Results go to
+For every sample size n (default 1e4 and 1e6), problem and data seed it prints and records
+λ_theory, llc_ref ± SE, R-hat, divergences and runtime; per (n, problem) the mean over seeds,
+the relative bias, the seed-to-seed spread and the √(λβ/2) scale it should be compared with;
+and the HMC gradient throughput against bare jitted ``value_and_grad`` loops on the same
+loss (chain-vmapped, and one chain). The reference evaluates these linear networks' L_n
+from the data's second moments, so a gradient costs the same at every n. Results go to
 ``benchmarks/results/reference_accuracy.json`` (rewritten atomically after every run).
 """
 
@@ -27,7 +29,7 @@ from lambda_hat.compile_cache import enable_compilation_cache
 from lambda_hat.io import atomic_write_json
 from lambda_hat.posterior import log_density
 from lambda_hat.problems import ProblemSpec
-from lambda_hat.runners.hmc_reference import ReferenceConfig, run
+from lambda_hat.runners.hmc_reference import ReferenceConfig, run, sampled_data
 from lambda_hat.targets import build_problem
 
 # (name, model, true rank): RRR and DLN, d from 20 to ~500, several ranks.
@@ -44,10 +46,13 @@ SUITE = [
 QUICK = ["rrr_4_3_5_r1", "rrr_4_2_6_r0", "dln_4_4_3_4_r2", "dln_5_3_5_r1"]
 
 
-def bare_grad_throughput(problem, num_chains: int, steps: int = 2000) -> float:
-    """Gradients per second of a jitted, chain-vmapped value_and_grad loop (the ceiling)."""
-    post = problem.posterior_params()
-    grad = jax.vmap(jax.value_and_grad(lambda w: log_density(w, problem.data, post, problem.arch)))
+def bare_grad_throughput(problem, config: ReferenceConfig, vmapped: bool = True) -> float:
+    """Gradients per second of a jitted value_and_grad loop on the loss the reference
+    samples (the ceiling): over ``num_chains`` chains vmapped, or over one chain."""
+    post, data = problem.posterior_params(), sampled_data(problem, config)
+    num_chains = config.num_chains if vmapped else 1
+    grad = jax.vmap(jax.value_and_grad(lambda w: log_density(w, data, post, problem.arch)))
+    steps = 2000 if isinstance(data, type(problem.data)) else 200_000  # moments: µs per grad
 
     @jax.jit
     def loop(w):
@@ -73,7 +78,7 @@ def main() -> int:
     parser.add_argument("--problems", nargs="*", help="names from the suite")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--n", type=int, nargs="+", default=[10_000, 1_000_000])
     parser.add_argument("--gamma", type=float, default=1.0)
     parser.add_argument("--beta0", type=float, default=1.0)
     parser.add_argument("--num-warmup", type=int, default=1000)
@@ -93,68 +98,75 @@ def main() -> int:
         algorithm=args.algorithm, num_warmup=args.num_warmup, num_draws=args.num_draws
     )
     report = {"settings": vars(args) | {"out": str(args.out)}, "problems": []}
-    for name, model, rank in SUITE:
-        if name not in names:
-            continue
-        runs = []
-        for seed in range(args.first_seed, args.first_seed + args.seeds):
-            spec = ProblemSpec.model_validate(
-                {
-                    "name": name,
-                    "model": model,
-                    "teacher": {"rank": rank},
-                    "data": {"n": args.n},
-                    "posterior": {"gamma": args.gamma, "beta0": args.beta0},
-                    "seed": seed,
-                }
-            )
-            problem = build_problem(spec)
-            result = run(problem, config)
-            runs.append(result.model_dump())
-            print(
-                f"{name:<20} seed {seed} d={problem.d:<4} λ={result.lambda_theory:<6g} "
-                f"llc={result.llc_ref:7.3f} ± {result.se_ref:.3f} R-hat={result.rhat:.3f} "
-                f"div={result.divergences:<4} {result.runtime_sec:6.1f} s",
-                flush=True,
-            )
-        llcs = [r["llc_ref"] for r in runs]
-        lam = runs[0]["lambda_theory"]
-        warm = runs[1:] or runs  # seed ≥ 1 reuse the compiled kernels: throughput without compile
-        hmc_rate = sum(r["grad_evals"] for r in warm) / sum(r["runtime_sec"] for r in warm)
-        bare_rate = bare_grad_throughput(problem, config.num_chains)
-        summary = {
-            "name": name,
-            "d": runs[0]["d"],
-            "lambda_theory": lam,
-            "llc_mean": statistics.fmean(llcs),
-            "relative_bias": (statistics.fmean(llcs) - lam) / lam,
-            "seed_spread_sd": statistics.stdev(llcs) if len(llcs) > 1 else None,
-            "wbic_scale": math.sqrt(lam * runs[0]["beta"] / 2),
-            "max_rhat": max(r["rhat"] for r in runs),
-            "divergences": sum(r["divergences"] for r in runs),
-            "runtime_sec": sum(r["runtime_sec"] for r in runs),
-            "hmc_grads_per_sec": hmc_rate,
-            "bare_grads_per_sec": bare_rate,
-            "runs": runs,
-        }
-        report["problems"].append(summary)
-        atomic_write_json(args.out, report)
-        sd = summary["seed_spread_sd"]
+    for n in args.n:
+        for name, model, rank in SUITE:
+            if name in names:
+                report["problems"].append(run_problem(name, model, rank, n, config, args))
+                atomic_write_json(args.out, report)
+    for n in args.n:
+        biases = [abs(p["relative_bias"]) for p in report["problems"] if p["n"] == n]
         print(
-            f"== {name}: λ={lam:g} mean={summary['llc_mean']:.3f} "
-            f"bias={100 * summary['relative_bias']:+.1f}% "
-            f"spread={sd if sd is None else round(sd, 3)} "
-            f"(√(λβ/2)={summary['wbic_scale']:.3f}) HMC/bare grads/s="
-            f"{hmc_rate:.0f}/{bare_rate:.0f} ({hmc_rate / bare_rate:.2f}×)",
-            flush=True,
-        )
-    biases = [abs(p["relative_bias"]) for p in report["problems"]]
-    if biases:
-        print(
-            f"|relative bias|: median {100 * np.median(biases):.1f}%, "
-            f"worst {100 * max(biases):.1f}%"
+            f"n={n}: |relative bias| median {100 * np.median(biases):.1f}%, "
+            f"worst {100 * max(biases):.1f}% over {len(biases)} problems"
         )
     return 0
+
+
+def run_problem(name: str, model: dict, rank: int, n: int, config, args) -> dict:
+    """Every data seed of one problem at one n, and the summary over them."""
+    runs = []
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        spec = ProblemSpec.model_validate(
+            {
+                "name": name,
+                "model": model,
+                "teacher": {"rank": rank},
+                "data": {"n": n},
+                "posterior": {"gamma": args.gamma, "beta0": args.beta0},
+                "seed": seed,
+            }
+        )
+        problem = build_problem(spec)
+        result = run(problem, config)
+        runs.append(result.model_dump())
+        print(
+            f"{name:<20} seed {seed} d={problem.d:<4} λ={result.lambda_theory:<6g} "
+            f"llc={result.llc_ref:7.3f} ± {result.se_ref:.3f} R-hat={result.rhat:.3f} "
+            f"div={result.divergences:<4} {result.runtime_sec:6.1f} s",
+            flush=True,
+        )
+    llcs = [r["llc_ref"] for r in runs]
+    lam = runs[0]["lambda_theory"]
+    warm = runs[1:] or runs  # seed ≥ 1 reuse the compiled kernels: throughput without compile
+    hmc_rate = sum(r["grad_evals"] for r in warm) / sum(r["runtime_sec"] for r in warm)
+    bare_rate = bare_grad_throughput(problem, config)
+    summary = {
+        "name": name,
+        "n": n,
+        "d": runs[0]["d"],
+        "lambda_theory": lam,
+        "llc_mean": statistics.fmean(llcs),
+        "relative_bias": (statistics.fmean(llcs) - lam) / lam,
+        "seed_spread_sd": statistics.stdev(llcs) if len(llcs) > 1 else None,
+        "wbic_scale": math.sqrt(lam * runs[0]["beta"] / 2),
+        "max_rhat": max(r["rhat"] for r in runs),
+        "divergences": sum(r["divergences"] for r in runs),
+        "runtime_sec": sum(r["runtime_sec"] for r in runs),
+        "hmc_grads_per_sec": hmc_rate,
+        "bare_grads_per_sec": bare_rate,
+        "bare_single_chain_grads_per_sec": bare_grad_throughput(problem, config, False),
+        "runs": runs,
+    }
+    sd = summary["seed_spread_sd"]
+    print(
+        f"== {name} n={n}: λ={lam:g} mean={summary['llc_mean']:.3f} "
+        f"bias={100 * summary['relative_bias']:+.1f}% "
+        f"spread={sd if sd is None else round(sd, 3)} "
+        f"(√(λβ/2)={summary['wbic_scale']:.3f}) HMC/bare grads/s="
+        f"{hmc_rate:.0f}/{bare_rate:.0f} ({hmc_rate / bare_rate:.2f}×)",
+        flush=True,
+    )
+    return summary
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lambda_hat.posterior import Moments, empirical_loss, is_linear, log_density, moments_of
-from lambda_hat.runners.hmc_reference import ReferenceConfig, _sampled_data
+from lambda_hat.runners.hmc_reference import ReferenceConfig, sampled_data
 from lambda_hat.targets import build_problem
 
 from .conftest import make_spec
@@ -45,10 +45,10 @@ def test_only_linear_networks_use_moments():
         )
     )
     assert is_linear(linear.arch) and not is_linear(mlp.arch)
-    assert isinstance(_sampled_data(linear, ReferenceConfig()), Moments)
-    assert not isinstance(_sampled_data(mlp, ReferenceConfig()), Moments)
+    assert isinstance(sampled_data(linear, ReferenceConfig()), Moments)
+    assert not isinstance(sampled_data(mlp, ReferenceConfig()), Moments)
     rows = ReferenceConfig(sufficient_statistics=False)
-    assert not isinstance(_sampled_data(linear, rows), Moments)
+    assert not isinstance(sampled_data(linear, rows), Moments)
     assert float(empirical_loss(linear.w_star, moments_of(linear.data), linear.arch)) == (
         pytest.approx(linear.L0, rel=1e-12)
     )

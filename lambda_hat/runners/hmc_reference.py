@@ -184,7 +184,7 @@ def _sample_chunk(keys, states, parameters, data, post, static: _Static):
     return jax.vmap(one_chain)(keys, states, parameters)
 
 
-def _sampled_data(problem: Problem, config: ReferenceConfig) -> LossData | Moments:
+def sampled_data(problem: Problem, config: ReferenceConfig) -> LossData | Moments:
     """What the log density reads: the second moments where they suffice, else the rows."""
     if config.sufficient_statistics and is_linear(problem.arch):
         return moments_of(problem.data)
@@ -302,7 +302,7 @@ def run(
     config = config or ReferenceConfig()
     start = time.perf_counter()
     static = _static(problem, config)
-    data = _sampled_data(problem, config)
+    data = sampled_data(problem, config)
     warmup, chunk = _compiled(static, tuple(a.shape for a in data), problem.d)
     post = problem.posterior_params()
     # L0 from the same expression as the draws' L_n (they differ by rounding only).
