@@ -2,6 +2,8 @@
 
 w* is trained once in float64 (Adam, then L-BFGS to polish the gradient to ``grad_tol``)
 and saved as ``<cache_dir>/<pid>/target.npz`` + ``meta.json``; later builds reuse it.
+Linear networks train, and are checked, on the data's second moments (the same loss at a
+cost independent of n: a Hessian at n = 1e6 would otherwise hold d copies of the data).
 
 >>> from lambda_hat.problems import ProblemSpec
 >>> spec = ProblemSpec.model_validate({"name": "doc", "model": {"family": "rrr",
@@ -31,9 +33,12 @@ from lambda_hat.models import activation_of, model_layers, num_params, random_pa
 from lambda_hat.posterior import (
     Arch,
     LossData,
+    Moments,
     PosteriorParams,
     empirical_loss,
     inverse_temperature,
+    is_linear,
+    moments_of,
 )
 from lambda_hat.problems import OptimumSpec, ProblemSpec
 
@@ -90,7 +95,7 @@ def closed_form(spec: ProblemSpec) -> theory.LearningCoefficient | None:
 
 
 @partial(jax.jit, static_argnames=("arch", "steps", "lr"))
-def _adam(w: jax.Array, data: LossData, arch: Arch, steps: int, lr: float) -> jax.Array:
+def _adam(w: jax.Array, data: LossData | Moments, arch: Arch, steps: int, lr: float) -> jax.Array:
     optimizer = optax.adam(lr)
     grad_fn = jax.grad(empirical_loss)
 
@@ -104,7 +109,7 @@ def _adam(w: jax.Array, data: LossData, arch: Arch, steps: int, lr: float) -> ja
 
 
 @partial(jax.jit, static_argnames=("arch", "steps"))
-def _lbfgs(w: jax.Array, data: LossData, arch: Arch, steps: int) -> jax.Array:
+def _lbfgs(w: jax.Array, data: LossData | Moments, arch: Arch, steps: int) -> jax.Array:
     optimizer = optax.lbfgs()
     loss = partial(empirical_loss, data=data, arch=arch)
     value_and_grad = optax.value_and_grad_from_state(loss)
@@ -119,11 +124,13 @@ def _lbfgs(w: jax.Array, data: LossData, arch: Arch, steps: int) -> jax.Array:
     return w
 
 
-def _grad_norm(w: jax.Array, data: LossData, arch: Arch) -> float:
+def _grad_norm(w: jax.Array, data: LossData | Moments, arch: Arch) -> float:
     return float(jnp.linalg.norm(jax.grad(empirical_loss)(w, data, arch)))
 
 
-def train_optimum(w0: np.ndarray, data: LossData, arch: Arch, opt: OptimumSpec) -> jax.Array:
+def train_optimum(
+    w0: np.ndarray, data: LossData | Moments, arch: Arch, opt: OptimumSpec
+) -> jax.Array:
     """Adam to get near a minimum, then L-BFGS (in rounds) until ‖∇L_n‖ < grad_tol."""
     w = jnp.asarray(w0)
     if opt.adam_steps:
@@ -143,17 +150,17 @@ def _initial_point(spec: ProblemSpec, teacher: np.ndarray, arch: Arch) -> np.nda
 
 
 def hessian_min_eigenvalue(
-    w: jax.Array, data: LossData, arch: Arch, max_dim: int = 1000
+    w: jax.Array, data: LossData | Moments, arch: Arch, max_dim: int = 1000
 ) -> float | None:
-    """Smallest Hessian eigenvalue of L_n at w relative to the largest (None if d > max_dim:
-    the dense Hessian's forward pass holds d tangents of the whole dataset).
+    """Smallest Hessian eigenvalue of L_n at w relative to the largest (None if d > max_dim
+    on data rows: the dense Hessian's forward pass holds d tangents of the whole dataset).
 
     A gradient norm near zero does not make a minimum: a teacher whose factors are exactly
     rank r sits on a saddle of L_n (the noise-fitting directions need several factors to
     move at once). Third-order saddles stay invisible here; ``init_jitter`` is the only
     defence against those.
     """
-    if w.shape[0] > max_dim:
+    if w.shape[0] > max_dim and not isinstance(data, Moments):
         return None
     eigenvalues = np.linalg.eigvalsh(np.asarray(jax.hessian(empirical_loss)(w, data, arch)))
     return float(eigenvalues[0] / max(abs(eigenvalues[-1]), 1e-300))
@@ -167,27 +174,28 @@ def build_problem(spec: ProblemSpec, cache_dir: Path | None = None) -> Problem:
     data = LossData(
         jnp.asarray(dataset.x), jnp.asarray(dataset.y), jnp.float64(spec.data.noise_sigma)
     )
+    fit_data = moments_of(data) if is_linear(arch) else data
     w_star = _load_target(cache_dir, pid) if cache_dir else None
     trained = w_star is None
     if trained:
         w_star = train_optimum(
-            _initial_point(spec, dataset.teacher, arch), data, arch, spec.optimum
+            _initial_point(spec, dataset.teacher, arch), fit_data, arch, spec.optimum
         )
-    grad_norm = _grad_norm(w_star, data, arch)
+    grad_norm = _grad_norm(w_star, fit_data, arch)
     if not np.isfinite(grad_norm) or grad_norm > spec.optimum.max_grad_norm:
         raise OptimumError(
             f"problem {spec.name} ({pid}): w* gradient norm {grad_norm:.3g} exceeds "
             f"optimum.max_grad_norm={spec.optimum.max_grad_norm:g}; raise optimum.adam_steps/"
             "lbfgs_steps or loosen max_grad_norm"
         )
-    min_eig = hessian_min_eigenvalue(w_star, data, arch)
+    min_eig = hessian_min_eigenvalue(w_star, fit_data, arch)
     if min_eig is not None and min_eig < -spec.optimum.saddle_tol:
         raise OptimumError(
             f"problem {spec.name} ({pid}): w* is a saddle point (relative Hessian eigenvalue "
             f"{min_eig:.3g} < -optimum.saddle_tol={spec.optimum.saddle_tol:g}); "
             "raise optimum.init_jitter or use optimum.init: random"
         )
-    L0 = float(empirical_loss(w_star, data, arch))
+    L0 = float(empirical_loss(w_star, fit_data, arch))
     assert num_params(arch.layers) == w_star.shape[0]
     problem = Problem(
         spec=spec,
