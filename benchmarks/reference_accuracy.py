@@ -112,6 +112,8 @@ def main() -> int:
                 atomic_write_json(args.out, report)
     for n in args.n:
         biases = [abs(p["relative_bias"]) for p in report["problems"] if p["n"] == n and p["runs"]]
+        if not biases:
+            continue
         print(
             f"n={n}: |relative bias| median {100 * np.median(biases):.1f}%, "
             f"worst {100 * max(biases):.1f}% over {len(biases)} problems"
