@@ -192,14 +192,15 @@ def sampled_data(problem: Problem, config: ReferenceConfig) -> LossData | Moment
 
 
 @lru_cache(maxsize=32)
-def _compiled(static: _Static, data_shapes: tuple[tuple[int, ...], ...], d: int):
-    """Ahead-of-time compiled warmup and chunk for one (data shapes, static config).
-
-    ``data_shapes`` has 3 shapes for ``LossData`` and 4 for ``Moments``.
-    """
+def _compiled(
+    static: _Static,
+    kind: type[LossData | Moments],
+    data_shapes: tuple[tuple[int, ...], ...],
+    d: int,
+):
+    """Ahead-of-time compiled warmup and chunk for one (data kind and shapes, static config)."""
     f64 = jnp.float64
     key_spec = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), static.num_chains))
-    kind = Moments if len(data_shapes) == len(Moments._fields) else LossData
     data = kind(*(jax.ShapeDtypeStruct(shape, f64) for shape in data_shapes))
     post = PosteriorParams(
         jax.ShapeDtypeStruct((d,), f64),
@@ -303,7 +304,7 @@ def run(
     start = time.perf_counter()
     static = _static(problem, config)
     data = sampled_data(problem, config)
-    warmup, chunk = _compiled(static, tuple(a.shape for a in data), problem.d)
+    warmup, chunk = _compiled(static, type(data), tuple(a.shape for a in data), problem.d)
     post = problem.posterior_params()
     # L0 from the same expression as the draws' L_n (they differ by rounding only).
     loss_at_w_star = float(empirical_loss(problem.w_star, data, problem.arch))
