@@ -7,7 +7,7 @@ machine), Postgres and a
 Prefect server with the deployment scripts, runs one study of short SGLD trials with
 ``jobs × threads`` trials in flight (`python flows/tune.py`, batch = workers), samples
 ``pg_stat_activity`` every 0.1 s, and checks: 0 errors, 0 duplicate parameters or
-trial_ids, 0 RUNNING trials left. Worker threads rather than one process per worker:
+run ids, 0 RUNNING trials left. Worker threads rather than one process per worker:
 a Dask worker process holds ~0.8 GB (JAX + Prefect), and 32 of them do not fit in the
 24 GiB here. Results go to ``benchmarks/results/load_slurm.json``.
 """
@@ -55,7 +55,7 @@ def main() -> int:
         and report["trials_finished"] == args.n_trials
         and report["trial_errors"] == 0
         and report["duplicate_params"] == 0
-        and report["duplicate_trial_ids"] == 0
+        and report["duplicate_run_ids"] == 0
         and report["trials_running"] == 0
     )
     if not ok:

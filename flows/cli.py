@@ -17,7 +17,7 @@ from lambda_hat.runners.hmc_reference import ReferenceConfig, reference_code_ver
 from lambda_hat.runners.run_method import METHODS
 from lambda_hat.search_space import SearchSpaceError, load_methods
 from lambda_hat.settings import Settings
-from lambda_hat.tuning import StorageError, check_storage, engine_kwargs, finished_trials
+from lambda_hat.storage import StorageError, check_storage, engine_kwargs, finished_trials
 
 
 def _positive_int(text: str) -> int:
@@ -28,6 +28,19 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _int_between(low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
 
 
 def _positive_float(text: str) -> float:
@@ -66,6 +79,30 @@ def parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=DEFAULT_REFERENCE.num_draws,
         help="HMC draws per chain for the references",
+    )
+    p.add_argument(
+        "--repeats",
+        type=_int_between(1, 100),
+        default=3,
+        help="runs per trial, repeat k on the study's k-th common seed (default 3)",
+    )
+    p.add_argument(
+        "--pruner",
+        choices=["wilcoxon", "median", "none"],
+        default="wilcoxon",
+        help="stop losing trials between repeats (default wilcoxon)",
+    )
+    p.add_argument(
+        "--validate-top-k",
+        type=_int_between(0, 100),
+        default=3,
+        help="configurations rerun on fresh seeds after the search; 0: no validation (default 3)",
+    )
+    p.add_argument(
+        "--validation-seeds",
+        type=_int_between(2, 1000),
+        default=8,
+        help="fresh seeds per validated configuration (default 8)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan, compute nothing")
     return p
@@ -119,7 +156,9 @@ def print_plan(args: argparse.Namespace) -> None:
     print(f"settings: {settings.public()}")
     print(
         f"plan: {len(problem_set.problems)} problems × {len(args.methods)} methods, "
-        f"{args.n_trials} trials per study, {args.batch} in flight, objective {args.objective}"
+        f"{args.n_trials} trials per study × {args.repeats} repeats ({args.pruner} pruner), "
+        f"{args.batch} trials in flight, objective {args.objective}; validation: top "
+        f"{args.validate_top_k} configurations × {args.validation_seeds} fresh seeds"
     )
     storage = _existing_storage(settings.storage_url())
     for spec in problem_set.problems:

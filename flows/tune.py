@@ -7,15 +7,20 @@
 2. start the Dask cluster from the settings;
 3. make sure every reference exists (cached HMC tasks);
 4. for each (problem, method), a ``tune-method`` subflow runs an Optuna study
-   ``<pid>:<method>``, keeping ``batch`` trials in flight and telling each result as it
-   arrives; every finished trial becomes a row of ``runs.parquet``;
-5. publish the leaderboard and a report as artifacts.
+   ``<pid>:<method>``: each trial is ``repeats`` runs on the study's common seeds, the
+   pruner may stop a losing trial between repeats, ``batch`` trials are in flight;
+5. the same subflow validates the study's top-k configurations on fresh seeds; the one
+   with the lowest validated error is the study's recommendation;
+6. every finished run is a row of ``runs.parquet``; the leaderboard (validated error with
+   its 95 % interval, the search objective beside it) goes to ``leaderboard.parquet`` and
+   the Prefect artifacts.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import asdict
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
@@ -31,31 +36,35 @@ from prefect.futures import as_completed
 from flows.cluster import ClusterError, dask_cluster, runner_for
 from flows.logs import forward_library_logs
 from flows.reference import DEFAULT_REFERENCE, compute_references, storage_paths
-from flows.report import leaderboard_rows, report_markdown
+from flows.report import build_leaderboard, leaderboard_line, leaderboard_table, report_markdown
 from lambda_hat.io import atomic_write_json, check_writable, read_json
 from lambda_hat.problems import ProblemSpec, load_problem_set
-from lambda_hat.results import append_rows
+from lambda_hat.results import append_rows, write_leaderboard
 from lambda_hat.runners.hmc_reference import ReferenceConfig
 from lambda_hat.search_space import MethodSpace, load_methods
 from lambda_hat.settings import Settings
-from lambda_hat.tuning import (
-    Driver,
-    Outcome,
+from lambda_hat.storage import (
     StorageError,
     StorageRetry,
-    TrialPlan,
     best_value,
     check_storage,
     finished_trials,
     open_study,
 )
-from tasks.trials import run_trial_task
+from lambda_hat.tuning import Driver, Outcome, RunOutcome, RunPlan, make_pruner
+from lambda_hat.validation import run_all, top_configurations, trial_counts, validation_plans
+from tasks.runs import run_method_task
 
 DEFAULT_METHODS = ("sgld", "mclmc", "vi")
+# The issue-level defaults: K = 3 repeats per trial, the top 3 configurations validated on
+# 8 fresh seeds each. scripts/run.sh uses lighter ones to finish in about 10 minutes.
+DEFAULT_REPEATS = 3
+DEFAULT_VALIDATE_TOP_K = 3
+DEFAULT_VALIDATION_SEEDS = 8
 
 
 class StudyStalled(RuntimeError):
-    """No trial finished within the stall timeout. One line."""
+    """No run finished within the stall timeout. One line."""
 
 
 def artifact_key(*parts: str) -> str:
@@ -63,24 +72,49 @@ def artifact_key(*parts: str) -> str:
     return "-".join(parts).lower().replace("_", "-").replace(":", "-")
 
 
-def _row(outcome: Outcome, context: dict[str, Any]) -> dict[str, Any]:
-    result, plan = outcome.result, outcome.plan
-    llc = result.get("llc_hat")
-    error = None if llc is None else abs(llc - context["llc_ref"])
+def _row(run: RunOutcome, context: dict[str, Any]) -> dict[str, Any]:
+    result, plan = run.result, run.plan
     return {
         **result,
         **context,
-        "trial_id": plan.trial_id,
-        "trial_number": plan.number,
+        "run_id": plan.run_id,
+        "stage": plan.stage,
+        "trial_number": plan.trial_number,
+        "repeat": plan.repeat,
+        "config_id": plan.config_id,
         "status": result.get("status"),
-        "error": outcome.reason or result.get("error"),
-        "objective": outcome.objective,
-        "abs_error": error,
-        "rel_error": None if error is None else error / abs(context["llc_ref"]),
+        "error": run.reason or result.get("error"),
+        "objective": run.objective,
+        "abs_error": run.abs_error,
+        "rel_error": None if run.abs_error is None else run.abs_error / abs(context["llc_ref"]),
         "hyperparams": plan.hyperparams,
         "seed": plan.seed,
         "budget_sec": plan.budget_sec,
     }
+
+
+def _describe(outcome: Outcome) -> str:
+    runs = len(outcome.runs)
+    if outcome.state.name == "PRUNED":
+        return f"pruned after {runs} repeats"
+    if outcome.objective is None:
+        return f"failed: {outcome.reason}"
+    return f"objective {outcome.objective:.4g} over {runs} repeats"
+
+
+def _label_study(study, spec: dict[str, Any], method: str, reference: dict[str, Any]) -> None:
+    """What optuna-dashboard shows beside the study: which problem, which reference."""
+    labels = {
+        "problem_name": spec["name"],
+        "pid": reference["pid"],
+        "method": method,
+        "llc_ref": reference["llc_ref"],
+        "se_ref": reference["se_ref"],
+        "lambda_theory": reference.get("lambda_theory"),
+    }
+    for key, value in labels.items():
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
 
 
 @flow(name="tune-method", flow_run_name="tune-{method}-{spec[name]}")
@@ -94,22 +128,31 @@ def tune_method(
     objective: Literal["abs", "huber"],
     huber_k: float,
     budget_sec: float,
+    repeats: int = DEFAULT_REPEATS,
+    pruner: Literal["wilcoxon", "median", "none"] = "wilcoxon",
+    validate_top_k: int = DEFAULT_VALIDATE_TOP_K,
+    validation_seeds: int = DEFAULT_VALIDATION_SEEDS,
 ) -> dict[str, Any]:
-    """One Optuna study, resumed if it exists, run until it has ``n_trials`` finished.
-    If no trial finishes for ``stall_sec``, the subflow fails and says so."""
+    """One Optuna study, resumed if it exists, run until it has ``n_trials`` finished, then
+    its top-k configurations validated on fresh seeds. If no run finishes for
+    ``stall_sec``, the subflow fails and says so."""
     logger = get_run_logger()
     settings = Settings()
     paths = storage_paths(settings)
     pid = ProblemSpec.model_validate(spec).pid
     retry = StorageRetry(settings.budgets.storage_retry_sec)
-    study = retry("opening the study", open_study, settings.storage_url(), f"{pid}:{method}")
+    name = f"{pid}:{method}"
+    study = retry(
+        "opening the study", open_study, settings.storage_url(), name, 0, make_pruner(pruner)
+    )
+    retry("labelling the study", _label_study, study, spec, method, reference)
     progress = create_progress_artifact(
         100.0 * min(retry("counting", finished_trials, study), n_trials) / n_trials,
         key=artifact_key("progress", pid, method),
-        description=f"trials finished in study {study.study_name}",
+        description=f"trials finished in study {name} ({spec['name']}, {method})",
     )
     context = {
-        "study_name": study.study_name,
+        "study_name": name,
         "pid": pid,
         "problem_name": spec["name"],
         "method": method,
@@ -119,46 +162,41 @@ def tune_method(
         "flow_run_id": str(get_run_context().flow_run.id),
     }
     parquet = settings.results_dir.resolve() / "runs.parquet"
-    trial_task = run_trial_task.with_options(
+    task = run_method_task.with_options(
         result_storage=settings.results_dir.resolve() / "prefect-results"
     )
-
     runs_dir = settings.artifacts_dir.resolve() / "runs"
+    timeline: list[tuple] = []
 
-    def submit(plan: TrialPlan):
-        # A trial whose metrics.json is missing or unreadable (truncated) is computed, not
+    def submit(plan: RunPlan):
+        # A run whose metrics.json is missing or unreadable (truncated) is computed, not
         # taken from the cache: the files on disk must match what the study was told.
-        trial_dir = runs_dir / pid / method / plan.trial_id
-        recompute = read_json(trial_dir / "metrics.json") is None
-        if recompute and (trial_dir / "metrics.json").exists():
-            logger.warning("%s: metrics.json is unreadable; recomputing the trial", trial_dir)
-        task = trial_task.with_options(refresh_cache=recompute)
-        return task.submit(
-            plan.trial_id, spec, method, plan.config, plan.seed, plan.budget_sec, **paths
-        )
+        run_dir = runs_dir / pid / method / plan.run_id
+        recompute = read_json(run_dir / "metrics.json") is None
+        if recompute and (run_dir / "metrics.json").exists():
+            logger.warning("%s: metrics.json is unreadable; recomputing the run", run_dir)
+        return task.with_options(refresh_cache=recompute).submit(
+            plan.run_id, spec, method, plan.config, plan.seed, plan.budget_sec, **paths,
+            stage=plan.stage,
+        )  # fmt: skip
 
-    def record(outcome: Outcome) -> None:
-        row = _row(outcome, context)
-        atomic_write_json(runs_dir / pid / method / outcome.plan.trial_id / "row.json", row)
+    def record(run: RunOutcome) -> None:
+        row = _row(run, context)
+        atomic_write_json(runs_dir / pid / method / run.plan.run_id / "row.json", row)
         append_rows(parquet, [row], rebuild_from=runs_dir)
+        timeline.append(
+            (run.plan.stage, run.plan.trial_number, run.plan.repeat,
+             run.result.get("started_at"), run.result.get("finished_at"))
+        )  # fmt: skip
 
     def on_outcome(outcome: Outcome, done: int, total: int) -> None:
         update_progress_artifact(progress, 100.0 * min(done, total) / total)
         best = retry("reading the best value", best_value, study)
-        shown = (
-            "failed: " + str(outcome.reason)
-            if outcome.objective is None
-            else (f"objective {outcome.objective:.4g}")
-        )
         logger.info(
             "%s %s: trial %d/%d %s; best so far %s",
-            spec["name"],
-            method,
-            done,
-            total,
-            shown,
+            spec["name"], method, done, total, _describe(outcome),
             "none" if best is None else f"{best:.4g}",
-        )
+        )  # fmt: skip
 
     driver = Driver(
         study,
@@ -170,6 +208,8 @@ def tune_method(
         se_ref=reference["se_ref"],
         objective=objective,
         huber_k=huber_k,
+        repeats=repeats,
+        pruner=pruner,
         record=record,
         on_outcome=on_outcome,
         retry=retry,
@@ -181,7 +221,7 @@ def tune_method(
             return next(as_completed(futures, timeout=stall_sec))
         except TimeoutError:
             raise StudyStalled(
-                f"study {study.study_name}: no trial finished within {stall_sec:g} s "
+                f"study {name}: no run finished within {stall_sec:g} s "
                 f"(LAMBDA_HAT_BUDGETS__STALL_SEC); workers are paused (memory), lost, or "
                 "not starting. The study resumes when the flow is run again."
             ) from None
@@ -190,30 +230,72 @@ def tune_method(
     latency = sorted(driver.ask_submit_sec) or [0.0]
     logger.info(
         "%s: ask→submit latency median %.3f s, max %.3f s over %d trials",
-        study.study_name,
-        latency[len(latency) // 2],
-        latency[-1],
-        len(driver.ask_submit_sec),
-    )
+        name, latency[len(latency) // 2], latency[-1], len(driver.ask_submit_sec),
+    )  # fmt: skip
+    candidates = retry("ranking configurations", top_configurations, study, validate_top_k)
+    if candidates and validation_seeds > 0:
+        plans = validation_plans(
+            candidates,
+            driver.space,
+            study_name=name,
+            pid=pid,
+            method=method,
+            seeds=validation_seeds,
+            budget_sec=budget_sec,
+        )
+        logger.info(
+            "%s %s: validating the top %d configurations on %d fresh seeds each (%d runs)",
+            spec["name"], method, len(candidates), validation_seeds, len(plans),
+        )  # fmt: skip
+        run_all(
+            plans,
+            submit=submit,
+            first_done=first_done,
+            llc_ref=reference["llc_ref"],
+            se_ref=reference["se_ref"],
+            record=record,
+        )
     return {
-        "study_name": study.study_name,
+        "study_name": name,
+        "pid": pid,
+        "problem_name": spec["name"],
+        "method": method,
         "trials_run_now": len(outcomes),
         "trials_finished": retry("counting", finished_trials, study),
+        "counts": retry("counting", trial_counts, study),
+        "candidates": [asdict(candidate) for candidate in candidates],
         "ask_submit_sec": driver.ask_submit_sec,
-        "timeline": [
-            (o.plan.number, o.result.get("started_at"), o.result.get("finished_at"))
-            for o in outcomes
-        ],
+        "timeline": timeline,
     }
 
 
-def check_parameters(methods: list[str], spaces: dict, n_trials: int, batch: int) -> None:
+def check_parameters(
+    methods: list[str],
+    spaces: dict,
+    n_trials: int,
+    batch: int,
+    repeats: int = DEFAULT_REPEATS,
+    pruner: str = "wilcoxon",
+    validate_top_k: int = DEFAULT_VALIDATE_TOP_K,
+    validation_seeds: int = DEFAULT_VALIDATION_SEEDS,
+) -> None:
     """Deployment runs get their parameters from the UI: refuse bad ones in one line."""
     unknown = sorted(set(methods) - set(spaces))
     if unknown or not methods:
         raise ValueError(f"methods: unknown {unknown} (allowed: {', '.join(spaces)})")
     if n_trials < 1 or batch < 1:
         raise ValueError(f"n_trials and batch must be >= 1, got {n_trials} and {batch}")
+    if not 1 <= repeats <= 100:
+        raise ValueError(f"repeats must be between 1 and 100, got {repeats}")
+    if pruner not in ("wilcoxon", "median", "none"):
+        raise ValueError(f"pruner: unknown {pruner!r} (allowed: wilcoxon, median, none)")
+    if not 0 <= validate_top_k <= 100:
+        raise ValueError(f"validate_top_k must be between 0 and 100, got {validate_top_k}")
+    if not 2 <= validation_seeds <= 1000:
+        raise ValueError(
+            f"validation_seeds must be between 2 and 1000 (an interval needs 2), "
+            f"got {validation_seeds}"
+        )
 
 
 @flow(name="tune", log_prints=True)
@@ -228,14 +310,22 @@ def tune(
     methods_file: str | None = None,
     reference_warmup: int = DEFAULT_REFERENCE.num_warmup,
     reference_draws: int = DEFAULT_REFERENCE.num_draws,
+    repeats: int = DEFAULT_REPEATS,
+    pruner: Literal["wilcoxon", "median", "none"] = "wilcoxon",
+    validate_top_k: int = DEFAULT_VALIDATE_TOP_K,
+    validation_seeds: int = DEFAULT_VALIDATION_SEEDS,
 ) -> dict[str, Any]:
-    """Tune ``methods`` on ``problems`` (a preset or YAML path) with ``n_trials`` per study."""
+    """Tune ``methods`` on ``problems`` (a preset or YAML path): ``n_trials`` trials per
+    study of ``repeats`` runs each, then the ``validate_top_k`` best configurations
+    rerun on ``validation_seeds`` fresh seeds each (0 turns validation off)."""
     forward_library_logs()
     logger = get_run_logger()
     settings = Settings()
     problem_set = load_problem_set(problems)
     spaces = load_methods(methods_file)
-    check_parameters(methods, spaces, n_trials, batch)
+    check_parameters(
+        methods, spaces, n_trials, batch, repeats, pruner, validate_top_k, validation_seeds
+    )
     # Fail before the references are computed, not after.
     check_writable(settings.results_dir, "results_dir")
     check_writable(settings.artifacts_dir, "artifacts_dir")
@@ -268,18 +358,28 @@ def tune(
                     objective,
                     huber_k,
                     settings.budgets.trial_sec,
+                    repeats=repeats,
+                    pruner=pruner,
+                    validate_top_k=validate_top_k,
+                    validation_seeds=validation_seeds,
                 )
                 studies.append(summary)
-    retry = StorageRetry(settings.budgets.storage_retry_sec)
-    rows = retry(
-        "building the leaderboard", leaderboard_rows, settings.storage_url(), references, methods
+    results = settings.results_dir.resolve()
+    rows = build_leaderboard(studies, references, results / "runs.parquet")
+    write_leaderboard(results / "leaderboard.parquet", rows)
+    create_table_artifact(
+        key="leaderboard",
+        table=leaderboard_table(rows),
+        description="recommended configuration per study: validated error on fresh seeds "
+        "(mean and 95 % interval) beside its search objective",
     )
-    create_table_artifact(key="leaderboard", table=rows, description="best trial per study")
     create_markdown_artifact(
         key="tune-report",
         markdown=report_markdown(rows, references, problems, time.perf_counter() - started),
         description="tuning report",
     )
+    for row in rows:
+        logger.info("%s", leaderboard_line(row))
     return {"references": references, "studies": studies, "leaderboard": rows}
 
 
@@ -302,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
             methods_file=args.methods_file,
             reference_warmup=args.reference_warmup,
             reference_draws=args.reference_draws,
+            repeats=args.repeats,
+            pruner=args.pruner,
+            validate_top_k=args.validate_top_k,
+            validation_seeds=args.validation_seeds,
         )
     except (StorageError, ClusterError, StudyStalled) as error:
         # The traceback is in the flow's logs; the terminal gets the reason in one line.

@@ -72,10 +72,10 @@ def problem_id(normalized_spec: dict[str, Any]) -> str:
     return validate_id("p_" + stable_hash(normalized_spec))
 
 
-def trial_id(
+def run_id(
     pid: str, method: str, hyperparams: dict[str, Any], seed: int, budget: Any, version: str
 ) -> str:
-    """``r_`` + hash of everything that determines a trial's result."""
+    """``r_`` + hash of everything that determines a run's result."""
     payload = {
         "pid": pid,
         "method": method,

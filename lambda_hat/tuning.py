@@ -1,49 +1,71 @@
-"""The Optuna side of tuning: studies, objectives, and the ask → submit → tell driver.
+"""One (problem, method) study: trials made of repeated runs, pruning between repeats, and
+the ask → submit → tell driver.
 
-The driver knows nothing about Prefect or Dask: it is given ``submit(plan) -> future`` and
-``first_done(futures) -> future``, keeps ``batch`` trials in flight, and tells Optuna each
-result as soon as that trial finishes (no waiting for the slowest of a batch). Only this
-process talks to the Optuna storage; trials get plain dicts and return plain dicts.
+A *trial* is one configuration. It is judged on ``repeats`` *runs*; repeat k of every trial
+of a study uses the study's k-th common seed, so configurations are compared on the same
+noise (common random numbers). The trial's objective is the mean of its runs' objectives.
+Runs are the unit of work: each is submitted on its own (they spread over workers) and is
+cached by its run id. Between repeats the pruner may stop a losing trial (told PRUNED);
+the runs it did are still recorded.
+
+The driver knows nothing about Prefect or Dask: it is given ``submit(run_plan) -> future``
+and ``first_done(futures) -> future``, keeps ``batch`` trials in flight, and tells Optuna a
+trial as soon as its last run finishes. Only this process talks to the Optuna storage.
 
 >>> import optuna
 >>> from concurrent.futures import ThreadPoolExecutor, wait, FIRST_COMPLETED
 >>> from lambda_hat.search_space import load_methods
+>>> from lambda_hat.storage import open_study, finished_trials
 >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
 >>> study = open_study("sqlite:///:memory:", "p_demo:sgld")
 >>> space = load_methods()["sgld"]
->>> def fake_trial(plan):   # stands in for a real run: llc_hat grows with log(step size)
+>>> def fake_run(plan):   # stands in for a real run: llc_hat grows with log(step size)
 ...     import math
 ...     return {"status": "ok", "llc_hat": 3 + math.log10(plan.config["step_size"]) / 4}
 >>> with ThreadPoolExecutor(2) as pool:
 ...     driver = Driver(study, space, pid="p_demo", method="sgld", budget_sec=1.0,
-...                     llc_ref=2.0, se_ref=0.1)
+...                     llc_ref=2.0, se_ref=0.1, repeats=3, pruner="none")
 ...     first = lambda fs: next(iter(wait(fs, return_when=FIRST_COMPLETED).done))
-...     outcomes = driver.run(6, batch=2, submit=lambda plan: pool.submit(fake_trial, plan),
+...     outcomes = driver.run(4, batch=2, submit=lambda plan: pool.submit(fake_run, plan),
 ...                           first_done=first)
->>> len(outcomes), finished_trials(study)
-(6, 6)
+>>> len(outcomes), finished_trials(study), [len(o.runs) for o in outcomes]
+(4, 4, [3, 3, 3, 3])
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
+import warnings
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import optuna
-import sqlalchemy.exc
 from optuna.trial import TrialState
 
-from lambda_hat.ids import stable_hash
-from lambda_hat.runners.run_method import trial_id_for
+from lambda_hat.ids import stable_hash, validate_id
+from lambda_hat.runners.run_method import run_id_for
 from lambda_hat.search_space import MethodSpace
+
+# Re-exported: callers and docs used to find the storage helpers here.
+from lambda_hat.storage import (  # noqa: F401
+    StorageError,
+    StorageRetry,
+    best_value,
+    check_storage,
+    engine_kwargs,
+    finished_trials,
+    open_study,
+)
 
 log = logging.getLogger(__name__)
 
 ObjectiveKind = Literal["abs", "huber"]
+PrunerKind = Literal["wilcoxon", "median", "none"]
+Stage = Literal["search", "validation"]
 
 
 def objective_value(
@@ -64,103 +86,162 @@ def objective_value(
     return residual**2 / (2 * delta) if residual <= delta else residual - delta / 2
 
 
-def engine_kwargs(url: str) -> dict[str, Any]:
-    """Small pools and pre-ping for servers; a long busy timeout for SQLite."""
-    if url.startswith("sqlite"):
-        return {"connect_args": {"timeout": 60}}
-    kwargs: dict[str, Any] = {
-        "pool_pre_ping": True,
-        "pool_size": 2,
-        "max_overflow": 2,
-        "pool_recycle": 300,
-    }
-    if url.startswith("postgresql"):
-        kwargs["connect_args"] = {"connect_timeout": 10}  # an unreachable host fails, not hangs
-    return kwargs
+def study_seeds(study_name: str, count: int, stage: Stage = "search") -> list[int]:
+    """The study's common seeds: repeat k of every trial uses the k-th search seed;
+    validation uses its own sequence. Search seeds are even and validation seeds odd, so
+    no validation run ever reuses a search run's noise.
 
-
-class StorageError(RuntimeError):
-    """The Optuna storage cannot be used. One line, password masked."""
-
-
-def check_storage(url: str) -> None:
-    """Connect once (bounded by the connect timeout) so that a wrong URL, host or password
-    fails before any work starts, with a message that names the storage but not its secret.
-
-    >>> check_storage("sqlite:///:memory:")
-    >>> check_storage("nosuchdb://x")
-    Traceback (most recent call last):
-    ...
-    lambda_hat.tuning.StorageError: optuna_storage nosuchdb://x: unknown database driver
+    >>> search, fresh = study_seeds("p_x:sgld", 3), study_seeds("p_x:sgld", 8, "validation")
+    >>> search == study_seeds("p_x:sgld", 5)[:3], set(search) & set(fresh)
+    (True, set())
     """
-    import sqlalchemy
-
-    from lambda_hat.settings import mask_url
-
-    shown = mask_url(url)
-    try:
-        engine = sqlalchemy.create_engine(url, **engine_kwargs(url))
-    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError):
-        raise StorageError(f"optuna_storage {shown}: unknown database driver") from None
-    try:
-        with engine.connect() as connection:
-            connection.execute(sqlalchemy.text("SELECT 1"))
-    except sqlalchemy.exc.SQLAlchemyError as error:
-        reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
-        raise StorageError(f"optuna_storage {shown}: cannot connect ({reason})") from None
-    finally:
-        engine.dispose()
+    parity = 0 if stage == "search" else 1
+    return [
+        2 * (int(stable_hash({"study": study_name, stage: k}), 16) % 2**30) + parity
+        for k in range(count)
+    ]
 
 
-def open_study(url: str, name: str, seed: int = 0) -> optuna.Study:
-    """Create or resume the study ``name`` (``<pid>:<method>``)."""
-    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
-    sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    return optuna.create_study(
-        study_name=name,
-        storage=storage,
-        sampler=sampler,
-        direction="minimize",
-        load_if_exists=True,
-    )
+def config_id_for(method: str, config: dict[str, Any]) -> str:
+    """``c_`` + hash of the method and its full config (no seed, no budget): the same
+    configuration has the same id in every trial, stage and study of that method."""
+    return validate_id("c_" + stable_hash({"method": method, "config": config}))
 
 
-def finished_trials(study: optuna.Study) -> int:
-    """Trials that count toward ``n_trials``: the ones the driver told a result (they carry
-    a ``status`` attr), not the ones it reaped or lost (those were re-enqueued and run
-    again)."""
-    states = (TrialState.COMPLETE, TrialState.FAIL)
-    trials = study.get_trials(deepcopy=False, states=states)
-    return sum(1 for t in trials if "status" in t.user_attrs)
+# With K repeats a one-sided Wilcoxon signed-rank test on n ≤ K paired differences cannot
+# give a p-value below 2^-n: Optuna's default threshold (0.1) could not prune before the
+# 4th repeat, i.e. never at the default K = 3. At 0.3 a trial that loses both of its first
+# two paired comparisons against the best trial (p = 0.25) stops there.
+WILCOXON_P_THRESHOLD = 0.3
 
 
-def best_value(study: optuna.Study) -> float | None:
-    """The best objective so far (one query, not a load of every trial), or None."""
-    try:
-        return study.best_value
-    except ValueError:  # no completed trial yet
-        return None
+def make_pruner(kind: PrunerKind) -> optuna.pruners.BasePruner:
+    """``wilcoxon``: Optuna's WilcoxonPruner on the per-repeat objectives (paired with the
+    best trial's by seed); ``median``: MedianPruner on the running mean; ``none``."""
+    if kind == "wilcoxon":
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.6
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.pruners.WilcoxonPruner(
+                p_threshold=WILCOXON_P_THRESHOLD, n_startup_steps=2
+            )
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if kind == "none":
+        return optuna.pruners.NopPruner()
+    raise ValueError(f"pruner: unknown {kind!r} (allowed: wilcoxon, median, none)")
 
 
-def _requeue(
-    study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial, reason: str
-) -> None:
-    """Fail ``trial`` (not counted) and enqueue its parameters with its seed: the rerun has
-    the same trial_id, so it hits the trial's cache if the work itself had finished."""
+def first_wave(kind: PrunerKind, repeats: int) -> int:
+    """Repeats submitted at once before the pruner can judge; later ones go one at a time
+    so that a pruned trial submits nothing more. Without a pruner all go at once."""
+    return min(repeats, {"wilcoxon": 2, "median": 1, "none": repeats}[kind])
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run task needs: plain values only (no Optuna objects)."""
+
+    run_id: str
+    method: str
+    config: dict[str, Any]
+    hyperparams: dict[str, Any]
+    config_id: str
+    seed: int
+    budget_sec: float
+    stage: Stage = "search"
+    repeat: int | None = None
+    trial_number: int | None = None
+    attempt: int = 1
+
+
+@dataclass
+class RunOutcome:
+    """One finished run: its result and its own objective (None when it failed)."""
+
+    plan: RunPlan
+    result: dict[str, Any]
+    objective: float | None
+    abs_error: float | None
+    reason: str | None
+
+
+@dataclass
+class Outcome:
+    """One told trial."""
+
+    number: int
+    state: TrialState
+    objective: float | None
+    reason: str | None
+    runs: list[RunOutcome]
+    hyperparams: dict[str, Any]
+
+
+def judge_run(
+    plan: RunPlan,
+    result: dict[str, Any],
+    llc_ref: float,
+    se_ref: float,
+    kind: ObjectiveKind = "abs",
+    huber_k: float = 1.0,
+) -> RunOutcome:
+    """The run's objective, or a reason (never an inf objective)."""
+    llc = result.get("llc_hat")
+    status = result.get("status", "error")
+    if llc is None or not math.isfinite(llc) or status in ("diverged", "error", "lost"):
+        reason = result.get("error") or f"status {status}"
+        return RunOutcome(plan, result, None, None, reason)
+    value = objective_value(llc, llc_ref, se_ref, kind, huber_k)
+    return RunOutcome(plan, result, value, abs(llc - llc_ref), None)
+
+
+def summarize_runs(runs: list[RunOutcome], llc_ref: float) -> dict[str, Any]:
+    """A trial's numbers from its runs: each llc_hat, their mean, sd and bias, and the
+    mean objective with its standard error (sd / √K; null for one run).
+
+    >>> plan = RunPlan("r_a", "sgld", {}, {}, "c_a", 0, 1.0)
+    >>> runs = [judge_run(plan, {"status": "ok", "llc_hat": v}, 3.0, 0.1) for v in (2.8, 3.4)]
+    >>> s = summarize_runs(runs, 3.0)
+    >>> [round(s[key], 3) for key in ("llc_hat_mean", "bias", "objective_mean")]
+    [3.1, 0.1, 0.3]
+    """
+    ok = [run for run in runs if run.objective is not None]
+    llc = [run.result["llc_hat"] for run in ok]
+    objectives = [run.objective for run in ok]
+    mean = statistics.fmean(llc) if llc else None
+    return {
+        "llc_hats": llc,
+        "llc_hat_mean": mean,
+        "llc_hat_sd": statistics.stdev(llc) if len(llc) > 1 else None,
+        "bias": None if mean is None else mean - llc_ref,
+        "objective_mean": statistics.fmean(objectives) if objectives else None,
+        "objective_se": (
+            statistics.stdev(objectives) / math.sqrt(len(objectives))
+            if len(objectives) > 1
+            else None
+        ),
+        "abs_error_mean": statistics.fmean(run.abs_error for run in ok) if ok else None,
+        "repeats_done": len(runs),
+    }
+
+
+def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> None:
+    """Fail ``trial`` (not counted) and enqueue its parameters: the rerun plans the same
+    run ids (same config, same common seeds), so finished runs come from the cache."""
     # The storage call works for live and frozen trials alike (FrozenTrial has no setter).
     study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
     study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-    attrs = {"seed": trial.user_attrs.get("seed"), "attempt": trial.user_attrs.get("attempt", 1)}
-    study.enqueue_trial(trial.params, user_attrs={**attrs, "attempt": attrs["attempt"] + 1})
+    attempt = trial.user_attrs.get("attempt", 1)
+    study.enqueue_trial(trial.params, user_attrs={"attempt": attempt + 1})
 
 
 def reap_stale_trials(study: optuna.Study) -> int:
-    """Fail RUNNING trials left by a dead driver and re-enqueue their parameters with their
-    original seed (Optuna's heartbeat does not run under ask/tell, so nobody else will).
+    """Fail RUNNING trials left by a dead driver and re-enqueue their parameters
+    (Optuna's heartbeat does not run under ask/tell, so nobody else will).
     Call only when no other driver works on this study."""
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in stale:
-        if trial.params or "seed" in trial.user_attrs:
+        if trial.params:
             _requeue(study, trial, "stale: its driver died")
         else:  # created by an ask that failed half-way: nothing to rerun
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
@@ -183,86 +264,44 @@ def fail_orphans(study: optuna.Study) -> int:
     return len(orphans)
 
 
-RETRYABLE: tuple[type[Exception], ...] = (
-    optuna.exceptions.StorageInternalError,
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-)
-
-
-@dataclass(frozen=True)
-class StorageRetry:
-    """Call a storage operation, retrying connection errors (a restarting database) with
-    backoff for at most ``within_sec``; then fail with one line instead of hanging.
-
-    >>> StorageRetry(1.0)("a query", lambda: 42)
-    42
-    """
-
-    within_sec: float = 120.0
-
-    def __call__(self, what: str, operation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        deadline = time.monotonic() + self.within_sec
-        delay = 0.5
-        while True:
-            try:
-                return operation(*args, **kwargs)
-            except RETRYABLE as error:
-                reason = _first_line(error)
-                if time.monotonic() + delay > deadline:
-                    raise StorageError(
-                        f"optuna_storage: {what} failed for {self.within_sec:g} s "
-                        f"(LAMBDA_HAT_BUDGETS__STORAGE_RETRY_SEC); last error: {reason}"
-                    ) from None
-                log.warning(
-                    "optuna_storage: %s failed (%s); retrying in %.1f s", what, reason, delay
-                )
-                time.sleep(delay)
-                delay = min(2 * delay, 10.0)
-
-
-def _first_line(error: BaseException) -> str:
-    """The driver's own message (never the SQL parameters or the URL)."""
-    cause = getattr(error, "orig", None) or error.__cause__ or error
-    text = str(cause).strip().splitlines()
-    return text[0] if text else type(cause).__name__
-
-
-@dataclass(frozen=True)
-class TrialPlan:
-    """What a trial task needs: plain values only (no Optuna objects)."""
-
-    number: int
-    trial_id: str
-    method: str
-    config: dict[str, Any]
-    hyperparams: dict[str, Any]
-    seed: int
-    budget_sec: float
-    attempt: int = 1
+# A run whose task raised (its worker or job was killed, after Dask's own re-runs) is
+# submitted again this many times in all before it counts as a failed run.
+MAX_ATTEMPTS = 3
 
 
 @dataclass
-class Outcome:
-    plan: TrialPlan
-    result: dict[str, Any]
-    state: TrialState
-    objective: float | None
-    reason: str | None
+class _OpenTrial:
+    """A trial in flight: its planned runs (one per repeat) and those finished so far."""
+
+    trial: optuna.Trial
+    plans: list[RunPlan]
+    done: dict[int, RunOutcome] = field(default_factory=dict)
+    submitted: int = 0
+    in_flight: int = 0
+    reported: int = 0
 
 
-# A trial whose task raised (its worker or job was killed, after Dask's own re-runs) is
-# run again this many times in all before it counts as a failed trial.
-MAX_ATTEMPTS = 3
+Submit = Callable[[RunPlan], Hashable]
+FirstDone = Callable[[list[Hashable]], Hashable]
+
+
+def resolve(future: Hashable, plan: RunPlan, submit: Submit) -> tuple[dict[str, Any], Any]:
+    """The run's result, or (for a lost run with attempts left) ``({}, new_future)``."""
+    result = _result_of(future)
+    if result["status"] == "lost" and plan.attempt < MAX_ATTEMPTS:
+        log.warning("run %s lost (%s); running it again", plan.run_id, result["error"])
+        return {}, submit(replace(plan, attempt=plan.attempt + 1))
+    return result, None
 
 
 @dataclass
 class Driver:
     """Keeps ``batch`` trials of one study in flight until it has ``n_trials`` finished.
 
-    ``record(outcome)`` is called before Optuna is told (so a crash in between leaves a
-    RUNNING trial that the next run reaps and reruns from cache, never a told trial
-    without its row), ``on_outcome(outcome, finished, n_trials)`` after.
+    ``record(run_outcome)`` is called for every finished run before Optuna is told about
+    its trial (so a crash in between leaves a RUNNING trial that the next run reaps and
+    reruns from cache, never a told trial without its rows); ``on_outcome(outcome,
+    finished, n_trials)`` after each trial is told.
     """
 
     study: optuna.Study
@@ -274,45 +313,57 @@ class Driver:
     se_ref: float
     objective: ObjectiveKind = "abs"
     huber_k: float = 1.0
-    record: Callable[[Outcome], None] | None = None
+    repeats: int = 3
+    pruner: PrunerKind = "wilcoxon"
+    record: Callable[[RunOutcome], None] | None = None
     on_outcome: Callable[[Outcome, int, int], None] | None = None
     retry: StorageRetry = field(default_factory=StorageRetry)
     ask_submit_sec: list[float] = field(default_factory=list)
-    _in_flight: dict[Hashable, tuple[optuna.Trial, TrialPlan]] = field(default_factory=dict)
 
-    def run(
-        self,
-        n_trials: int,
-        *,
-        batch: int,
-        submit: Callable[[TrialPlan], Hashable],
-        first_done: Callable[[list[Hashable]], Hashable],
-    ) -> list[Outcome]:
+    def run(self, n_trials: int, *, batch: int, submit: Submit, first_done: FirstDone):
         self.retry("reaping stale trials", reap_stale_trials, self.study)
         to_start = max(n_trials - self.retry("counting", finished_trials, self.study), 0)
+        seeds = study_seeds(self.study.study_name, self.repeats)
+        wave = first_wave(self.pruner, self.repeats)
+        open_trials: list[_OpenTrial] = []
+        in_flight: dict[Hashable, tuple[_OpenTrial, RunPlan]] = {}
         outcomes: list[Outcome] = []
-        while to_start > 0 or self._in_flight:
-            while to_start > 0 and len(self._in_flight) < batch:
+
+        def start(entry: _OpenTrial, plan: RunPlan) -> None:
+            in_flight[submit(plan)] = (entry, plan)
+            entry.in_flight += 1
+
+        while to_start > 0 or in_flight:
+            while to_start > 0 and len(open_trials) < batch:
                 asked = time.perf_counter()
                 trial = self.retry("ask", self.study.ask, self.space.distributions())
-                plan = self.retry("planning a trial", self._plan, trial)
-                self._in_flight[submit(plan)] = (trial, plan)
+                entry = self.retry("planning a trial", self._open, trial, seeds)
+                open_trials.append(entry)
+                for plan in entry.plans[:wave]:
+                    start(entry, plan)
+                entry.submitted = wave
                 self.ask_submit_sec.append(time.perf_counter() - asked)
                 to_start -= 1
-            future = first_done(list(self._in_flight))
-            trial, plan = self._in_flight.pop(future)
-            result = _result_of(future)
-            if result["status"] == "lost" and plan.attempt < MAX_ATTEMPTS:
-                log.warning("trial %s lost (%s); running it again", plan.trial_id, result["error"])
-                self.retry(
-                    "re-enqueueing a lost trial", _requeue, self.study, trial, result["error"]
-                )
-                to_start += 1
+            future = first_done(list(in_flight))
+            entry, plan = in_flight.pop(future)
+            entry.in_flight -= 1
+            result, again = resolve(future, plan, submit)
+            if again is not None:
+                in_flight[again] = (entry, replace(plan, attempt=plan.attempt + 1))
+                entry.in_flight += 1
                 continue
-            outcome = self._judge(plan, result)
+            run = judge_run(plan, result, self.llc_ref, self.se_ref, self.objective, self.huber_k)
             if self.record is not None:
-                self.record(outcome)
-            self.retry("telling a result", self._tell, trial, outcome)
+                self.record(run)
+            entry.done[plan.repeat] = run
+            if entry.in_flight:
+                continue  # the rest of its wave is still running
+            outcome = self.retry("judging a trial", self._advance, entry)
+            if outcome is None:  # neither finished nor pruned: its next repeat
+                start(entry, entry.plans[entry.submitted])
+                entry.submitted += 1
+                continue
+            open_trials.remove(entry)
             outcomes.append(outcome)
             if self.on_outcome is not None:
                 done = self.retry("counting", finished_trials, self.study)
@@ -320,49 +371,88 @@ class Driver:
         self.retry("failing orphaned trials", fail_orphans, self.study)
         return outcomes
 
-    def _plan(self, trial: optuna.Trial) -> TrialPlan:
-        seed = trial.user_attrs.get("seed")
-        if seed is None:
-            seed = int(stable_hash({"study": self.study.study_name, "n": trial.number}), 16) % 2**31
-            trial.set_user_attr("seed", seed)
+    def _open(self, trial: optuna.Trial, seeds: list[int]) -> _OpenTrial:
         config = self.space.config(trial.params)
-        trial_id = trial_id_for(self.pid, self.method, config, seed, self.budget_sec)
-        trial.set_user_attr("trial_id", trial_id)
-        return TrialPlan(
-            trial.number,
-            trial_id,
-            self.method,
-            config.model_dump(mode="json"),
-            dict(trial.params),
-            seed,
-            self.budget_sec,
-            trial.user_attrs.get("attempt", 1),
-        )
+        config_json = config.model_dump(mode="json")
+        config_id = config_id_for(self.method, config_json)
+        plans = [
+            RunPlan(
+                run_id_for(self.pid, self.method, config, seed, self.budget_sec),
+                self.method,
+                config_json,
+                dict(trial.params),
+                config_id,
+                seed,
+                self.budget_sec,
+                "search",
+                repeat,
+                trial.number,
+            )
+            for repeat, seed in enumerate(seeds)
+        ]
+        trial.set_user_attr("config_id", config_id)
+        trial.set_user_attr("run_ids", [plan.run_id for plan in plans])
+        return _OpenTrial(trial, plans)
 
-    def _judge(self, plan: TrialPlan, result: dict[str, Any]) -> Outcome:
-        """COMPLETE with the objective, or FAIL with a reason (never an inf objective)."""
-        llc = result.get("llc_hat")
-        status = result.get("status", "error")
-        if llc is None or not math.isfinite(llc) or status in ("diverged", "error", "lost"):
-            reason = result.get("error") or f"status {status}"
-            return Outcome(plan, result, TrialState.FAIL, None, reason)
-        value = objective_value(llc, self.llc_ref, self.se_ref, self.objective, self.huber_k)
-        return Outcome(plan, result, TrialState.COMPLETE, value, None)
+    def _advance(self, entry: _OpenTrial) -> Outcome | None:
+        """After a trial's runs in flight have all finished: report them to the pruner,
+        then tell FAIL (a run failed), COMPLETE (all repeats done) or PRUNED, or return
+        None to go on with the next repeat. Idempotent, so a storage retry is safe."""
+        runs = [entry.done[k] for k in sorted(entry.done)]
+        failed = [run for run in runs if run.objective is None]
+        if failed:
+            return self._tell(entry, runs, TrialState.FAIL, failed[0])
+        trial = entry.trial
+        while entry.reported in entry.done:
+            k = entry.reported
+            values = [entry.done[i].objective for i in range(k + 1)]
+            # Wilcoxon pairs each repeat with the best trial's same-seed repeat; the
+            # median pruner compares running means.
+            shown = values[-1] if self.pruner == "wilcoxon" else statistics.fmean(values)
+            trial.report(shown, step=k)
+            entry.reported += 1
+        if len(runs) == len(entry.plans):
+            return self._tell(entry, runs, TrialState.COMPLETE)
+        if trial.should_prune():
+            return self._tell(entry, runs, TrialState.PRUNED)
+        return None
 
-    def _tell(self, trial: optuna.Trial, outcome: Outcome) -> None:
-        """Idempotent, so a retry after a lost connection cannot tell twice."""
-        trial.set_user_attr("status", outcome.result.get("status", "error"))
-        if outcome.state == TrialState.FAIL:
-            trial.set_user_attr("fail_reason", outcome.reason)
+    def _tell(
+        self,
+        entry: _OpenTrial,
+        runs: list[RunOutcome],
+        state: TrialState,
+        failed: RunOutcome | None = None,
+    ) -> Outcome:
+        trial = entry.trial
+        summary = summarize_runs(runs, self.llc_ref)
+        for key in ("llc_hats", "llc_hat_mean", "llc_hat_sd", "bias", "objective_se"):
+            trial.set_user_attr(key, summary[key])
+        trial.set_user_attr("repeats_done", summary["repeats_done"])
+        trial.set_user_attr("llc_hat", summary["llc_hat_mean"])
+        trial.set_user_attr("abs_error", summary["abs_error_mean"])
+        runtime = sum(run.result.get("runtime_sec") or 0.0 for run in runs)
+        trial.set_user_attr("runtime_sec", runtime)
+        value, reason = None, None
+        if state == TrialState.FAIL:
+            assert failed is not None
+            reason = f"repeat {failed.plan.repeat}: {failed.reason}"
+            trial.set_user_attr("status", failed.result.get("status", "error"))
+            trial.set_user_attr("fail_reason", reason)
             self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        elif state == TrialState.PRUNED:
+            trial.set_user_attr("status", "pruned")
+            self.study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
         else:
-            trial.set_user_attr("llc_hat", outcome.result["llc_hat"])
-            self.study.tell(trial.number, outcome.objective, skip_if_finished=True)
+            value = summary["objective_mean"]
+            trial.set_user_attr("status", "ok")
+            self.study.tell(trial.number, value, skip_if_finished=True)
+        return Outcome(trial.number, state, value, reason, runs, dict(trial.params))
 
 
 def _result_of(future: Any) -> dict[str, Any]:
-    """The trial's result dict. The runner never raises (a diverged or failing run is a
-    result), so an exception here is the infrastructure's: the trial is ``lost``."""
+    """The run's result dict. The runner never raises (a diverged or failing run is a
+    result), so an exception here is the infrastructure's: the run is ``lost``."""
     try:
         return future.result()
     except Exception as error:  # noqa: BLE001 - a lost worker must not end the study

@@ -85,6 +85,7 @@ def run_load_campaign(
         "--methods", "sgld", "--n-trials", str(n_trials), "--batch", str(jobs * threads),
         "--methods-file", str(tmp / "methods.yaml"),
         "--reference-warmup", "100", "--reference-draws", "200",
+        "--repeats", "1", "--validate-top-k", "0",  # one run per trial: load is in runs
     ]  # fmt: skip
     poller = ConnectionPoller(stack["LAMBDA_HAT_OPTUNA_STORAGE"])
     poller.start()
@@ -115,7 +116,7 @@ def run_load_campaign(
         "trials_running": len(study.get_trials(states=(TrialState.RUNNING,))),
         "trial_errors": sum(1 for t in told if t.user_attrs["status"] != "ok"),
         "duplicate_params": len(told) - len({json.dumps(t.params, sort_keys=True) for t in told}),
-        "duplicate_trial_ids": len(rows) - len({row["trial_id"] for row in rows}),
+        "duplicate_run_ids": len(rows) - len({row["run_id"] for row in rows}),
         "rows": len(rows),
         "distinct_slurm_jobs": len({row["slurm_job_id"] for row in rows}),
         "peak_concurrent_trials": _peak_overlap(starts),

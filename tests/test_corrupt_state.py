@@ -53,26 +53,29 @@ def test_corrupt_parquet_is_rebuilt_and_truncated_metrics_are_recomputed(
     spec = load_problem_set("smoke").problems[0]
     problems = lambda_hat_env / "problems.yaml"
     problems.write_text(json.dumps({"problems": [spec.model_dump(mode="json")]}))
-    run = {"problems": str(problems), "methods": ["sgld"], "batch": 2, **SMALL_REFERENCE}
+    run = {
+        "problems": str(problems), "methods": ["sgld"], "batch": 2, "repeats": 1,
+        "validate_top_k": 0, **SMALL_REFERENCE,
+    }  # fmt: skip
     tune(n_trials=3, methods_file=str(methods_file), **run)
 
     parquet = lambda_hat_env / "results" / "runs.parquet"
-    before = {row["trial_id"]: row for row in read_rows(parquet)}
+    before = {row["run_id"]: row for row in read_rows(parquet)}
     assert len(before) == 3
     runs = lambda_hat_env / "artifacts" / "runs" / spec.pid / "sgld"
     study = optuna.load_study(study_name=f"{spec.pid}:sgld", storage=Settings().storage_url())
     damaged, intact = study.trials[0], study.trials[1]
-    truncate(runs / damaged.user_attrs["trial_id"] / "metrics.json")
+    truncate(runs / damaged.user_attrs["run_ids"][0] / "metrics.json")
     truncate(parquet, keep=100)
-    # The same parameters and seeds again: the same trial_ids (as after a crash).
+    # The same parameters again: the same run ids (as after a crash).
     for trial in (damaged, intact):
-        study.enqueue_trial(trial.params, user_attrs={"seed": trial.user_attrs["seed"]})
+        study.enqueue_trial(trial.params)
 
     tune(n_trials=5, methods_file=str(methods_file), **run)
     assert len(list(parquet.parent.glob("runs.parquet.corrupt-*"))) == 1
-    after = {row["trial_id"]: row for row in read_rows(parquet)}
+    after = {row["run_id"]: row for row in read_rows(parquet)}
     assert set(before) <= set(after) and len(after) == 3  # nothing lost, nothing doubled
-    damaged_id, intact_id = damaged.user_attrs["trial_id"], intact.user_attrs["trial_id"]
+    damaged_id, intact_id = damaged.user_attrs["run_ids"][0], intact.user_attrs["run_ids"][0]
     assert after[damaged_id]["started_at"] > before[damaged_id]["started_at"]  # recomputed
     assert after[intact_id]["started_at"] == before[intact_id]["started_at"]  # cache hit
     metrics = json.loads((runs / damaged_id / "metrics.json").read_text())

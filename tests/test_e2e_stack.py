@@ -49,6 +49,9 @@ def test_deploy_and_run_tune_on_slurm_and_postgres(stack, tmp_path):
         "--param", 'methods=["sgld", "vi"]',
         "--param", "n_trials=3",
         "--param", "batch=2",
+        "--param", "repeats=2",
+        "--param", "validate_top_k=1",
+        "--param", "validation_seeds=2",
         "--param", "reference_warmup=100",
         "--param", "reference_draws=200",
         "--param", f"methods_file={tmp_path / 'methods.yaml'}",
@@ -70,7 +73,9 @@ def test_deploy_and_run_tune_on_slurm_and_postgres(stack, tmp_path):
         assert keys == {"leaderboard", "tune-report"}
 
     rows = read_rows(tmp_path / "results" / "runs.parquet")
-    assert len(rows) == 2 * 2 * 3
+    assert len([row for row in rows if row["stage"] == "search"]) == 2 * 2 * 3 * 2
+    assert 0 < len([row for row in rows if row["stage"] == "validation"]) <= 2 * 2 * 2
+    assert len(read_rows(tmp_path / "results" / "leaderboard.parquet")) == 2 * 2
     jobs = {row["slurm_job_id"] for row in rows}
     assert None not in jobs and "" not in jobs and len(jobs) >= 2, jobs
     assert {row["slurm_job_name"] for row in rows} == {"lambda-hat-trial"}
@@ -79,6 +84,7 @@ def test_deploy_and_run_tune_on_slurm_and_postgres(stack, tmp_path):
     for row in rows:
         study = optuna.load_study(study_name=row["study_name"], storage=storage)
         assert row["trial_number"] in {t.number for t in study.trials}
+        assert row["config_id"] in {t.user_attrs.get("config_id") for t in study.trials}
     for pid in {row["pid"] for row in rows}:
         ref = json.loads((tmp_path / "artifacts" / "problems" / pid / "ref.json").read_text())
         assert ref["slurm_job_id"] and ref["slurm_job_name"] == "lambda-hat-reference"

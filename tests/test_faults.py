@@ -73,6 +73,9 @@ class Campaign:
             "--methods-file", str(self.tmp / "methods.yaml"),
             "--reference-warmup", "100",
             "--reference-draws", "200",
+            # One run per trial, no validation: these faults are about runs and trials.
+            "--repeats", "1",
+            "--validate-top-k", "0",
         ]  # fmt: skip
         output = open(self.tmp / log, "w")  # noqa: SIM115 - the child owns it
         return subprocess.Popen(
@@ -101,24 +104,24 @@ class Campaign:
     def running_trials(self) -> list[dict]:
         """Trials that started on a worker and have not written metrics.json yet."""
         started = [json.loads(p.read_text()) for p in self.runs.glob("*/manifest.json")]
-        return [m for m in started if not (self.runs / m["trial_id"] / "metrics.json").exists()]
+        return [m for m in started if not (self.runs / m["run_id"] / "metrics.json").exists()]
 
     def cancel_jobs(self) -> None:
         subprocess.run(["scancel", "--name", self.name], env=self.env, check=False)
         subprocess.run(["scancel", "--name", f"{self.name}-ref"], env=self.env, check=False)
 
     def assert_clean_study(self, n_trials: int) -> list[dict]:
-        """n_trials told, none RUNNING, exactly one Parquet row per trial_id."""
+        """n_trials told, none RUNNING, exactly one Parquet row per run (one run a trial)."""
         study = self.study()
         assert finished_trials(study) == n_trials
         assert not study.get_trials(states=(TrialState.RUNNING,))
         rows = self.rows()
         told = {
-            t.user_attrs["trial_id"]
+            t.user_attrs["run_ids"][0]
             for t in study.trials
             if t.state.is_finished() and "status" in t.user_attrs
         }
-        assert {row["trial_id"] for row in rows} == told
+        assert {row["run_id"] for row in rows} == told
         assert len(rows) == len(told)
         return rows
 
@@ -145,7 +148,7 @@ def test_a_killed_trial_job_is_rerun_on_another_worker(stack, tmp_path):
         campaign.cancel_jobs()
     assert process.returncode == 0, output[-3000:]
     rows = campaign.assert_clean_study(4)
-    rerun = [row for row in rows if row["trial_id"] == victim["trial_id"]]
+    rerun = [row for row in rows if row["run_id"] == victim["run_id"]]
     assert len(rerun) == 1 and rerun[0]["status"] == "ok", rerun
     assert rerun[0]["slurm_job_id"] != victim["slurm_job_id"]  # finished on another job
 
@@ -159,7 +162,7 @@ def test_sigkilled_flow_then_the_same_command_finishes_without_redoing_work(stac
         first.wait(30)
     finally:
         first.kill()
-    before = {row["trial_id"]: row for row in campaign.rows()}
+    before = {row["run_id"]: row for row in campaign.rows()}
     stale = campaign.study().get_trials(states=(TrialState.RUNNING,))
     assert stale, "the kill left no trial in flight; nothing was tested"
 
@@ -170,19 +173,19 @@ def test_sigkilled_flow_then_the_same_command_finishes_without_redoing_work(stac
         campaign.cancel_jobs()
     assert second.returncode == 0, output[-3000:]
     rows = campaign.assert_clean_study(6)
-    after = {row["trial_id"]: row for row in rows}
-    for trial_id, row in before.items():  # told before the kill: not recomputed
-        assert after[trial_id]["started_at"] == row["started_at"]
+    after = {row["run_id"]: row for row in rows}
+    for run_id, row in before.items():  # told before the kill: not recomputed
+        assert after[run_id]["started_at"] == row["started_at"]
     reaped = [
         t
         for t in campaign.study().trials
         if t.user_attrs.get("fail_reason", "").startswith("stale")
     ]
     assert {t.number for t in reaped} == {t.number for t in stale}
-    # Each stale trial that had been submitted ran again under its own trial_id (from cache
-    # if its job finished it). One killed between ask and submit has no trial_id yet: it is
-    # re-enqueued with its parameters and gets its seed when it is planned.
-    submitted = {t.user_attrs["trial_id"] for t in stale if "trial_id" in t.user_attrs}
+    # Each stale trial that had been planned ran again under its own run id (from cache
+    # if its job finished it). One killed between ask and planning has no run ids yet: it
+    # is re-enqueued with its parameters, which give it the same run ids when planned.
+    submitted = {t.user_attrs["run_ids"][0] for t in stale if "run_ids" in t.user_attrs}
     assert submitted <= set(after)
 
 
@@ -214,7 +217,7 @@ def test_postgres_restart_mid_run_is_ridden_out_and_a_diverged_trial_fails(stack
     diverged = campaign.study().trials[0]
     assert diverged.state == TrialState.FAIL and diverged.values is None
     assert diverged.user_attrs["status"] == "diverged" and diverged.user_attrs["fail_reason"]
-    (row,) = [r for r in rows if r["trial_id"] == diverged.user_attrs["trial_id"]]
+    (row,) = [r for r in rows if r["run_id"] == diverged.user_attrs["run_ids"][0]]
     assert row["status"] == "diverged" and row["objective"] is None and row["error"]
     assert sum(r["status"] == "ok" for r in rows) >= 1
     assert PASSWORD not in output
@@ -251,7 +254,7 @@ def test_eight_concurrent_workers_against_postgres(stack, tmp_path):
     assert report["returncode"] == 0, report["output_tail"]
     assert report["trials_finished"] == 24 and report["rows"] == 24
     assert report["trials_running"] == 0 and report["trial_errors"] == 0
-    assert report["duplicate_params"] == 0 and report["duplicate_trial_ids"] == 0
+    assert report["duplicate_params"] == 0 and report["duplicate_run_ids"] == 0
     assert report["distinct_slurm_jobs"] == 4
     assert report["peak_concurrent_trials"] >= 6, report  # the workers really ran together
     # One driver, one small pool per open study (pool_size 2 + overflow 2): bounded.

@@ -2,8 +2,11 @@
 Dask LocalCluster (2 worker processes), SQLite-backed Optuna, Parquet and artifacts."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
@@ -15,6 +18,7 @@ from flows.tune import tune
 from lambda_hat.problems import load_problem_set
 from lambda_hat.results import read_rows
 from lambda_hat.settings import Settings
+from lambda_hat.tuning import study_seeds
 
 from .conftest import REPO
 
@@ -64,27 +68,34 @@ def test_reference_flow_is_cached_the_second_time_and_refresh_recomputes(
 def test_tune_end_to_end_then_resume(prefect_server, lambda_hat_env):
     methods_file = lambda_hat_env / "methods.yaml"
     methods_file.write_text(FAST_METHODS)
-    run = {"problems": "smoke", "methods": ["sgld", "vi"], "batch": 2, **SMALL_REFERENCE}
+    run = {
+        "problems": "smoke", "methods": ["sgld", "vi"], "batch": 2, "repeats": 2,
+        "pruner": "none", "validate_top_k": 1, "validation_seeds": 2, **SMALL_REFERENCE,
+    }  # fmt: skip
     result = tune(n_trials=4, methods_file=str(methods_file), **run)
 
     parquet = lambda_hat_env / "results" / "runs.parquet"
     rows = read_rows(parquet)
-    assert len(rows) == 2 * 2 * 4
-    assert len({row["trial_id"] for row in rows}) == len(rows)
+    search = [row for row in rows if row["stage"] == "search"]
+    assert len(search) == 2 * 2 * 4 * 2
+    assert len({row["run_id"] for row in rows}) == len(rows)
     for row in rows:
         if row["status"] == "ok":
             assert row["objective"] == pytest.approx(abs(row["llc_hat"] - row["llc_ref"]))
         else:
             assert row["objective"] is None and row["error"]
         assert row["hostname"] and row["worker_pid"] and row["code_version"]
-        metrics = (
-            lambda_hat_env / "artifacts" / "runs" / row["pid"] / row["method"] / row["trial_id"]
-        )
+        assert row["config_id"].startswith("c_")
+        metrics = lambda_hat_env / "artifacts" / "runs" / row["pid"] / row["method"] / row["run_id"]
         assert json.loads((metrics / "metrics.json").read_text())["status"] == row["status"]
         assert (metrics / "manifest.json").exists()
     assert {row["hp_step_size"] is not None for row in rows if row["method"] == "sgld"} == {True}
     assert len(result["leaderboard"]) == 4
     assert all(entry["trials_done"] == 4 for entry in result["leaderboard"])
+    board = read_rows(lambda_hat_env / "results" / "leaderboard.parquet")
+    assert len(board) == 4 and all(
+        r["n_validation_runs"] + r["n_validation_failed"] == 2 for r in board
+    )
     pids = {ref["pid"] for ref in result["references"]}
     progress = {f"progress-{pid.replace('_', '-')}-{m}" for pid in pids for m in ("sgld", "vi")}
     assert artifact_keys("leaderboard", "tune-report", *progress) == {
@@ -103,11 +114,13 @@ def test_tune_end_to_end_then_resume(prefect_server, lambda_hat_env):
             study = optuna.load_study(study_name=f"{pid}:{method}", storage=storage)
             finished = [t for t in study.trials if t.state.is_finished()]
             assert len(finished) == 6
+            assert study.user_attrs["problem_name"] and study.user_attrs["llc_ref"] > 0
     rows = read_rows(parquet)
-    assert len(rows) == 2 * 2 * 6 and len({row["trial_id"] for row in rows}) == len(rows)
+    assert len([r for r in rows if r["stage"] == "search"]) == 2 * 2 * 6 * 2
+    assert len({row["run_id"] for row in rows}) == len(rows)
 
 
-def test_a_new_trial_starts_as_soon_as_one_finishes(prefect_server, lambda_hat_env):
+def test_a_new_run_starts_as_soon_as_one_finishes(prefect_server, lambda_hat_env):
     # One long trial and short ones, batch 2: the third trial must start when the short
     # second one ends, long before the first one does.
     methods_file = lambda_hat_env / "methods.yaml"
@@ -121,7 +134,7 @@ def test_a_new_trial_starts_as_soon_as_one_finishes(prefect_server, lambda_hat_e
     storage = Settings().storage_url()
     (lambda_hat_env / "results").mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(study_name=f"{spec.pid}:sgld", storage=storage)
-    for steps in (60000, 200, 200, 200):
+    for steps in (60000, 200, 201, 202):  # distinct configurations, so distinct runs
         study.enqueue_trial({"num_steps": steps})
     result = tune(
         problems=str(problems),
@@ -129,13 +142,134 @@ def test_a_new_trial_starts_as_soon_as_one_finishes(prefect_server, lambda_hat_e
         n_trials=4,
         batch=2,
         methods_file=str(methods_file),
+        repeats=1,
+        validate_top_k=0,
         **SMALL_REFERENCE,
     )
-    timeline = sorted(result["studies"][0]["timeline"])  # by trial number
-    (_, long_start, long_end), (_, _, short_end) = timeline[0], timeline[1]
+    # (stage, trial number, repeat, started, finished), by trial number
+    timeline = sorted(t[1:] for t in result["studies"][0]["timeline"])
+    (_, _, long_start, long_end), (_, _, _, short_end) = timeline[0], timeline[1]
     assert long_end - long_start > 2.0, timeline  # the long trial really is long
-    third_start = timeline[2][1]
+    third_start = timeline[2][2]
     assert short_end <= third_start < long_end, timeline
+
+
+PRUNE_METHODS = """
+methods:
+  sgld:
+    fixed: {num_steps: 1000, thinning: 5, num_chains: 2, batch_size: 64}
+    space:
+      step_size: {type: float, low: 1.0e-7, high: 3.0e-4, log: true}
+"""
+
+
+def test_repeats_pruning_and_validation_through_the_flow(prefect_server, lambda_hat_env):
+    methods_file = lambda_hat_env / "methods.yaml"
+    methods_file.write_text(PRUNE_METHODS)
+    problems = lambda_hat_env / "problems.yaml"
+    spec = load_problem_set("smoke").problems[0]
+    problems.write_text(json.dumps({"problems": [spec.model_dump(mode="json")]}))
+    storage = Settings().storage_url()
+    (lambda_hat_env / "results").mkdir(parents=True, exist_ok=True)
+    name = f"{spec.pid}:sgld"
+    study = optuna.create_study(study_name=name, storage=storage)
+    study.enqueue_trial({"step_size": 1e-4})  # a sound configuration first: the best
+    study.enqueue_trial({"step_size": 1e-7})  # then a bad one: chains barely move
+    run = {
+        "problems": str(problems), "methods": ["sgld"], "n_trials": 4, "batch": 1,
+        "methods_file": str(methods_file), "repeats": 3, "pruner": "wilcoxon",
+        "validate_top_k": 2, "validation_seeds": 3, **SMALL_REFERENCE,
+    }  # fmt: skip
+    result = tune(**run)
+
+    study = optuna.load_study(study_name=name, storage=storage)
+    parquet = lambda_hat_env / "results" / "runs.parquet"
+    rows = read_rows(parquet)
+    search = [r for r in rows if r["stage"] == "search"]
+    bad = study.trials[1]
+    assert bad.state == optuna.trial.TrialState.PRUNED, bad.user_attrs
+    assert len([r for r in search if r["trial_number"] == 1]) <= 2  # its runs are rows
+    assert len([t for t in study.trials if "status" in t.user_attrs]) == 4  # count reached
+    seeds = study_seeds(name, 3)
+    for trial in study.trials:
+        mine = sorted((r["repeat"], r["seed"]) for r in search if r["trial_number"] == trial.number)
+        assert [seed for _, seed in mine] == seeds[: len(mine)]  # common random numbers
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert len(mine) == 3 and len(trial.user_attrs["llc_hats"]) == 3
+    validation = [r for r in rows if r["stage"] == "validation"]
+    by_config = {}
+    for r in validation:
+        by_config.setdefault(r["config_id"], []).append(r)
+    complete = {
+        t.user_attrs["config_id"]
+        for t in study.trials
+        if t.state == optuna.trial.TrialState.COMPLETE
+    }
+    assert len(by_config) == min(2, len(complete)) and set(by_config) <= complete
+    assert all(len(v) == 3 for v in by_config.values())
+    assert not {r["seed"] for r in validation} & {r["seed"] for r in search}
+    # The leaderboard's validated figures are what the rows give.
+    (board,) = read_rows(lambda_hat_env / "results" / "leaderboard.parquet")
+    chosen = by_config[board["config_id"]]
+    errors = [r["abs_error"] for r in chosen]
+    assert board["validated_error_mean"] == pytest.approx(sum(errors) / 3)
+    assert board["validated_bias"] == pytest.approx(
+        sum(r["llc_hat"] for r in chosen) / 3 - board["llc_ref"]
+    )
+    others = [sum(r["abs_error"] for r in v) / 3 for v in by_config.values()]
+    assert board["validated_error_mean"] == pytest.approx(min(others))
+    assert result["leaderboard"][0]["config_id"] == board["config_id"]
+
+    # Rerunning the same command recomputes nothing and adds no row.
+    again = tune(**run)
+    assert again["studies"][0]["trials_run_now"] == 0
+    assert len(read_rows(parquet)) == len(rows)
+
+
+def test_a_flow_killed_between_repeats_resumes_without_recomputing(prefect_server, lambda_hat_env):
+    methods_file = lambda_hat_env / "methods.yaml"
+    methods_file.write_text(PRUNE_METHODS.replace("num_steps: 1000", "num_steps: 6000"))
+    problems = lambda_hat_env / "problems.yaml"
+    spec = load_problem_set("smoke").problems[1]
+    problems.write_text(json.dumps({"problems": [spec.model_dump(mode="json")]}))
+    argv = [
+        sys.executable, str(REPO / "flows" / "tune.py"), "--problems", str(problems),
+        "--methods", "sgld", "--n-trials", "1", "--batch", "1", "--repeats", "3",
+        "--pruner", "none", "--validate-top-k", "0", "--methods-file", str(methods_file),
+        "--reference-warmup", "100", "--reference-draws", "200",
+    ]  # fmt: skip
+    runs = lambda_hat_env / "artifacts" / "runs" / spec.pid / "sgld"
+    log = open(lambda_hat_env / "first.log", "w")  # noqa: SIM115 - the child owns it
+    first = subprocess.Popen(
+        argv, cwd=lambda_hat_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not list(runs.glob("*/row.json")):  # one repeat done and recorded
+            assert first.poll() is None and time.monotonic() < deadline, (
+                lambda_hat_env / "first.log"
+            ).read_text()[-3000:]
+            time.sleep(0.1)
+        os.killpg(first.pid, signal.SIGKILL)  # the flow and its Dask workers
+        first.wait(30)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    done_before = {p.parent.name: json.loads(p.read_text()) for p in runs.glob("*/row.json")}
+    storage = Settings().storage_url()
+    study = optuna.load_study(study_name=f"{spec.pid}:sgld", storage=storage)
+    assert len(done_before) < 3, "the kill came after the trial finished; nothing was tested"
+    assert study.trials[0].state == optuna.trial.TrialState.RUNNING
+
+    second = subprocess.run(argv, cwd=lambda_hat_env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    study = optuna.load_study(study_name=f"{spec.pid}:sgld", storage=storage)
+    told = [t for t in study.trials if "status" in t.user_attrs]
+    assert len(told) == 1 and told[0].state == optuna.trial.TrialState.COMPLETE
+    rows = {r["run_id"]: r for r in read_rows(lambda_hat_env / "results" / "runs.parquet")}
+    assert set(rows) == set(told[0].user_attrs["run_ids"])  # all 3 repeats, once each
+    for run_id, row in done_before.items():  # finished before the kill: not recomputed
+        assert rows[run_id]["started_at"] == row["started_at"]
 
 
 def test_dry_run_prints_the_plan_and_computes_nothing(prefect_server, lambda_hat_env):
@@ -179,6 +313,10 @@ def test_help_works():
         "--batch",
         "--objective",
         "--refresh-references",
+        "--repeats",
+        "--pruner",
+        "--validate-top-k",
+        "--validation-seeds",
         "--dry-run",
     ):
         assert option in out.stdout

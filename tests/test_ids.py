@@ -73,8 +73,8 @@ def test_trial_id_depends_on_every_input():
     args = dict(
         pid="p_abc", method="sgld", hyperparams={"eta": 1e-4}, seed=0, budget=10, version="v"
     )
-    base = ids.trial_id(**args)
-    assert base.startswith("r_") and base == ids.trial_id(**args)
+    base = ids.run_id(**args)
+    assert base.startswith("r_") and base == ids.run_id(**args)
     for key, other in [
         ("pid", "p_abd"),
         ("method", "mclmc"),
@@ -83,7 +83,7 @@ def test_trial_id_depends_on_every_input():
         ("budget", 11),
         ("version", "w"),
     ]:
-        assert ids.trial_id(**{**args, key: other}) != base, key
+        assert ids.run_id(**{**args, key: other}) != base, key
 
 
 def test_code_version_has_package_version_and_config_hash():

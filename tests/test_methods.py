@@ -18,7 +18,7 @@ from lambda_hat.runners import sgld
 from lambda_hat.runners.common import compile_count
 from lambda_hat.runners.hmc_reference import ReferenceConfig
 from lambda_hat.runners.hmc_reference import run as run_reference
-from lambda_hat.runners.run_method import MethodConfigError, run_trial, trial_id_for
+from lambda_hat.runners.run_method import MethodConfigError, run_id_for, run_trial
 from lambda_hat.targets import build_problem
 
 from .conftest import make_spec
@@ -209,14 +209,14 @@ def test_a_failing_run_is_an_error_result_not_an_exception(tmp_path):
 def test_trial_id_follows_the_full_config(problem):
     config = sgld.SGLDConfig(**SGLD)
     same = sgld.SGLDConfig(**{**SGLD, "step_size": 0.0002})
-    assert trial_id_for(problem.pid, "sgld", config, 0, 60) == trial_id_for(
+    assert run_id_for(problem.pid, "sgld", config, 0, 60) == run_id_for(
         problem.pid, "sgld", same, 0, 60
     )
     changed = sgld.SGLDConfig(**{**SGLD, "thinning": 4})
     ids = {
-        trial_id_for(problem.pid, "sgld", changed, 0, 60),
-        trial_id_for(problem.pid, "sgld", config, 1, 60),
-        trial_id_for(problem.pid, "sgld", config, 0, 30),
-        trial_id_for(problem.pid, "sgld", config, 0, 60),
+        run_id_for(problem.pid, "sgld", changed, 0, 60),
+        run_id_for(problem.pid, "sgld", config, 1, 60),
+        run_id_for(problem.pid, "sgld", config, 0, 30),
+        run_id_for(problem.pid, "sgld", config, 0, 60),
     }
     assert len(ids) == 4

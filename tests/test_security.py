@@ -11,9 +11,9 @@ from lambda_hat.ids import validate_id
 from lambda_hat.problems import SpecError, load_problem_set
 from lambda_hat.runners.run_method import MethodConfigError
 from lambda_hat.settings import Settings
-from lambda_hat.tuning import StorageError, check_storage
+from lambda_hat.storage import StorageError, check_storage
 from tasks.reference import hmc_reference
-from tasks.trials import run_trial_task
+from tasks.runs import run_method_task
 
 from .conftest import REPO
 
@@ -36,7 +36,7 @@ def test_no_unsafe_deserialisation_in_the_code():
 def test_persisted_task_results_are_json_not_pickles():
     # Prefect's default result serializer is cloudpickle: a cache entry in the results
     # directory would be unpickled on the next cache hit.
-    assert run_trial_task.result_serializer == "json"
+    assert run_method_task.result_serializer == "json"
     assert hmc_reference.result_serializer == "json"
 
 
@@ -49,7 +49,7 @@ def test_ids_that_could_escape_a_directory_are_refused(bad):
 def test_trial_task_refuses_a_method_name_that_is_not_a_method(tmp_path):
     spec = load_problem_set("smoke").problems[0].model_dump(mode="json")
     with pytest.raises(MethodConfigError, match="unknown method '../../x'"):
-        run_trial_task.fn(
+        run_method_task.fn(
             "r_0123", spec, "../../x", {}, 0, 1.0, str(tmp_path), str(tmp_path), str(tmp_path)
         )
     assert not (tmp_path / "runs").exists()

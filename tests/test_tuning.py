@@ -1,4 +1,5 @@
-"""The Optuna driver, objectives, settings and the Parquet writer, without Prefect."""
+"""The Optuna driver (repeats, pruning, failures, reaping), objectives, settings and the
+Parquet writer, without Prefect."""
 
 import multiprocessing
 import threading
@@ -13,15 +14,8 @@ from optuna.trial import TrialState
 from lambda_hat.results import append_rows, read_rows
 from lambda_hat.search_space import load_methods
 from lambda_hat.settings import Settings, mask_url
-from lambda_hat.tuning import (
-    MAX_ATTEMPTS,
-    Driver,
-    StorageError,
-    StorageRetry,
-    finished_trials,
-    objective_value,
-    open_study,
-)
+from lambda_hat.storage import StorageError, StorageRetry, finished_trials, open_study
+from lambda_hat.tuning import MAX_ATTEMPTS, Driver, make_pruner, objective_value, study_seeds
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -55,11 +49,11 @@ def test_driver_keeps_batch_in_flight_and_tells_each_as_it_finishes(tmp_path):
     study = open_study(f"sqlite:///{tmp_path}/o.db", "p_test:sgld")
     lock, running, peak, told_while_others_ran = threading.Lock(), [0], [0], []
 
-    def trial(plan):
+    def run(plan):
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
-        time.sleep(0.3 if plan.number % 3 == 0 else 0.05)  # unequal lengths
+        time.sleep(0.3 if plan.trial_number % 3 == 0 else 0.05)  # unequal lengths
         with lock:
             running[0] -= 1
         return {"status": "ok", "llc_hat": 3.0 + plan.config["step_size"] * 100}
@@ -68,73 +62,129 @@ def test_driver_keeps_batch_in_flight_and_tells_each_as_it_finishes(tmp_path):
         told_while_others_ran.append(running[0])
 
     with ThreadPoolExecutor(3) as pool:
-        driver = make_driver(study, on_outcome=on_outcome)
+        driver = make_driver(study, on_outcome=on_outcome, repeats=1, pruner="none")
         outcomes = driver.run(
-            9, batch=3, submit=lambda p: pool.submit(trial, p), first_done=first_done
+            9, batch=3, submit=lambda p: pool.submit(run, p), first_done=first_done
         )
     assert len(outcomes) == 9 and finished_trials(study) == 9
     assert peak[0] == 3
     assert any(n > 0 for n in told_while_others_ran)  # told before the batch drained
     assert all(o.state == TrialState.COMPLETE for o in outcomes)
-    assert len({o.plan.trial_id for o in outcomes}) == 9
+    assert len({o.runs[0].plan.run_id for o in outcomes}) == 9
+
+
+def noisy_llc(plan):
+    """A run whose llc_hat depends on its configuration and (a little) on its seed."""
+    noise = ((plan.seed * 2654435761) % 1000) / 1000 - 0.5
+    return {"status": "ok", "llc_hat": 3.0 + 1e3 * plan.config["step_size"] + 0.1 * noise}
+
+
+def test_repeats_use_the_studys_common_seeds_and_the_objective_is_their_mean(tmp_path):
+    study = open_study(f"sqlite:///{tmp_path}/o.db", "p_test:sgld")
+    recorded = []
+    with ThreadPoolExecutor(2) as pool:
+        driver = make_driver(study, repeats=3, pruner="none", record=recorded.append)
+        outcomes = driver.run(
+            4, batch=2, submit=lambda p: pool.submit(noisy_llc, p), first_done=first_done
+        )
+    seeds = study_seeds("p_test:sgld", 3)
+    assert len(recorded) == 4 * 3
+    for outcome in outcomes:
+        assert [run.plan.seed for run in outcome.runs] == seeds  # common random numbers
+        assert [run.plan.repeat for run in outcome.runs] == [0, 1, 2]
+        trial = study.trials[outcome.number]
+        llc = [run.result["llc_hat"] for run in outcome.runs]
+        assert trial.user_attrs["llc_hats"] == pytest.approx(llc)
+        assert trial.value == pytest.approx(sum(abs(v - 3.0) for v in llc) / 3)
+        assert trial.user_attrs["llc_hat_mean"] == pytest.approx(sum(llc) / 3)
+        assert trial.user_attrs["bias"] == pytest.approx(sum(llc) / 3 - 3.0)
+        assert trial.user_attrs["objective_se"] > 0 and trial.user_attrs["llc_hat_sd"] > 0
+        assert trial.user_attrs["run_ids"] == [run.plan.run_id for run in outcome.runs]
+    assert len({run.plan.run_id for run in recorded}) == 12
+    assert len({run.plan.config_id for run in recorded}) == 4
+
+
+def test_a_bad_configuration_is_pruned_after_two_repeats_and_submits_no_more(tmp_path):
+    study = open_study(f"sqlite:///{tmp_path}/o.db", "p_test:sgld", pruner=make_pruner("wilcoxon"))
+    study.enqueue_trial({"step_size": 1e-6, "batch_size": 64, "decay_exponent": 0.0})  # good
+    study.enqueue_trial({"step_size": 5e-3, "batch_size": 64, "decay_exponent": 0.0})  # bad
+    submitted = []
+
+    def run(plan):
+        submitted.append(plan)
+        return noisy_llc(plan)
+
+    with ThreadPoolExecutor(2) as pool:
+        driver = make_driver(study, repeats=3, pruner="wilcoxon")
+        outcomes = driver.run(
+            4, batch=1, submit=lambda p: pool.submit(run, p), first_done=first_done
+        )
+    assert finished_trials(study) == 4  # pruned trials count: the study reaches its count
+    bad = study.trials[1]
+    assert bad.state == TrialState.PRUNED and bad.user_attrs["status"] == "pruned"
+    assert len([p for p in submitted if p.trial_number == 1]) == 2  # no third repeat
+    assert bad.user_attrs["repeats_done"] == 2 and sorted(bad.intermediate_values) == [0, 1]
+    assert outcomes[1].state == TrialState.PRUNED and len(outcomes[1].runs) == 2
+    assert study.trials[0].state == TrialState.COMPLETE
 
 
 def run_scripted(study, script, n_trials, **driver_options):
-    """Run the driver with trials that return (or raise) the scripted results in order."""
+    """Run the driver with runs that return (or raise) the scripted results in order."""
     results = iter(script)
 
-    def trial(plan):
+    def run(plan):
         result = next(results)
         if isinstance(result, Exception):
             raise result
         return result
 
+    options = {"repeats": 1, "pruner": "none", **driver_options}
     with ThreadPoolExecutor(1) as pool:
-        driver = make_driver(study, **driver_options)
+        driver = make_driver(study, **options)
         return driver.run(
-            n_trials, batch=1, submit=lambda p: pool.submit(trial, p), first_done=first_done
+            n_trials, batch=1, submit=lambda p: pool.submit(run, p), first_done=first_done
         )
 
 
-def test_failures_are_told_fail_with_a_reason_and_lost_trials_run_again(tmp_path):
+def test_failures_are_told_fail_with_a_reason_and_lost_runs_run_again(tmp_path):
     study = open_study(f"sqlite:///{tmp_path}/o.db", "p_test:sgld")
     recorded = []
     script = [
         {"status": "diverged", "llc_hat": None, "error": "chunk 0: non-finite loss"},
         {"status": "error", "llc_hat": None, "error": "ValueError: boom"},
-        RuntimeError("worker lost"),  # infrastructure: the same trial runs again
+        RuntimeError("worker lost"),  # infrastructure: the same run is submitted again
         {"status": "ok", "llc_hat": 3.2},
         {"status": "ok", "llc_hat": float("nan")},  # never an inf/nan objective
     ]
     outcomes = run_scripted(study, script, 4, record=recorded.append)
     trials = study.trials
-    assert [t.user_attrs.get("fail_reason") for t in trials[:3]] == [
-        "chunk 0: non-finite loss",
-        "ValueError: boom",
-        "RuntimeError: worker lost",
+    assert [t.user_attrs.get("fail_reason") for t in trials] == [
+        "repeat 0: chunk 0: non-finite loss",
+        "repeat 0: ValueError: boom",
+        None,
+        "repeat 0: status ok",
     ]
-    assert [t.state for t in trials] == [TrialState.FAIL] * 3 + [
+    assert [t.state for t in trials] == [
+        TrialState.FAIL,
+        TrialState.FAIL,
         TrialState.COMPLETE,
         TrialState.FAIL,
     ]
-    # The rerun of the lost trial has its parameters, seed and so its trial_id.
-    assert trials[3].params == trials[2].params
-    assert trials[3].user_attrs["trial_id"] == trials[2].user_attrs["trial_id"]
-    assert trials[3].user_attrs["attempt"] == 2
     assert study.best_value == pytest.approx(0.2)
     assert [o.objective for o in outcomes] == [None, None, pytest.approx(0.2), None]
     assert finished_trials(study) == 4
-    assert [o.plan.trial_id for o in recorded] == [o.plan.trial_id for o in outcomes]
+    # The lost run was recorded once, after it ran again: 4 rows for 4 runs.
+    assert len(recorded) == 4
+    assert [r.plan.run_id for r in recorded] == [o.runs[0].plan.run_id for o in outcomes]
     assert all(t.values is None for t in trials if t.state == TrialState.FAIL)
 
 
-def test_a_trial_lost_every_time_counts_as_failed_after_max_attempts(tmp_path):
+def test_a_run_lost_every_time_fails_its_trial_after_max_attempts(tmp_path):
     study = open_study(f"sqlite:///{tmp_path}/o.db", "p_test:sgld")
     script = [RuntimeError(f"killed {i}") for i in range(MAX_ATTEMPTS)]
     outcomes = run_scripted(study, script, 1)
-    assert [t.state for t in study.trials] == [TrialState.FAIL] * MAX_ATTEMPTS
-    assert len({t.user_attrs["trial_id"] for t in study.trials}) == 1
-    assert outcomes[0].reason == f"RuntimeError: killed {MAX_ATTEMPTS - 1}"
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
+    assert outcomes[0].reason == f"repeat 0: RuntimeError: killed {MAX_ATTEMPTS - 1}"
     assert finished_trials(study) == 1
 
 
@@ -183,25 +233,25 @@ def test_an_ask_cut_off_half_way_leaves_no_running_or_waiting_trial(tmp_path, mo
     assert finished_trials(study) == 2
 
 
-def test_stale_running_trials_are_reaped_and_rerun_with_their_seed(tmp_path):
+def test_stale_running_trials_are_reaped_and_rerun_with_the_same_run_ids(tmp_path):
     url = f"sqlite:///{tmp_path}/o.db"
     study = open_study(url, "p_test:sgld")
     space = load_methods()["sgld"]
-    # A dead driver left one trial RUNNING after recording its seed.
+    # A dead driver left one trial RUNNING.
     orphan = study.ask(space.distributions())
-    orphan.set_user_attr("seed", 1234)
     orphan_params = dict(orphan.params)
 
     seen = []
     with ThreadPoolExecutor(1) as pool:
-        outcomes = make_driver(open_study(url, "p_test:sgld")).run(
+        outcomes = make_driver(open_study(url, "p_test:sgld"), repeats=2, pruner="none").run(
             3,
             batch=1,
             submit=lambda p: pool.submit(lambda: seen.append(p) or {"status": "ok", "llc_hat": 3}),
             first_done=first_done,
         )
     assert len(outcomes) == 3
-    assert seen[0].hyperparams == orphan_params and seen[0].seed == 1234
+    assert seen[0].hyperparams == orphan_params
+    assert [p.seed for p in seen[:2]] == study_seeds("p_test:sgld", 2)
     states = [t.state for t in open_study(url, "p_test:sgld").trials]
     assert states[0] == TrialState.FAIL and TrialState.RUNNING not in states
     assert finished_trials(study) == 3
@@ -220,7 +270,7 @@ def test_settings_from_env_and_secrets_masked(monkeypatch):
 
 def _append_many(path, worker):
     for i in range(25):
-        append_rows(path, [{"trial_id": f"r_{worker}_{i}", "objective": float(i)}])
+        append_rows(path, [{"run_id": f"r_{worker}_{i}", "objective": float(i)}])
 
 
 def test_two_processes_appending_at_once_lose_no_rows(tmp_path):
@@ -233,4 +283,4 @@ def test_two_processes_appending_at_once_lose_no_rows(tmp_path):
         worker.join(120)
         assert worker.exitcode == 0
     rows = read_rows(path)
-    assert len(rows) == 50 and len({row["trial_id"] for row in rows}) == 50
+    assert len(rows) == 50 and len({row["run_id"] for row in rows}) == 50

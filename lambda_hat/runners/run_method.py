@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ValidationError
 
-from lambda_hat.ids import code_version, trial_id
+from lambda_hat.ids import code_version, run_id
 from lambda_hat.problems import format_validation_error
 from lambda_hat.runners import mclmc, sgld, vi
 from lambda_hat.runners.common import MethodResult
@@ -76,15 +76,15 @@ def parse_method_config(method: str, values: Mapping[str, Any] | BaseModel) -> B
 
 
 def method_code_version(method: str) -> str:
-    """Package version + the runner's name: part of every trial_id."""
+    """Package version + the runner's name: part of every run id."""
     return code_version({"runner": method})
 
 
-def trial_id_for(
+def run_id_for(
     problem_pid: str, method: str, config: BaseModel, seed: int, budget_sec: float | None
 ) -> str:
-    """The trial's ID: equal (pid, method, full config, seed, budget, code) → equal ID."""
-    return trial_id(
+    """The run's ID: equal (pid, method, full config, seed, budget, code) → equal ID."""
+    return run_id(
         problem_pid,
         method,
         config.model_dump(mode="json"),

@@ -1,9 +1,9 @@
-"""One tuning trial as a Prefect task, cached by its trial_id.
+"""One run (one seed of one configuration) as a Prefect task, cached by its run id.
 
-Equal (pid, method, config, seed, budget, code version) means equal trial_id, so an
-identical trial is never computed twice (a resumed study reuses finished work). Retries
-cover infrastructure failures (a lost worker, a killed job): ``run_trial`` turns a
-diverged or failing run into a result, so those are never retried.
+Equal (pid, method, config, seed, budget, code version) means equal run id, so an
+identical run is never computed twice (a resumed study or a repeated validation reuses
+finished work). Retries cover infrastructure failures (a lost worker, a killed job):
+``run_trial`` turns a diverged or failing run into a result, so those are never retried.
 """
 
 from __future__ import annotations
@@ -21,21 +21,21 @@ from lambda_hat.runners.run_method import method_code_version, method_of, run_tr
 from tasks.worker import problem_for, worker_info
 
 
-def trial_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    return f"trial-{validate_id(parameters['trial_id'])}"
+def run_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    return f"run-{validate_id(parameters['run_id'])}"
 
 
 @task(
-    name="run-trial",
-    task_run_name="{method}-{trial_id}",
-    cache_key_fn=trial_cache_key,
+    name="run-method",
+    task_run_name="{method}-{stage}-{run_id}",
+    cache_key_fn=run_cache_key,
     persist_result=True,
     result_serializer="json",  # nothing in the results dir is ever unpickled
     retries=2,
     retry_delay_seconds=5,
 )
-def run_trial_task(
-    trial_id: str,
+def run_method_task(
+    run_id: str,
     spec: dict[str, Any],
     method: str,
     config: dict[str, Any],
@@ -44,16 +44,18 @@ def run_trial_task(
     results_dir: str,
     artifacts_dir: str,
     jax_cache_dir: str,
+    stage: str = "search",
 ) -> dict[str, Any]:
-    """Run one trial and write ``<artifacts>/runs/<pid>/<method>/<trial_id>/`` with
+    """Run one run and write ``<artifacts>/runs/<pid>/<method>/<run_id>/`` with
     ``manifest.json`` (what was asked) and ``metrics.json`` (what came out)."""
     started = time.time()
     problem = problem_for(spec, results_dir, jax_cache_dir)
     method_of(method)  # a known method name: it becomes a path component
-    out_dir = Path(artifacts_dir) / "runs" / problem.pid / method / validate_id(trial_id)
+    out_dir = Path(artifacts_dir) / "runs" / problem.pid / method / validate_id(run_id)
     where = worker_info()
     manifest = {
-        "trial_id": trial_id,
+        "run_id": run_id,
+        "stage": stage,
         "pid": problem.pid,
         "method": method,
         "config": config,
@@ -67,7 +69,7 @@ def run_trial_task(
     result = run_trial(problem, method, config, budget_sec=budget_sec, seed=seed, out_dir=out_dir)
     return {
         **result.model_dump(mode="json"),
-        "trial_id": trial_id,
+        "run_id": run_id,
         "pid": problem.pid,
         "code_version": manifest["code_version"],
         "started_at": started,
