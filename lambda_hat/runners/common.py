@@ -157,6 +157,10 @@ class Drive(NamedTuple):
     reason: str | None
     state: Any
     minibatch_losses: np.ndarray | None = None
+    # What the loop measured of its own time: its slowest chunk (a run ends at most about
+    # one such chunk past its deadline) and when the loop ended (finishing is timed from
+    # there). Tests bound overruns by these, not by a wall-clock constant.
+    timing: dict[str, float] | None = None
 
 
 def divergence_reason(
@@ -212,6 +216,7 @@ class ChunkLoop:
         kept: list[np.ndarray] = []
         self._minibatch: list[np.ndarray] = []
         slowest, done = 0.0, 0
+        self._timing = {"slowest_chunk_sec": 0.0}
         for index in range(num_chunks):
             if deadline is not None and time.perf_counter() + slowest + FINISH_SEC > deadline:
                 return self._finish(kept, done, "budget_exhausted", None, state, keep_draws)
@@ -224,6 +229,7 @@ class ChunkLoop:
                 # first possible trace shape now, so stopping never waits for a compile.
                 compiled_diagnostics((self.num_chains, min(losses.shape[1], keep_draws)))
             slowest = max(slowest, time.perf_counter() - started)
+            self._timing["slowest_chunk_sec"] = slowest
             done += 1
             reason = self._divergence(losses, np.asarray(out.bad_fraction), max_bad_fraction)
             if reason is not None:
@@ -242,7 +248,8 @@ class ChunkLoop:
     def _finish(self, kept, done, status, reason, state, keep_draws) -> Drive:
         losses = self._join(kept, keep_draws)
         minibatch = self._join(self._minibatch, keep_draws) if self._minibatch else None
-        return Drive(losses, done, status, reason, state, minibatch)
+        timing = {**self._timing, "loop_ended_at": time.perf_counter()}
+        return Drive(losses, done, status, reason, state, minibatch, timing)
 
     def _join(self, parts: list[np.ndarray], keep_draws: int) -> np.ndarray:
         if not parts:
@@ -282,6 +289,10 @@ def result_from_drive(
     error = drive.reason
     if drive.status == "budget_exhausted" and n_draws == 0:
         error = "budget ended before the first kept draw"
+    timing = dict(drive.timing or {})
+    ended = timing.pop("loop_ended_at", None)
+    if ended is not None:  # the time spent after the loop: estimate, ESS, R-hat
+        timing["finish_sec"] = time.perf_counter() - ended
     return MethodResult(
         method=method,
         llc_hat=stats.get("llc"),
@@ -294,5 +305,10 @@ def result_from_drive(
         status=drive.status,
         error=error,
         seed=seed,
-        diagnostics={"ess": stats.get("ess"), "rhat": stats.get("rhat"), **diagnostics},
+        diagnostics={
+            "ess": stats.get("ess"),
+            "rhat": stats.get("rhat"),
+            **diagnostics,
+            **{key: round(value, 4) for key, value in timing.items()},
+        },
     )

@@ -102,6 +102,10 @@ class ReferenceResult(BaseModel):
     lambda_multiplicity: int | None = None
     algorithm: str
     step_size_mean: float
+    # The run's own timing: a budgeted run ends about one slowest chunk past its budget at
+    # most, plus finishing (estimate, ESS, R-hat) after sampling.
+    slowest_chunk_sec: float | None = None
+    finish_sec: float | None = None
 
 
 class _Static(NamedTuple):
@@ -222,6 +226,8 @@ class _Tally(NamedTuple):
     acceptance: float
     grad_evals: int
     budget_exhausted: bool
+    slowest_chunk_sec: float
+    ended_at: float
 
 
 class _ChunkedSampler:
@@ -260,7 +266,15 @@ class _ChunkedSampler:
         if not losses:
             return None
         trace = np.concatenate(losses, axis=1)[:, : config.num_draws]
-        return _Tally(trace, divergences, float(np.mean(acceptance)), grad_evals, exhausted)
+        return _Tally(
+            trace,
+            divergences,
+            float(np.mean(acceptance)),
+            grad_evals,
+            exhausted,
+            slowest,
+            time.perf_counter(),
+        )
 
 
 def _static(problem: Problem, config: ReferenceConfig) -> _Static:
@@ -357,6 +371,8 @@ def run(
         lambda_multiplicity=theory.multiplicity if theory else None,
         algorithm=config.algorithm,
         step_size_mean=float(np.mean(parameters["step_size"])),
+        slowest_chunk_sec=tally.slowest_chunk_sec,
+        finish_sec=time.perf_counter() - tally.ended_at,
     )
     if out_dir is not None:
         atomic_write_json(Path(out_dir) / "ref.json", result.model_dump(mode="json"))

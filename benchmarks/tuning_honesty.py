@@ -1,0 +1,233 @@
+"""The winner's curse, measured: best-of-N single-seed errors against the same
+configurations rerun on fresh seeds, and what repeats + validation choose instead.
+
+    .venv/bin/python benchmarks/tuning_honesty.py          # ~25 min on 2 cores
+
+For each (problem, method) of the default preset, with the HMC reference of the tune flow
+(NUTS 4 × (300 + 600)), at equal search compute (``--search-runs`` runs, default 12):
+
+* **single seed** (the pipeline before repeats): ``--search-runs`` trials of one run each;
+  its *reported* error is the best trial's |llc_hat − llc_ref| (best of N);
+* **repeats**: ``--search-runs / 3`` trials of 3 runs on common seeds with the Wilcoxon
+  pruner (pruned trials free their runs for nothing: the budget counts trials, so a pruned
+  trial is compute saved, reported as such);
+
+then each pipeline's chosen configuration is rerun on the same ``--fresh-seeds`` fresh
+seeds (default 8): its *validated* error, mean with its standard error. The ratio
+validated / reported is the size of the winner's curse.
+
+TPE against random search (``--race-problems``, default the first two problems): one
+study per sampler of ``--race-trials`` trials × 3 repeats (Wilcoxon pruner); after every
+trial the best configuration so far is validated on the fresh seeds (once per distinct
+configuration), and the search runs spent until that validated error is within
+2 × se_ref are reported (or "not reached"). Results go to
+``benchmarks/results/tuning_honesty.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from lambda_hat.compile_cache import enable_compilation_cache
+from lambda_hat.io import atomic_write_json
+from lambda_hat.problems import ProblemSpec, load_problem_set
+from lambda_hat.runners.hmc_reference import ReferenceConfig
+from lambda_hat.runners.hmc_reference import run as run_reference
+from lambda_hat.runners.run_method import run_trial
+from lambda_hat.search_space import load_methods
+from lambda_hat.storage import open_study
+from lambda_hat.targets import build_problem
+from lambda_hat.tuning import Driver, make_pruner
+from lambda_hat.validation import run_all, top_configurations, trial_counts, validation_plans
+
+BUDGET_SEC = 120.0
+
+
+@lru_cache(maxsize=8)
+def _problem(spec_json: str):
+    enable_compilation_cache()
+    return build_problem(
+        ProblemSpec.model_validate_json(spec_json), cache_dir=Path("results/targets")
+    )
+
+
+def _run(spec_json: str, method: str, config: dict, seed: int) -> dict[str, Any]:
+    result = run_trial(_problem(spec_json), method, config, budget_sec=BUDGET_SEC, seed=seed)
+    return result.model_dump(mode="json")
+
+
+def first_done(futures):
+    return next(iter(wait(futures, return_when=FIRST_COMPLETED).done))
+
+
+def pipeline(pool, spec, method, ref, *, trials, repeats, pruner, fresh, tag) -> dict:
+    """One search (``trials`` × ``repeats`` runs), then its best configuration on the
+    fresh seeds. The fresh seeds are those of one shared study name, so both pipelines'
+    choices are validated on the same noise."""
+    spec_json = spec.model_dump_json()
+    space = load_methods()[method]
+    study = open_study("sqlite:///:memory:", f"{spec.pid}:{method}:{tag}", 0, make_pruner(pruner))
+
+    def submit(plan):
+        return pool.submit(_run, spec_json, method, plan.config, plan.seed)
+
+    started = time.perf_counter()
+    runs = []
+    driver = Driver(
+        study, space, pid=spec.pid, method=method, budget_sec=BUDGET_SEC,
+        llc_ref=ref.llc_ref, se_ref=ref.se_ref, repeats=repeats, pruner=pruner,
+        record=runs.append,
+    )  # fmt: skip
+    driver.run(trials, batch=2, submit=submit, first_done=first_done)
+    (best,) = top_configurations(study, 1)
+    plans = validation_plans(
+        [best], space, study_name=f"{spec.pid}:{method}", pid=spec.pid, method=method,
+        seeds=fresh, budget_sec=BUDGET_SEC,
+    )  # fmt: skip
+    checked = run_all(
+        plans, submit=submit, first_done=first_done, llc_ref=ref.llc_ref, se_ref=ref.se_ref
+    )
+    errors = [run.abs_error for run in checked if run.abs_error is not None]
+    mean = statistics.fmean(errors) if errors else None
+    se = statistics.stdev(errors) / len(errors) ** 0.5 if len(errors) > 1 else None
+    return {
+        "search_runs": len(runs),
+        "trials": trial_counts(study),
+        "reported_error": best.search_objective,
+        "params": best.hyperparams,
+        "validated_error": mean,
+        "validated_se": se,
+        "validated_failed": len(checked) - len(errors),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def race(pool, spec, method, ref, *, sampler: str, trials: int, fresh: int) -> dict:
+    """Search runs until the best-so-far configuration's validated error is within
+    2 × se_ref, for one sampler."""
+    spec_json = spec.model_dump_json()
+    space = load_methods()[method]
+    name = f"{spec.pid}:{method}:race-{sampler}"
+    study = open_study("sqlite:///:memory:", name, 0, make_pruner("wilcoxon"))
+    if sampler == "random":
+        study.sampler = optuna.samplers.RandomSampler(seed=0)
+    validated: dict[str, float | None] = {}
+    curve: list[tuple[int, float | None]] = []
+    runs: list = []
+
+    def submit(plan):
+        return pool.submit(_run, spec_json, method, plan.config, plan.seed)
+
+    def on_outcome(outcome, done, total):
+        best = top_configurations(study, 1)
+        if not best:
+            curve.append((len(runs), None))
+            return
+        if best[0].config_id not in validated:
+            plans = validation_plans(
+                best, space, study_name=f"{spec.pid}:{method}", pid=spec.pid, method=method,
+                seeds=fresh, budget_sec=BUDGET_SEC,
+            )  # fmt: skip
+            checked = run_all(
+                plans, submit=submit, first_done=first_done, llc_ref=ref.llc_ref,
+                se_ref=ref.se_ref,
+            )  # fmt: skip
+            errors = [run.abs_error for run in checked if run.abs_error is not None]
+            validated[best[0].config_id] = statistics.fmean(errors) if errors else None
+        curve.append((len(runs), validated[best[0].config_id]))
+
+    driver = Driver(
+        study, space, pid=spec.pid, method=method, budget_sec=BUDGET_SEC,
+        llc_ref=ref.llc_ref, se_ref=ref.se_ref, repeats=3, pruner="wilcoxon",
+        record=runs.append, on_outcome=on_outcome,
+    )  # fmt: skip
+    driver.run(trials, batch=1, submit=submit, first_done=first_done)
+    target = 2 * ref.se_ref
+    reached = next((n for n, err in curve if err is not None and err <= target), None)
+    return {
+        "sampler": sampler,
+        "target": target,
+        "search_runs_to_target": reached,
+        "search_runs": len(runs),
+        "final_validated_error": curve[-1][1] if curve else None,
+        "curve": curve,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--problems", default="default")
+    parser.add_argument("--methods", nargs="+", default=["sgld", "mclmc"])
+    parser.add_argument("--search-runs", type=int, default=12)
+    parser.add_argument("--fresh-seeds", type=int, default=8)
+    parser.add_argument("--race-problems", type=int, default=2, help="TPE vs random on the first N")
+    parser.add_argument("--race-trials", type=int, default=12)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/tuning_honesty.json"))
+    args = parser.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    enable_compilation_cache()
+    results = []
+    with ProcessPoolExecutor(2) as pool:
+        for spec in load_problem_set(args.problems).problems:
+            problem = _problem(spec.model_dump_json())
+            ref = run_reference(problem, ReferenceConfig(num_warmup=300, num_draws=600))
+            for method in args.methods:
+                common = {"fresh": args.fresh_seeds}
+                single = pipeline(
+                    pool, spec, method, ref, trials=args.search_runs, repeats=1,
+                    pruner="none", tag="single", **common,
+                )  # fmt: skip
+                repeated = pipeline(
+                    pool, spec, method, ref, trials=args.search_runs // 3, repeats=3,
+                    pruner="wilcoxon", tag="repeats", **common,
+                )  # fmt: skip
+                row = {
+                    "problem": spec.name, "method": method, "llc_ref": ref.llc_ref,
+                    "se_ref": ref.se_ref, "single_seed": single, "repeats": repeated,
+                }  # fmt: skip
+                if len({r["problem"] for r in results} | {spec.name}) <= args.race_problems:
+                    row["race"] = [
+                        race(pool, spec, method, ref, sampler=sampler, trials=args.race_trials,
+                             fresh=args.fresh_seeds)
+                        for sampler in ("tpe", "random")
+                    ]  # fmt: skip
+                results.append(row)
+                print(_line(row), flush=True)
+                atomic_write_json(args.out, {"args": vars(args) | {"out": str(args.out)},
+                                             "results": results})  # fmt: skip
+    return 0
+
+
+def _line(row: dict) -> str:
+    def pct(value, ref):
+        return "–" if value is None else f"{100 * value / ref:.1f} %"
+
+    ref, single, rep = row["llc_ref"], row["single_seed"], row["repeats"]
+    return (
+        f"{row['problem']:16s} {row['method']:6s} llc_ref {ref:.3f} ± {row['se_ref']:.3f} | "
+        f"single seed: reported {pct(single['reported_error'], ref)}, validated "
+        f"{pct(single['validated_error'], ref)} ± {pct(single['validated_se'], ref)} | "
+        f"repeats: search {pct(rep['reported_error'], ref)}, validated "
+        f"{pct(rep['validated_error'], ref)} ± {pct(rep['validated_se'], ref)} "
+        f"({rep['trials']['pruned']} of {rep['trials']['done']} trials pruned, "
+        f"{rep['search_runs']} runs)"
+        + "".join(
+            f" | {r['sampler']}: {r['search_runs_to_target'] or 'not reached in'} "
+            f"{'runs to' if r['search_runs_to_target'] else str(r['search_runs']) + ' runs:'} "
+            f"2 se_ref, final {pct(r['final_validated_error'], ref)}"
+            for r in row.get("race", [])
+        )
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
