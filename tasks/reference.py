@@ -48,9 +48,9 @@ def hmc_reference(
     budget_sec: float | None = None,
 ) -> dict[str, Any]:
     """Compute the reference of one problem and write
-    ``<artifacts_dir>/problems/<pid>/{spec.yaml, ref.json}``; returns ref.json's fields plus
-    ``hmc_run_id`` (new for every computation, so a cache hit is recognisable) and where
-    it ran."""
+    ``<artifacts_dir>/problems/<pid>/{spec.yaml, ref.json, convergence.json}``; returns
+    ref.json's fields plus ``hmc_run_id`` (new for every computation, so a cache hit is
+    recognisable) and where it ran."""
     problem_spec = ProblemSpec.model_validate(spec)
     problem = problem_for(spec, results_dir, jax_cache_dir)
     out_dir = Path(artifacts_dir) / "problems" / problem.pid
@@ -66,5 +66,7 @@ def hmc_reference(
         "computed_at": started,
         **worker_info(),
     }
+    if result.convergence is not None:  # the report plots it; small (≤ 400 points a chain)
+        atomic_write_json(out_dir / "convergence.json", result.convergence)
     atomic_write_json(out_dir / "ref.json", record)
     return record

@@ -220,3 +220,19 @@ def test_singular_scalar_chains_match_exact_quadrature(widths, points):
     result = run(problem, FAST)
     assert abs(result.llc_ref - exact) < 4 * result.se_ref, (result.llc_ref, exact)
     assert result.rhat < 1.05
+
+
+def test_a_starved_reference_is_untrusted_and_a_sound_one_is_not(tiny_spec, tmp_path):
+    problem = build_problem(tiny_spec)
+    starved = run(problem, ReferenceConfig(num_warmup=20, num_draws=8, chunk_size=8))
+    assert starved.quality == "untrusted", starved.quality_reasons
+    assert any("ESS" in reason for reason in starved.quality_reasons)
+    sound = run(problem, FAST, out_dir=tmp_path)
+    assert sound.quality in ("trusted", "warn"), sound.quality_reasons
+    saved = json.loads((tmp_path / "ref.json").read_text())
+    assert saved["quality"] == sound.quality and "convergence" not in saved
+    evidence = json.loads((tmp_path / "convergence.json").read_text())
+    assert len(evidence["trace"]) == FAST.num_chains
+    assert evidence["running_mean"][-1] == pytest.approx(sound.llc_ref)
+    assert evidence["grad_evals"] == sorted(evidence["grad_evals"])
+    assert evidence["grad_evals"][-1] == pytest.approx(sound.grad_evals)

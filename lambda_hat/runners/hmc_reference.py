@@ -43,6 +43,7 @@ from lambda_hat.posterior import (
     log_density,
     moments_of,
 )
+from lambda_hat.reference_quality import convergence_evidence, judge
 from lambda_hat.targets import Problem
 
 
@@ -106,6 +107,12 @@ class ReferenceResult(BaseModel):
     # most, plus finishing (estimate, ESS, R-hat) after sampling.
     slowest_chunk_sec: float | None = None
     finish_sec: float | None = None
+    # lambda_hat.reference_quality: trusted | warn | untrusted, and why.
+    quality: Literal["trusted", "warn", "untrusted"] = "trusted"
+    quality_reasons: list[str] = Field(default_factory=list)
+    # Running mean ± SE against gradient evaluations and the chains' traces: written to
+    # convergence.json beside ref.json, not into ref.json itself.
+    convergence: dict[str, Any] | None = Field(default=None, exclude=True)
 
 
 class _Static(NamedTuple):
@@ -183,7 +190,7 @@ def _sample_chunk(keys, states, parameters, data, post, static: _Static):
         state, (losses, divergent, accept, grads) = jax.lax.scan(
             kept_draw, state, jax.random.split(key, static.chunk_size)
         )
-        return state, losses, divergent.sum(), accept.mean(), grads.sum()
+        return state, losses, divergent.sum(), accept.mean(), grads  # grads per kept draw
 
     return jax.vmap(one_chain)(keys, states, parameters)
 
@@ -228,6 +235,7 @@ class _Tally(NamedTuple):
     budget_exhausted: bool
     slowest_chunk_sec: float
     ended_at: float
+    grads: np.ndarray  # (chains, kept draws): gradient evaluations behind each kept draw
 
 
 class _ChunkedSampler:
@@ -240,7 +248,7 @@ class _ChunkedSampler:
 
     def sample(self, states, key, *, deadline, first_chunk_sec, progress) -> _Tally | None:
         config, size = self.config, self.static.chunk_size
-        losses, divergences, acceptance, grad_evals = [], 0, [], 0
+        losses, divergences, acceptance, grad_evals, grads_drawn = [], 0, [], 0, []
         slowest, kept, exhausted = first_chunk_sec, 0, False
         while kept < config.num_draws:
             if deadline is not None and time.perf_counter() + slowest > deadline:
@@ -260,6 +268,7 @@ class _ChunkedSampler:
             divergences += int(np.sum(divergent))
             acceptance.append(np.asarray(accept))
             grad_evals += int(np.sum(grads))
+            grads_drawn.append(np.asarray(grads))
             kept += size
             if progress:
                 progress(min(kept, config.num_draws), config.num_draws)
@@ -274,6 +283,7 @@ class _ChunkedSampler:
             exhausted,
             slowest,
             time.perf_counter(),
+            np.concatenate(grads_drawn, axis=1)[:, : config.num_draws],
         )
 
 
@@ -294,7 +304,11 @@ def _static(problem: Problem, config: ReferenceConfig) -> _Static:
 
 def reference_code_version(config: ReferenceConfig) -> str:
     """Package version + hash of the sampling config: part of the reference cache key."""
-    return code_version({"runner": "hmc_reference", **config.model_dump(mode="json")})
+    # "evidence": references from before the quality verdict and the convergence data are
+    # recomputed rather than served from the cache without them.
+    return code_version(
+        {"runner": "hmc_reference", "evidence": 1, **config.model_dump(mode="json")}
+    )
 
 
 def run(
@@ -345,6 +359,23 @@ def run(
             "raise it or lower num_warmup"
         )
     estimate = llc_from_losses(tally.losses, loss_at_w_star, problem.n_beta)
+    half = config.num_chains // 2
+    first = llc_from_losses(tally.losses[:half], loss_at_w_star, problem.n_beta)
+    second = llc_from_losses(tally.losses[half:], loss_at_w_star, problem.n_beta)
+    quality, reasons = judge(
+        rhat=estimate.rhat,
+        ess=estimate.ess,
+        divergences=tally.divergences,
+        transitions=int(tally.losses.size) * config.thinning,
+        budget_exhausted=tally.budget_exhausted,
+        halves=(first.llc, first.se, second.llc, second.se),
+    )
+    evidence = convergence_evidence(
+        problem.n_beta * (tally.losses - loss_at_w_star),
+        tally.grads,
+        np.asarray(warmup_grads),
+        estimate.se,
+    )
     theory = problem.lambda_theory
     result = ReferenceResult(
         pid=problem.pid,
@@ -373,7 +404,11 @@ def run(
         step_size_mean=float(np.mean(parameters["step_size"])),
         slowest_chunk_sec=tally.slowest_chunk_sec,
         finish_sec=time.perf_counter() - tally.ended_at,
+        quality=quality,
+        quality_reasons=reasons,
+        convergence=evidence,
     )
     if out_dir is not None:
         atomic_write_json(Path(out_dir) / "ref.json", result.model_dump(mode="json"))
+        atomic_write_json(Path(out_dir) / "convergence.json", evidence)
     return result
