@@ -26,7 +26,7 @@ from lambda_hat.io import atomic_write_json
 from lambda_hat.problems import ProblemSpec
 from lambda_hat.runners.hmc_reference import ReferenceConfig
 from lambda_hat.runners.hmc_reference import run as run_reference
-from lambda_hat.targets import build_problem
+from lambda_hat.targets import OptimumError, build_problem
 
 SHAPES = [(1, 2, 3), (2, 1, 3)]
 
@@ -40,6 +40,9 @@ def spec_for(shape, rank: int, n: int, gamma: float, seed: int) -> ProblemSpec:
             "teacher": {"rank": rank},
             "data": {"n": n},
             "posterior": {"gamma": gamma},
+            # The oracle and HMC sample the same posterior whatever w* is; a rank-0 fit
+            # of noise at n = 1e5 can sit on a flat saddle (relative eigenvalue ~1e-5).
+            "optimum": {"saddle_tol": 1e-4},
             "seed": seed,
         }
     )
@@ -71,7 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     grid = itertools.product(SHAPES, args.ranks, args.n, args.gamma, range(args.seeds))
     for shape, rank, n, gamma, seed in grid:
         spec = spec_for(shape, rank, n, gamma, seed)
-        problem = build_problem(spec, cache_dir=Path("results/targets"))
+        try:
+            problem = build_problem(spec, cache_dir=Path("results/targets"))
+        except OptimumError as error:  # recorded, not fatal: the other cases still run
+            print(f"{spec.name}: skipped ({error})", flush=True)
+            cases.append({"name": spec.name, "skipped": str(error)})
+            continue
         started = time.perf_counter()
         exact = exact_llc(problem)
         oracle_sec = time.perf_counter() - started
@@ -83,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             "z": z, "rel_error": (ref.llc_ref - exact) / exact, "lambda": ref.lambda_theory,
             "divergences": ref.divergences, "transitions": ref.n_draws, "rhat": ref.rhat,
             "ess": ref.ess, "runtime_sec": ref.runtime_sec, "oracle_sec": oracle_sec,
+            "grad_evals": ref.grad_evals, "quality_reasons": ref.quality_reasons,
             "quality": getattr(ref, "quality", None),
         }  # fmt: skip
         cases.append(case)
@@ -102,10 +111,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summarize(cases: list[dict]) -> dict:
+    skipped = sum("skipped" in c for c in cases)
+    cases = [c for c in cases if "skipped" not in c]
     zs = [c["z"] for c in cases]
     rel = [abs(c["rel_error"]) for c in cases]
     return {
         "cases": len(cases),
+        "skipped": skipped,
         "mean_z": statistics.fmean(zs),
         "sd_z": statistics.stdev(zs) if len(zs) > 1 else None,
         "fraction_abs_z_le_2": sum(abs(z) <= 2 for z in zs) / len(zs),
@@ -114,6 +126,10 @@ def summarize(cases: list[dict]) -> dict:
         "median_divergences": statistics.median(c["divergences"] for c in cases),
         "max_divergences": max(c["divergences"] for c in cases),
         "mean_runtime_sec": statistics.fmean(c["runtime_sec"] for c in cases),
+        "mean_grad_evals": statistics.fmean(c.get("grad_evals", 0) for c in cases),
+        "verdicts": {
+            q: sum(c.get("quality") == q for c in cases) for q in ("trusted", "warn", "untrusted")
+        },
     }
 
 

@@ -27,6 +27,7 @@ configuration), and the search runs spent until that validated error is within
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import sys
 import time
@@ -176,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     enable_compilation_cache()
     results = []
-    with ProcessPoolExecutor(2) as pool:
+    # spawn, not fork: the parent runs JAX (multithreaded) for the references.
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         for spec in load_problem_set(args.problems).problems:
             problem = _problem(spec.model_dump_json())
             ref = run_reference(problem, ReferenceConfig(num_warmup=300, num_draws=600))

@@ -8,6 +8,7 @@ from pathlib import Path
 import optuna
 from pydantic import ValidationError
 
+from flows.checks import DEFAULT_REPEATS, DEFAULT_VALIDATE_TOP_K, DEFAULT_VALIDATION_SEEDS
 from flows.cluster import ClusterError, check_cluster
 from flows.reference import DEFAULT_REFERENCE
 from lambda_hat.cli import OneLineErrors
@@ -83,8 +84,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--repeats",
         type=_int_between(1, 100),
-        default=3,
-        help="runs per trial, repeat k on the study's k-th common seed (default 3)",
+        default=DEFAULT_REPEATS,
+        help="runs per trial, repeat k on the study's k-th common seed (default %(default)s)",
     )
     p.add_argument(
         "--pruner",
@@ -95,14 +96,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--validate-top-k",
         type=_int_between(0, 100),
-        default=3,
-        help="configurations rerun on fresh seeds after the search; 0: no validation (default 3)",
+        default=DEFAULT_VALIDATE_TOP_K,
+        help="configurations rerun on fresh seeds after the search; 0: no validation "
+        "(default %(default)s)",
     )
     p.add_argument(
         "--validation-seeds",
         type=_int_between(2, 1000),
-        default=8,
-        help="fresh seeds per validated configuration (default 8)",
+        default=DEFAULT_VALIDATION_SEEDS,
+        help="fresh seeds per validated configuration (default %(default)s)",
+    )
+    p.add_argument(
+        "--allow-untrusted-references",
+        action="store_true",
+        help="tune even against a reference whose quality verdict is 'untrusted'",
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan, compute nothing")
     return p

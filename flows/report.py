@@ -121,6 +121,8 @@ def report_markdown(
         lines.append(
             f"- {ref['name']} (`{ref['pid']}`): {ref['llc_ref']:.3f} ± {ref['se_ref']:.3f}"
             + ("" if theory is None else f", λ = {theory:g}")
+            + f", quality **{ref.get('quality', 'not judged')}**"
+            + (f" ({'; '.join(ref['quality_reasons'])})" if ref.get("quality_reasons") else "")
             + (" (cached)" if ref.get("cached") else "")
         )
     return "\n".join(lines) + "\n"

@@ -33,9 +33,23 @@ from prefect.artifacts import (
 from prefect.context import get_run_context
 from prefect.futures import as_completed
 
+from flows.checks import (
+    DEFAULT_REPEATS,
+    DEFAULT_VALIDATE_TOP_K,
+    DEFAULT_VALIDATION_SEEDS,
+    StudyStalled,
+    UntrustedReference,
+    check_parameters,
+    refuse_untrusted,
+)
 from flows.cluster import ClusterError, dask_cluster, runner_for
 from flows.logs import forward_library_logs
-from flows.reference import DEFAULT_REFERENCE, compute_references, storage_paths
+from flows.reference import (
+    DEFAULT_REFERENCE,
+    compute_references,
+    reference_table,
+    storage_paths,
+)
 from flows.report import build_leaderboard, leaderboard_line, leaderboard_table, report_markdown
 from lambda_hat.io import atomic_write_json, check_writable, read_json
 from lambda_hat.problems import ProblemSpec, load_problem_set
@@ -56,15 +70,6 @@ from lambda_hat.validation import run_all, top_configurations, trial_counts, val
 from tasks.runs import run_method_task
 
 DEFAULT_METHODS = ("sgld", "mclmc", "vi")
-# The issue-level defaults: K = 3 repeats per trial, the top 3 configurations validated on
-# 8 fresh seeds each. scripts/run.sh uses lighter ones to finish in about 10 minutes.
-DEFAULT_REPEATS = 3
-DEFAULT_VALIDATE_TOP_K = 3
-DEFAULT_VALIDATION_SEEDS = 8
-
-
-class StudyStalled(RuntimeError):
-    """No run finished within the stall timeout. One line."""
 
 
 def artifact_key(*parts: str) -> str:
@@ -269,35 +274,6 @@ def tune_method(
     }
 
 
-def check_parameters(
-    methods: list[str],
-    spaces: dict,
-    n_trials: int,
-    batch: int,
-    repeats: int = DEFAULT_REPEATS,
-    pruner: str = "wilcoxon",
-    validate_top_k: int = DEFAULT_VALIDATE_TOP_K,
-    validation_seeds: int = DEFAULT_VALIDATION_SEEDS,
-) -> None:
-    """Deployment runs get their parameters from the UI: refuse bad ones in one line."""
-    unknown = sorted(set(methods) - set(spaces))
-    if unknown or not methods:
-        raise ValueError(f"methods: unknown {unknown} (allowed: {', '.join(spaces)})")
-    if n_trials < 1 or batch < 1:
-        raise ValueError(f"n_trials and batch must be >= 1, got {n_trials} and {batch}")
-    if not 1 <= repeats <= 100:
-        raise ValueError(f"repeats must be between 1 and 100, got {repeats}")
-    if pruner not in ("wilcoxon", "median", "none"):
-        raise ValueError(f"pruner: unknown {pruner!r} (allowed: wilcoxon, median, none)")
-    if not 0 <= validate_top_k <= 100:
-        raise ValueError(f"validate_top_k must be between 0 and 100, got {validate_top_k}")
-    if not 2 <= validation_seeds <= 1000:
-        raise ValueError(
-            f"validation_seeds must be between 2 and 1000 (an interval needs 2), "
-            f"got {validation_seeds}"
-        )
-
-
 @flow(name="tune", log_prints=True)
 def tune(
     problems: str = "default",
@@ -314,6 +290,7 @@ def tune(
     pruner: Literal["wilcoxon", "median", "none"] = "wilcoxon",
     validate_top_k: int = DEFAULT_VALIDATE_TOP_K,
     validation_seeds: int = DEFAULT_VALIDATION_SEEDS,
+    allow_untrusted_references: bool = False,
 ) -> dict[str, Any]:
     """Tune ``methods`` on ``problems`` (a preset or YAML path): ``n_trials`` trials per
     study of ``repeats`` runs each, then the ``validate_top_k`` best configurations
@@ -343,6 +320,13 @@ def tune(
             refresh=refresh_references,
             budget_sec=settings.budgets.reference_sec,
         )
+    create_table_artifact(
+        key="reference-table",
+        table=reference_table(references),
+        description=f"HMC references for {problems}, with their quality verdicts",
+    )
+    if not allow_untrusted_references:
+        refuse_untrusted(references)
     studies = []
     with dask_cluster(settings.cluster, role="trials") as address:
         for spec, reference in zip(specs, references, strict=True):
@@ -406,8 +390,9 @@ def main(argv: list[str] | None = None) -> int:
             pruner=args.pruner,
             validate_top_k=args.validate_top_k,
             validation_seeds=args.validation_seeds,
+            allow_untrusted_references=args.allow_untrusted_references,
         )
-    except (StorageError, ClusterError, StudyStalled) as error:
+    except (StorageError, ClusterError, StudyStalled, UntrustedReference) as error:
         # The traceback is in the flow's logs; the terminal gets the reason in one line.
         print(f"error: {error}", file=sys.stderr)
         return 1

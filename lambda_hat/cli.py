@@ -56,13 +56,15 @@ def _row(name: str, result: ReferenceResult) -> str:
     return (
         f"{name:<20} {result.pid:<14} {result.d:>5} {result.n:>7} "
         f"{result.llc_ref:8.3f} ± {result.se_ref:5.3f} {theory} {rel} "
-        f"{result.rhat:6.3f} {result.divergences:>5} {result.runtime_sec:8.1f}"
+        f"{result.rhat:6.3f} {result.divergences:>5} {result.runtime_sec:8.1f} "
+        f"{result.quality}"
+        + (f" ({'; '.join(result.quality_reasons)})" if result.quality_reasons else "")
     )
 
 
 HEADER = (
     f"{'problem':<20} {'pid':<14} {'d':>5} {'n':>7} {'llc_ref':>8}   {'se':>5} "
-    f"{'λ_theory':>8} {'error':>7} {'R-hat':>6} {'div':>5} {'time_s':>8}"
+    f"{'λ_theory':>8} {'error':>7} {'R-hat':>6} {'div':>5} {'time_s':>8} quality"
 )
 
 

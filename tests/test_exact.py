@@ -97,3 +97,25 @@ def test_oracle_converges_on_a_realistic_case_and_sits_off_lambda():
 def test_no_oracle_for_shapes_it_cannot_integrate():
     wide = make_spec(model={"family": "rrr", "m_in": 3, "hidden": 2, "n_out": 3})
     assert exact_llc(build_problem(wide)) is None
+
+
+@pytest.mark.parametrize(
+    ("shape", "rank", "n"), [((1, 2, 3), 0, 500), ((1, 2, 3), 1, 2000), ((2, 1, 3), 0, 1000)]
+)
+def test_the_default_reference_agrees_with_the_oracle_within_its_error_bar(shape, rank, n):
+    from flows.reference import DEFAULT_REFERENCE
+    from lambda_hat.runners.hmc_reference import run
+
+    m, h, n_out = shape
+    problem = build_problem(
+        make_spec(
+            model={"family": "rrr", "m_in": m, "hidden": h, "n_out": n_out},
+            teacher={"rank": rank},
+            data={"n": n},
+        )
+    )
+    exact = exact_llc(problem)
+    reference = run(problem, DEFAULT_REFERENCE)
+    z = (reference.llc_ref - exact) / reference.se_ref
+    assert abs(z) <= 3, (reference.llc_ref, reference.se_ref, exact)
+    assert reference.quality != "untrusted", reference.quality_reasons

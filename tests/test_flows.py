@@ -320,3 +320,22 @@ def test_help_works():
         "--dry-run",
     ):
         assert option in out.stdout
+
+
+def test_tuning_refuses_an_untrusted_reference_in_one_line(prefect_server, lambda_hat_env):
+    # A starved reference (8 draws per chain): its verdict is untrusted, and tuning against
+    # it stops before any trial, with one line saying why and how to override.
+    argv = [
+        sys.executable, str(REPO / "flows" / "tune.py"), "--problems", "smoke",
+        "--methods", "sgld", "--n-trials", "1", "--reference-warmup", "20",
+        "--reference-draws", "8",
+    ]  # fmt: skip
+    out = subprocess.run(argv, cwd=lambda_hat_env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: untrusted reference: ") and "ESS" in last, last
+    assert "--allow-untrusted-references" in last
+    assert not (lambda_hat_env / "results" / "runs.parquet").exists()  # no trial ran
+    refs = list((lambda_hat_env / "artifacts" / "problems").glob("*/ref.json"))
+    assert refs and all(json.loads(p.read_text())["quality"] == "untrusted" for p in refs)
+    assert artifact_keys("reference-table") == {"reference-table"}

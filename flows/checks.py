@@ -1,0 +1,64 @@
+"""Checks the tune flow makes before it spends compute: its parameters (a deployment run
+gets them from the UI form, so they are refused here in one line) and the quality of the
+references it is about to tune against."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# K = 3 repeats per trial, the top 3 configurations validated on 8 fresh seeds each: what
+# a cluster run should use. scripts/run.sh passes lighter ones to fit a laptop.
+DEFAULT_REPEATS = 3
+DEFAULT_VALIDATE_TOP_K = 3
+DEFAULT_VALIDATION_SEEDS = 8
+
+
+class StudyStalled(RuntimeError):
+    """No run finished within the stall timeout. One line."""
+
+
+class UntrustedReference(RuntimeError):
+    """A reference failed its quality checks: tuning against it would score every trial
+    against a wrong number. One line."""
+
+
+def refuse_untrusted(references: list[dict[str, Any]]) -> None:
+    untrusted = [ref for ref in references if ref.get("quality") == "untrusted"]
+    if untrusted:
+        which = "; ".join(
+            f"{ref['name']} ({ref['pid']}): {', '.join(ref.get('quality_reasons') or [])}"
+            for ref in untrusted
+        )
+        raise UntrustedReference(
+            f"untrusted reference: {which}. Raise --reference-draws/--reference-warmup, "
+            "or pass --allow-untrusted-references to tune against it anyway"
+        )
+
+
+def check_parameters(
+    methods: list[str],
+    spaces: dict,
+    n_trials: int,
+    batch: int,
+    repeats: int = DEFAULT_REPEATS,
+    pruner: str = "wilcoxon",
+    validate_top_k: int = DEFAULT_VALIDATE_TOP_K,
+    validation_seeds: int = DEFAULT_VALIDATION_SEEDS,
+) -> None:
+    """Deployment runs get their parameters from the UI: refuse bad ones in one line."""
+    unknown = sorted(set(methods) - set(spaces))
+    if unknown or not methods:
+        raise ValueError(f"methods: unknown {unknown} (allowed: {', '.join(spaces)})")
+    if n_trials < 1 or batch < 1:
+        raise ValueError(f"n_trials and batch must be >= 1, got {n_trials} and {batch}")
+    if not 1 <= repeats <= 100:
+        raise ValueError(f"repeats must be between 1 and 100, got {repeats}")
+    if pruner not in ("wilcoxon", "median", "none"):
+        raise ValueError(f"pruner: unknown {pruner!r} (allowed: wilcoxon, median, none)")
+    if not 0 <= validate_top_k <= 100:
+        raise ValueError(f"validate_top_k must be between 0 and 100, got {validate_top_k}")
+    if not 2 <= validation_seeds <= 1000:
+        raise ValueError(
+            f"validation_seeds must be between 2 and 1000 (an interval needs 2), "
+            f"got {validation_seeds}"
+        )
