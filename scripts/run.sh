@@ -4,11 +4,11 @@
 # Arguments pass through and override the defaults below (the last value of an option
 # wins): bash scripts/run.sh --problems smoke --methods sgld --n-trials 4
 #
-# Laptop defaults, sized to finish in about 10 minutes on 2 cores: 5 trials of 3 repeats
-# per study, the best configuration validated on 6 fresh seeds. `python flows/tune.py`
+# Laptop defaults, sized to finish in about 10 minutes on 2 cores (measured 10 min 49 s):
+# 4 trials of 3 repeats per study, the best configuration validated on 5 fresh seeds. `python flows/tune.py`
 # alone uses the thorough defaults (8 trials, top 3 validated on 8 seeds each) that a
 # cluster run should use (docs: README, "What a reported error means").
-LAPTOP_DEFAULTS=(--n-trials 5 --repeats 3 --validate-top-k 1 --validation-seeds 6)
+LAPTOP_DEFAULTS=(--n-trials 4 --repeats 3 --validate-top-k 1 --validation-seeds 5)
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 export PREFECT_SERVER_ANALYTICS_ENABLED="${PREFECT_SERVER_ANALYTICS_ENABLED:-false}"
 
