@@ -84,27 +84,29 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--repeats",
         type=_int_between(1, 100),
-        default=DEFAULT_REPEATS,
-        help="runs per trial, repeat k on the study's k-th common seed (default %(default)s)",
+        default=None,
+        help="runs per trial, repeat k on the study's k-th common seed "
+        f"(default LAMBDA_HAT_TUNING__REPEATS or {DEFAULT_REPEATS})",
     )
     p.add_argument(
         "--pruner",
         choices=["wilcoxon", "median", "none"],
-        default="wilcoxon",
-        help="stop losing trials between repeats (default wilcoxon)",
+        default=None,
+        help="stop losing trials between repeats (default LAMBDA_HAT_TUNING__PRUNER or wilcoxon)",
     )
     p.add_argument(
         "--validate-top-k",
         type=_int_between(0, 100),
-        default=DEFAULT_VALIDATE_TOP_K,
+        default=None,
         help="configurations rerun on fresh seeds after the search; 0: no validation "
-        "(default %(default)s)",
+        f"(default LAMBDA_HAT_TUNING__VALIDATE_TOP_K or {DEFAULT_VALIDATE_TOP_K})",
     )
     p.add_argument(
         "--validation-seeds",
         type=_int_between(2, 1000),
-        default=DEFAULT_VALIDATION_SEEDS,
-        help="fresh seeds per validated configuration (default %(default)s)",
+        default=None,
+        help="fresh seeds per validated configuration "
+        f"(default LAMBDA_HAT_TUNING__VALIDATION_SEEDS or {DEFAULT_VALIDATION_SEEDS})",
     )
     p.add_argument(
         "--allow-untrusted-references",
@@ -123,6 +125,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         load_problem_set(args.problems)
         load_methods(args.methods_file)
         settings = Settings()
+        for name, value in settings.tuning.model_dump().items():  # the CLI's own wins
+            if getattr(args, name) is None:
+                setattr(args, name, value)
         check_writable(settings.results_dir, "results_dir")
         check_writable(settings.artifacts_dir, "artifacts_dir")
         check_cluster(settings.cluster)

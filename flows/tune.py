@@ -44,6 +44,7 @@ from flows.checks import (
 )
 from flows.cluster import ClusterError, dask_cluster, runner_for
 from flows.logs import forward_library_logs
+from flows.records import run_row, trial_fields, write_rows
 from flows.reference import (
     DEFAULT_REFERENCE,
     compute_references,
@@ -51,9 +52,9 @@ from flows.reference import (
     storage_paths,
 )
 from flows.report import build_leaderboard, leaderboard_line, leaderboard_table, report_markdown
-from lambda_hat.io import atomic_write_json, check_writable, read_json
+from lambda_hat.io import check_writable, read_json
 from lambda_hat.problems import ProblemSpec, load_problem_set
-from lambda_hat.results import append_rows, write_leaderboard
+from lambda_hat.results import write_leaderboard
 from lambda_hat.runners.hmc_reference import ReferenceConfig
 from lambda_hat.search_space import MethodSpace, load_methods
 from lambda_hat.settings import Settings
@@ -75,27 +76,6 @@ DEFAULT_METHODS = ("sgld", "mclmc", "vi")
 def artifact_key(*parts: str) -> str:
     """Prefect artifact keys allow lowercase letters, digits and dashes."""
     return "-".join(parts).lower().replace("_", "-").replace(":", "-")
-
-
-def _row(run: RunOutcome, context: dict[str, Any]) -> dict[str, Any]:
-    result, plan = run.result, run.plan
-    return {
-        **result,
-        **context,
-        "run_id": plan.run_id,
-        "stage": plan.stage,
-        "trial_number": plan.trial_number,
-        "repeat": plan.repeat,
-        "config_id": plan.config_id,
-        "status": result.get("status"),
-        "error": run.reason or result.get("error"),
-        "objective": run.objective,
-        "abs_error": run.abs_error,
-        "rel_error": None if run.abs_error is None else run.abs_error / abs(context["llc_ref"]),
-        "hyperparams": plan.hyperparams,
-        "seed": plan.seed,
-        "budget_sec": plan.budget_sec,
-    }
 
 
 def _describe(outcome: Outcome) -> str:
@@ -186,15 +166,16 @@ def tune_method(
         )  # fmt: skip
 
     def record(run: RunOutcome) -> None:
-        row = _row(run, context)
-        atomic_write_json(runs_dir / pid / method / run.plan.run_id / "row.json", row)
-        append_rows(parquet, [row], rebuild_from=runs_dir)
+        write_rows([run_row(run, context)], parquet, runs_dir)
         timeline.append(
             (run.plan.stage, run.plan.trial_number, run.plan.repeat,
              run.result.get("started_at"), run.result.get("finished_at"))
         )  # fmt: skip
 
     def on_outcome(outcome: Outcome, done: int, total: int) -> None:
+        # The trial's figures go onto each of its runs' rows (rewritten, same run ids).
+        trial = trial_fields(outcome, reference["llc_ref"])
+        write_rows([{**run_row(run, context), **trial} for run in outcome.runs], parquet, runs_dir)
         update_progress_artifact(progress, 100.0 * min(done, total) / total)
         best = retry("reading the best value", best_value, study)
         logger.info(

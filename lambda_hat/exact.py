@@ -10,7 +10,8 @@ localized posterior, nβ·(E_π[L_n] − L_n(w*)), is not the learning coefficie
   (localizing prior included) is Gaussian and integrates in closed form; only A is
   integrated numerically, with Gauss–Legendre panels that halve in width towards 0 and
   towards the entries of A* (where the posterior's scales are) out to A* ± ``width``/√γ.
-  A scalar chain f = a·b·x is the case M = H = N = 1.
+  A scalar chain f = a·b·x is the case M = H = N = 1; ``scalar_chain_llc`` integrates
+  longer chains (f = abc·x) with the last weight in closed form.
 
 Both take the second moments of the data (``Moments``) and the posterior constants, so
 they read exactly the loss the samplers read.
@@ -147,14 +148,49 @@ def rrr_llc_converged(*args, **kwargs) -> tuple[float, float]:
     return finer, abs(finer - value)
 
 
+def scalar_chain_llc(problem, points: int = 2001) -> float:
+    """E_π[nβ(L_n − L0)] for a chain of 1×1 layers, f(x) = w_1⋯w_L·x, L ≥ 2.
+
+    Given the first L−1 weights (product p), nβ(L_n − L0) is quadratic in the last one, c,
+    so c's conditional posterior is Gaussian with closed-form moments; the first L−1
+    weights are on a uniform grid of ``points`` per axis over w* ± 8/√γ.
+    """
+    from lambda_hat.posterior import moments_of
+
+    moments = moments_of(problem.data)
+    xx, xy = float(moments.xx[0, 0]), float(moments.xy[0, 0])
+    s2, t, gamma = float(moments.sigma) ** 2, problem.n_beta, problem.gamma
+    w_star = np.asarray(problem.w_star)
+    half = 8.0 / np.sqrt(gamma)
+    axes = [np.linspace(c - half, c + half, points) for c in w_star[:-1]]
+    grids = np.meshgrid(*axes, indexing="ij")
+    product = np.prod(grids, axis=0)
+    alpha, kappa = t * xx * product**2 / (2 * s2), t * xy * product / (2 * s2)
+    c0 = t * float(moments.yy) / (2 * s2) - t * problem.L0
+    precision = 2 * alpha + gamma
+    mean = (2 * kappa + gamma * w_star[-1]) / precision
+    log_weight = (
+        0.5 * precision * mean**2
+        - 0.5 * np.log(precision)
+        - 0.5 * gamma * sum((grid - c) ** 2 for grid, c in zip(grids, w_star[:-1], strict=True))
+    )  # − c0 − γ·c*²/2: the same at every grid point
+    conditional = alpha * (mean**2 + 1 / precision) - 2 * kappa * mean + c0
+    weight = np.exp(log_weight - log_weight.max())
+    return float(np.sum(weight * conditional) / np.sum(weight))
+
+
 def exact_llc(problem) -> float | None:
     """The exact finite-n LLC of a built problem's posterior where one is computable: one
-    linear layer (regular) or an RRR / 2-layer DLN whose first layer has H·M ≤ 2; else None.
+    linear layer (regular), an RRR / 2-layer DLN whose first layer has H·M ≤ 2, or a
+    3-layer scalar chain f = abc·x; else None.
     """
     from lambda_hat.models import unflatten
     from lambda_hat.posterior import is_linear, moments_of
 
     layers = problem.arch.layers
+    scalar = all(layer.n_in == 1 and layer.n_out == 1 for layer in layers)
+    if is_linear(problem.arch) and scalar and len(layers) == 3:
+        return scalar_chain_llc(problem, points=1001)
     if not is_linear(problem.arch) or len(layers) > 2:
         return None
     moments = moments_of(problem.data)

@@ -42,6 +42,13 @@ COLUMNS: dict[str, pa.DataType] = {
     "trial_number": pa.int64(),
     "repeat": pa.int64(),
     "config_id": pa.string(),
+    # The trial a search run belongs to, once it is told (null before, and for validation)
+    "trial_state": pa.string(),
+    "trial_objective": pa.float64(),
+    "trial_objective_se": pa.float64(),
+    "trial_llc_mean": pa.float64(),
+    "trial_llc_sd": pa.float64(),
+    "trial_bias": pa.float64(),
     "pid": pa.string(),
     "problem_name": pa.string(),
     "method": pa.string(),

@@ -62,6 +62,18 @@ class BudgetSettings(BaseModel):
     )
 
 
+class TuningSettings(BaseModel):
+    """Defaults of ``python flows/tune.py``'s repeat, pruning and validation options (an
+    option given on the command line wins)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repeats: int = Field(default=3, ge=1, le=100, description="runs per trial")
+    pruner: Literal["wilcoxon", "median", "none"] = "wilcoxon"
+    validate_top_k: int = Field(default=3, ge=0, le=100, description="0: no validation")
+    validation_seeds: int = Field(default=8, ge=2, le=1000, description="fresh seeds each")
+
+
 class JaxSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -87,6 +99,7 @@ class Settings(BaseSettings):
     )
     cluster: ClusterSettings = ClusterSettings()
     budgets: BudgetSettings = BudgetSettings()
+    tuning: TuningSettings = TuningSettings()
     jax: JaxSettings = JaxSettings()
 
     def storage_url(self) -> str:

@@ -91,6 +91,8 @@ CASES = [
      "m.yaml: methods.hmc: unknown method (allowed: mclmc, sgld, vi)"),
     ("settings: unknown cluster kind", [], {}, {"LAMBDA_HAT_CLUSTER__KIND": "kubernetes"},
      "settings (LAMBDA_HAT_*): cluster.kind: Input should be"),
+    ("settings: no repeats", [], {}, {"LAMBDA_HAT_TUNING__REPEATS": "0"},
+     "tuning.repeats: Input should be greater than or equal to 1"),
     ("settings: negative trial budget", [], {}, {"LAMBDA_HAT_BUDGETS__TRIAL_SEC": "-5"},
      "budgets.trial_sec: Input should be greater than 0"),
     ("settings: scheduler address without scheme", [], {},

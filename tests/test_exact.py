@@ -119,3 +119,15 @@ def test_the_default_reference_agrees_with_the_oracle_within_its_error_bar(shape
     z = (reference.llc_ref - exact) / reference.se_ref
     assert abs(z) <= 3, (reference.llc_ref, reference.se_ref, exact)
     assert reference.quality != "untrusted", reference.quality_reasons
+
+
+def test_the_two_quadratures_agree_on_the_scalar_chain_ab_x():
+    # f = ab·x: the RRR oracle (B in closed form, A on Gauss–Legendre panels) and the
+    # scalar-chain quadrature (b in closed form, a on a uniform grid) are different
+    # computations of one number.
+    from lambda_hat.exact import scalar_chain_llc
+
+    problem = build_problem(make_spec(model={"family": "dln", "widths": [1, 1, 1]}))
+    assert exact_llc(problem) == pytest.approx(scalar_chain_llc(problem, 20001), rel=1e-7)
+    chain = build_problem(make_spec(model={"family": "dln", "widths": [1, 1, 1, 1]}))
+    assert exact_llc(chain) == pytest.approx(scalar_chain_llc(chain, 1501), rel=1e-3)

@@ -196,6 +196,14 @@ def test_repeats_pruning_and_validation_through_the_flow(prefect_server, lambda_
         assert [seed for _, seed in mine] == seeds[: len(mine)]  # common random numbers
         if trial.state == optuna.trial.TrialState.COMPLETE:
             assert len(mine) == 3 and len(trial.user_attrs["llc_hats"]) == 3
+        # Each run's row carries its trial's state and figures once the trial is told.
+        told = [r for r in search if r["trial_number"] == trial.number]
+        assert {r["trial_state"] for r in told} == {trial.state.name.lower()}
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert told[0]["trial_objective"] == pytest.approx(trial.value)
+            assert told[0]["trial_objective"] == pytest.approx(
+                sum(r["objective"] for r in told) / 3
+            )
     validation = [r for r in rows if r["stage"] == "validation"]
     by_config = {}
     for r in validation:
@@ -289,8 +297,10 @@ def test_dry_run_prints_the_plan_and_computes_nothing(prefect_server, lambda_hat
         text=True,
         timeout=120,
         cwd=lambda_hat_env,
+        env={**os.environ, "LAMBDA_HAT_TUNING__REPEATS": "2"},  # a setting as the default
     )
     assert out.returncode == 0, out.stderr
+    assert "3 trials per study × 2 repeats (wilcoxon pruner)" in out.stdout, out.stdout
     for spec in load_problem_set("smoke").problems:
         assert f"{spec.name} ({spec.pid}): reference to compute" in out.stdout
         assert f"study {spec.pid}:sgld: 0 finished, 3 to run" in out.stdout

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from lambda_hat.posterior import moments_of
+from lambda_hat.exact import scalar_chain_llc
 from lambda_hat.runners.hmc_reference import ReferenceConfig, ReferenceResult, run
 from lambda_hat.targets import build_problem
 
@@ -181,32 +181,9 @@ def test_sufficient_statistics_and_rows_sample_the_same_posterior():
 
 
 def exact_scalar_chain_llc(problem, points: int) -> float:
-    """E_π[nβ(L_n − L0)] for a chain of 1×1 layers, f(x) = w_1⋯w_L·x, by quadrature.
-
-    Given the first L−1 weights (product p), L_n is quadratic in the last one, c:
-    nβ(L_n − L0) = α c² − 2κ c + c0 with α = nβ·xx·p²/(2σ²), κ = nβ·xy·p/(2σ²), so the
-    posterior of c is Gaussian and its moments are closed-form. Only the first L−1 weights
-    are on a grid (w* ± 8, where γ = 1 leaves e^-32 of the mass), evaluated exactly: an
-    answer for a singular model at finite n that owes nothing to asymptotics.
-    """
-    moments = moments_of(problem.data)
-    xx, xy = float(moments.xx[0, 0]), float(moments.xy[0, 0])
-    s2, t, gamma = float(moments.sigma) ** 2, problem.n_beta, problem.gamma
-    w_star = np.asarray(problem.w_star)
-    grids = np.meshgrid(*(np.linspace(c - 8, c + 8, points) for c in w_star[:-1]), indexing="ij")
-    product = np.prod(grids, axis=0)
-    alpha, kappa = t * xx * product**2 / (2 * s2), t * xy * product / (2 * s2)
-    c0 = t * float(moments.yy) / (2 * s2) - t * problem.L0
-    precision = 2 * alpha + gamma
-    mean = (2 * kappa + gamma * w_star[-1]) / precision
-    log_weight = (
-        0.5 * precision * mean**2
-        - 0.5 * np.log(precision)
-        - 0.5 * gamma * sum((grid - c) ** 2 for grid, c in zip(grids, w_star[:-1], strict=True))
-    )  # − c0 − γ·c*²/2: the same for every grid point
-    conditional = alpha * (mean**2 + 1 / precision) - 2 * kappa * mean + c0
-    weight = np.exp(log_weight - log_weight.max())
-    return float(np.sum(weight * conditional) / np.sum(weight))
+    """The library's quadrature (lambda_hat.exact), checked against brute force in
+    tests/test_exact.py."""
+    return scalar_chain_llc(problem, points)
 
 
 @pytest.mark.parametrize("widths, points", [([1, 1, 1], 20001), ([1, 1, 1, 1], 1001)])

@@ -1,0 +1,54 @@
+"""What the tune flow writes for every finished run: its ``runs.parquet`` row and the
+``row.json`` copy beside its ``metrics.json`` (from which a corrupt Parquet file is
+rebuilt). A search run's row gets its trial's figures once the trial is told."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lambda_hat.io import atomic_write_json
+from lambda_hat.results import append_rows
+from lambda_hat.tuning import Outcome, RunOutcome, summarize_runs
+
+
+def run_row(run: RunOutcome, context: dict[str, Any]) -> dict[str, Any]:
+    result, plan = run.result, run.plan
+    return {
+        **result,
+        **context,
+        "run_id": plan.run_id,
+        "stage": plan.stage,
+        "trial_number": plan.trial_number,
+        "repeat": plan.repeat,
+        "config_id": plan.config_id,
+        "status": result.get("status"),
+        "error": run.reason or result.get("error"),
+        "objective": run.objective,
+        "abs_error": run.abs_error,
+        "rel_error": None if run.abs_error is None else run.abs_error / abs(context["llc_ref"]),
+        "hyperparams": plan.hyperparams,
+        "seed": plan.seed,
+        "budget_sec": plan.budget_sec,
+    }
+
+
+def trial_fields(outcome: Outcome, llc_ref: float) -> dict[str, Any]:
+    """The told trial's state and figures, for each of its runs' rows."""
+    summary = summarize_runs(outcome.runs, llc_ref)
+    return {
+        "trial_state": outcome.state.name.lower(),
+        "trial_objective": outcome.objective,
+        "trial_objective_se": summary["objective_se"],
+        "trial_llc_mean": summary["llc_hat_mean"],
+        "trial_llc_sd": summary["llc_hat_sd"],
+        "trial_bias": summary["bias"],
+    }
+
+
+def write_rows(rows: list[dict[str, Any]], parquet: Path, runs_dir: Path) -> None:
+    """Each row's row.json (atomically), then the Parquet file (locked, deduplicated)."""
+    for row in rows:
+        path = runs_dir / row["pid"] / row["method"] / row["run_id"] / "row.json"
+        atomic_write_json(path, row)
+    append_rows(parquet, rows, rebuild_from=runs_dir)
