@@ -64,6 +64,11 @@ def leaderboard_line(row: dict[str, Any]) -> str:
     head = f"{row['problem_name']} {row['method']}: "
     if row["search_objective"] is None:
         return head + "no completed trial"
+    if row["validated_error_mean"] is None:
+        return head + (
+            f"search objective {_num(row['search_objective'])} (not validated); "
+            f"params {row['params_json']}"
+        )
     return head + (
         f"validated error {validated_text(row)}, search objective "
         f"{_num(row['search_objective'])}; params {row['params_json']}"

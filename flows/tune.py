@@ -218,8 +218,11 @@ def tune_method(
         "%s: ask→submit latency median %.3f s, max %.3f s over %d trials",
         name, latency[len(latency) // 2], latency[-1], len(driver.ask_submit_sec),
     )  # fmt: skip
-    candidates = retry("ranking configurations", top_configurations, study, validate_top_k)
-    if candidates and validation_seeds > 0:
+    # With validation off the best search configuration is still the study's answer (the
+    # leaderboard shows it as not validated).
+    ranked = max(validate_top_k, 1)
+    candidates = retry("ranking configurations", top_configurations, study, ranked)
+    if candidates and validate_top_k > 0:
         plans = validation_plans(
             candidates,
             driver.space,
