@@ -109,6 +109,7 @@ class ReferenceResult(BaseModel):
     # most, plus finishing (estimate, ESS, R-hat) after sampling.
     slowest_chunk_sec: float | None = None
     finish_sec: float | None = None
+    decision_margin_sec: float | None = None  # budgeted runs: ≥ 0, by the run's own clock
     # lambda_hat.reference_quality: trusted | warn | untrusted, and why.
     quality: Literal["trusted", "warn", "untrusted"] = "trusted"
     quality_reasons: list[str] = Field(default_factory=list)
@@ -238,6 +239,7 @@ class _Tally(NamedTuple):
     slowest_chunk_sec: float
     ended_at: float
     grads: np.ndarray  # (chains, kept draws): gradient evaluations behind each kept draw
+    decision_margin_sec: float | None  # min over chunk starts of deadline − start − slowest
 
 
 class _ChunkedSampler:
@@ -251,12 +253,14 @@ class _ChunkedSampler:
     def sample(self, states, key, *, deadline, first_chunk_sec, progress) -> _Tally | None:
         config, size = self.config, self.static.chunk_size
         losses, divergences, acceptance, grad_evals, grads_drawn = [], 0, [], 0, []
-        slowest, kept, exhausted = first_chunk_sec, 0, False
+        slowest, kept, exhausted, margin = first_chunk_sec, 0, False, float("inf")
         while kept < config.num_draws:
             if deadline is not None and time.perf_counter() + slowest > deadline:
                 exhausted = True
                 break
             chunk_start = time.perf_counter()
+            if deadline is not None:  # never negative: what the run's clock said at the start
+                margin = min(margin, deadline - chunk_start - slowest)
             key, key_chunk = jax.random.split(key)
             keys = jax.random.split(key_chunk, config.num_chains)
             outputs = self.chunk(keys, states, self.parameters, self.data, self.post)  # async
@@ -286,6 +290,7 @@ class _ChunkedSampler:
             slowest,
             time.perf_counter(),
             np.concatenate(grads_drawn, axis=1)[:, : config.num_draws],
+            None if deadline is None else margin,
         )
 
 
@@ -406,6 +411,7 @@ def run(
         step_size_mean=float(np.mean(parameters["step_size"])),
         slowest_chunk_sec=tally.slowest_chunk_sec,
         finish_sec=time.perf_counter() - tally.ended_at,
+        decision_margin_sec=tally.decision_margin_sec,
         quality=quality,
         quality_reasons=reasons,
         convergence=evidence,
