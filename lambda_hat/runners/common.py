@@ -219,9 +219,9 @@ class ChunkLoop:
         slowest, done = 0.0, 0
         self._timing = {"slowest_chunk_sec": 0.0}
         for index in range(num_chunks):
-            if deadline is not None and time.perf_counter() + slowest + FINISH_SEC > deadline:
+            started = time.perf_counter()  # one reading for the check and the record
+            if deadline is not None and started + slowest + FINISH_SEC > deadline:
                 return self._finish(kept, done, "budget_exhausted", None, state, keep_draws)
-            started = time.perf_counter()
             if deadline is not None:  # what the run's own clock said when it chose to go on
                 margin = deadline - started - slowest
                 self._timing["decision_margin_sec"] = min(

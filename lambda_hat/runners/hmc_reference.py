@@ -255,10 +255,10 @@ class _ChunkedSampler:
         losses, divergences, acceptance, grad_evals, grads_drawn = [], 0, [], 0, []
         slowest, kept, exhausted, margin = first_chunk_sec, 0, False, float("inf")
         while kept < config.num_draws:
-            if deadline is not None and time.perf_counter() + slowest > deadline:
+            chunk_start = time.perf_counter()  # one reading for the check and the record
+            if deadline is not None and chunk_start + slowest > deadline:
                 exhausted = True
                 break
-            chunk_start = time.perf_counter()
             if deadline is not None:  # never negative: what the run's clock said at the start
                 margin = min(margin, deadline - chunk_start - slowest)
             key, key_chunk = jax.random.split(key)
