@@ -6,11 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from lambda_hat.settings import TuningSettings
+
 # K = 3 repeats per trial, the top 3 configurations validated on 8 fresh seeds each: what
-# a cluster run should use. scripts/run.sh passes lighter ones to fit a laptop.
-DEFAULT_REPEATS = 3
-DEFAULT_VALIDATE_TOP_K = 3
-DEFAULT_VALIDATION_SEEDS = 8
+# a cluster run should use (scripts/run.sh passes lighter ones to fit a laptop). One
+# source for them: the settings' defaults.
+_TUNING = TuningSettings()
+DEFAULT_REPEATS = _TUNING.repeats
+DEFAULT_VALIDATE_TOP_K = _TUNING.validate_top_k
+DEFAULT_VALIDATION_SEEDS = _TUNING.validation_seeds
 
 
 class StudyStalled(RuntimeError):

@@ -178,12 +178,6 @@ def test_sufficient_statistics_and_rows_sample_the_same_posterior():
         assert abs(result.llc_ref - exact) < 4 * result.se_ref, (sufficient, result.llc_ref)
 
 
-def exact_scalar_chain_llc(problem, points: int) -> float:
-    """The library's quadrature (lambda_hat.exact), checked against brute force in
-    tests/test_exact.py."""
-    return scalar_chain_llc(problem, points)
-
-
 @pytest.mark.parametrize("widths, points", [([1, 1, 1], 20001), ([1, 1, 1, 1], 1001)])
 def test_singular_scalar_chains_match_exact_quadrature(widths, points):
     # f = ab·x and f = abc·x with a zero teacher: λ = 1/2 with multiplicity 2 and 3, the
@@ -193,8 +187,8 @@ def test_singular_scalar_chains_match_exact_quadrature(widths, points):
     problem = build_problem(
         make_spec(model={"family": "dln", "widths": widths}, teacher={"rank": 0})
     )
-    exact = exact_scalar_chain_llc(problem, points)
-    assert abs(exact - exact_scalar_chain_llc(problem, points // 2 + 1)) < 1e-3  # converged
+    exact = scalar_chain_llc(problem, points)
+    assert abs(exact - scalar_chain_llc(problem, points // 2 + 1)) < 1e-3  # converged
     assert exact < float(problem.lambda_theory.lam) - 0.1
     result = run(problem, FAST)
     assert abs(result.llc_ref - exact) < 4 * result.se_ref, (result.llc_ref, exact)
