@@ -100,10 +100,16 @@ def _table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """All rows, or [] when the file does not exist."""
-    if not Path(path).exists():
+    """All rows, or [] when the file does not exist.
+
+    The file is read into memory with one ``open``: pyarrow given a path opens it more than
+    once (footer, then pages), and a writer's rename in between made it read one file's
+    footer against another's pages ("Couldn't deserialize thrift")."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
         return []
-    return pq.read_table(path).to_pylist()
+    return pq.read_table(pa.BufferReader(data)).to_pylist()
 
 
 def run_records(runs_dir: Path) -> list[dict[str, Any]]:
