@@ -86,7 +86,7 @@ def main() -> int:
         type=float,
         default=1e-6,
         help="optimum.saddle_tol (at n = 1e6 the noise-fitting curvature of a deep linear "
-        "network is itself ~1e-6 of the largest: see the README)",
+        "network is itself ~1e-6 of the largest: see docs/reference-accuracy.md)",
     )
     parser.add_argument("--num-warmup", type=int, default=1000)
     parser.add_argument("--num-draws", type=int, default=2000)

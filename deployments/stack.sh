@@ -4,7 +4,7 @@
 #   deployments/stack.sh up [--worker] [STATE_DIR]   start; prints `export PREFECT_API_URL=...`
 #   deployments/stack.sh down [STATE_DIR]            stop what `up` started, by PID
 # STATE_DIR (default ./.stack/prefect) holds PIDs, logs and PREFECT_HOME (the server's
-# SQLite database; see the README for running the server on Postgres). PREFECT_PORT
+# SQLite database; see docs/clusters.md for running the server on Postgres). PREFECT_PORT
 # defaults to 4200.
 set -euo pipefail
 action="${1:?usage: stack.sh up [--worker] [STATE_DIR] | down [STATE_DIR]}"

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from flows.checks import DEFAULT_REPEATS, DEFAULT_VALIDATE_TOP_K, DEFAULT_VALIDATION_SEEDS
 from flows.cluster import ClusterError, check_cluster
 from flows.reference import DEFAULT_REFERENCE
-from lambda_hat.cli import OneLineErrors
+from lambda_hat.cli import DefaultsHelp, OneLineErrors
 from lambda_hat.io import check_writable, read_json
 from lambda_hat.problems import PRESETS, SpecError, format_validation_error, load_problem_set
 from lambda_hat.runners.hmc_reference import ReferenceConfig, reference_code_version
@@ -58,14 +58,23 @@ def parser() -> argparse.ArgumentParser:
     p = OneLineErrors(
         prog="python flows/tune.py",
         description="Tune SGLD, MCLMC and VI hyperparameters against HMC reference LLCs.",
+        epilog="Without PREFECT_API_URL a local Prefect server is started for the run. The "
+        "report: artifacts/report/index.html. Ctrl-C stops with one line; rerun to resume.",
+        formatter_class=DefaultsHelp,
     )
     p.add_argument(
         "--problems", default="default", help=f"a YAML file or a preset ({', '.join(PRESETS)})"
     )
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    p.add_argument(
+        "--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+        help="the cheap methods to tune",
+    )  # fmt: skip
     p.add_argument("--n-trials", type=_positive_int, default=8, help="finished trials per study")
     p.add_argument("--batch", type=_positive_int, default=2, help="trials in flight per study")
-    p.add_argument("--objective", choices=["abs", "huber"], default="abs")
+    p.add_argument(
+        "--objective", choices=["abs", "huber"], default="abs",
+        help="per-run objective: |llc_hat − llc_ref| or its Huber loss",
+    )  # fmt: skip
     p.add_argument("--huber-k", type=_positive_float, default=1.0, help="huber δ = k·se_ref")
     p.add_argument("--refresh-references", action="store_true", help="recompute HMC references")
     p.add_argument("--methods-file", default=None, help="YAML overriding the search spaces")

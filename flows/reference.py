@@ -26,6 +26,7 @@ from lambda_hat.problems import ProblemSpec, load_problem_set
 from lambda_hat.runners.hmc_reference import ReferenceConfig
 from lambda_hat.settings import Settings
 from tasks.reference import hmc_reference
+from tasks.report import build_report_task
 
 # What the flows use. Measured against the exact finite-n LLC of 72 small RRRs
 # (benchmarks/reference_exact.py): at target_accept 0.8 and 4 × (300 + 600) the reference
@@ -139,8 +140,13 @@ def reference(
     create_table_artifact(
         key="reference-table",
         table=reference_table(references),
-        description=f"HMC references for {problems}",
+        description=f"HMC references for {problems}, with their quality verdicts",
     )
+    page = build_report_task(
+        str(settings.artifacts_dir.resolve()), None, [], references,
+        title=f"lambda_hat: HMC references for {problems}", page_name="references.html",
+    )  # fmt: skip
+    logger.info("reference plots: %s", page)
     for ref in references:
         logger.info(
             "%s (%s): llc_ref %.3f ± %.3f, %s%s",

@@ -131,3 +131,13 @@ def report_markdown(
             + (" (cached)" if ref.get("cached") else "")
         )
     return "\n".join(lines) + "\n"
+
+
+def plots_markdown(index_html: str) -> str:
+    """The report section of the ``tune-report`` artifact: where the page and its PNGs are
+    (the Prefect UI cannot show local images; the page opens offline in any browser)."""
+    folder = Path(index_html).parent
+    pngs = sorted(path.name for path in folder.glob("*.png"))
+    lines = ["", "## Plots", "", f"Open `{index_html}` in a browser (self-contained, offline).", ""]
+    lines += [f"- [`{name}`]({(folder / name).as_uri()})" for name in pngs]
+    return "\n".join(lines) + "\n"

@@ -18,6 +18,20 @@
 
 from __future__ import annotations
 
+import signal
+
+if __name__ == "__main__":
+    # First, before an import starts a thread (JAX, pyarrow): every thread and child
+    # process inherits this mask, so only the watcher in flows/terminal.py receives a
+    # Ctrl-C or SIGTERM meant for the run, never a Dask worker. multiprocessing's resource
+    # tracker unblocks both signals in whichever thread first starts it (CPython 3.11),
+    # so it is started before the mask is set.
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+import re
 import sys
 import time
 from dataclasses import asdict
@@ -51,7 +65,13 @@ from flows.reference import (
     reference_table,
     storage_paths,
 )
-from flows.report import build_leaderboard, leaderboard_line, leaderboard_table, report_markdown
+from flows.report import (
+    build_leaderboard,
+    leaderboard_line,
+    leaderboard_table,
+    plots_markdown,
+    report_markdown,
+)
 from lambda_hat.io import check_writable, read_json
 from lambda_hat.problems import ProblemSpec, load_problem_set
 from lambda_hat.results import write_leaderboard
@@ -68,14 +88,19 @@ from lambda_hat.storage import (
 )
 from lambda_hat.tuning import Driver, Outcome, RunOutcome, RunPlan, make_pruner
 from lambda_hat.validation import run_all, top_configurations, trial_counts, validation_plans
+from tasks.report import build_report_task
 from tasks.runs import run_method_task
 
 DEFAULT_METHODS = ("sgld", "mclmc", "vi")
 
 
 def artifact_key(*parts: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes."""
-    return "-".join(parts).lower().replace("_", "-").replace(":", "-")
+    """Prefect artifact keys allow lowercase letters, digits and dashes.
+
+    >>> artifact_key("progress", "dln_4_4.3", "sgld")
+    'progress-dln-4-4-3-sgld'
+    """
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower())
 
 
 def _describe(outcome: Outcome) -> str:
@@ -133,7 +158,7 @@ def tune_method(
     retry("labelling the study", _label_study, study, spec, method, reference)
     progress = create_progress_artifact(
         100.0 * min(retry("counting", finished_trials, study), n_trials) / n_trials,
-        key=artifact_key("progress", pid, method),
+        key=artifact_key("progress", spec["name"], method),
         description=f"trials finished in study {name} ({spec['name']}, {method})",
     )
     context = {
@@ -341,45 +366,73 @@ def tune(
         description="recommended configuration per study: validated error on fresh seeds "
         "(mean and 95 % interval) beside its search objective",
     )
+    report = build_report_task(
+        str(settings.artifacts_dir.resolve()), str(results / "runs.parquet"), rows, references,
+        title=f"lambda_hat: {', '.join(methods)} on {problems}",
+    )  # fmt: skip
     create_markdown_artifact(
         key="tune-report",
-        markdown=report_markdown(rows, references, problems, time.perf_counter() - started),
-        description="tuning report",
+        markdown=report_markdown(rows, references, problems, time.perf_counter() - started)
+        + plots_markdown(report),
+        description=f"tuning report for {problems}: leaderboard, references, plots",
     )
     for row in rows:
         logger.info("%s", leaderboard_line(row))
-    return {"references": references, "studies": studies, "leaderboard": rows}
+    logger.info("report: %s", report)
+    return {"references": references, "studies": studies, "leaderboard": rows, "report": report}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from flows import terminal
     from flows.cli import parse_args, print_plan
 
     args = parse_args(argv)
     if args.dry_run:
         print_plan(args)
         return 0
+    log_path = (
+        Settings().results_dir.resolve() / "logs" / f"tune-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    )
+    terminal.watch_interrupts(log_path)
     try:
-        tune(
-            problems=args.problems,
-            methods=args.methods,
-            n_trials=args.n_trials,
-            batch=args.batch,
-            objective=args.objective,
-            huber_k=args.huber_k,
-            refresh_references=args.refresh_references,
-            methods_file=args.methods_file,
-            reference_warmup=args.reference_warmup,
-            reference_draws=args.reference_draws,
-            repeats=args.repeats,
-            pruner=args.pruner,
-            validate_top_k=args.validate_top_k,
-            validation_seeds=args.validation_seeds,
-            allow_untrusted_references=args.allow_untrusted_references,
-        )
-    except (StorageError, ClusterError, StudyStalled, UntrustedReference) as error:
+        with terminal.prefect_api():
+            terminal.quiet_console(log_path)
+            result = tune(
+                problems=args.problems,
+                methods=args.methods,
+                n_trials=args.n_trials,
+                batch=args.batch,
+                objective=args.objective,
+                huber_k=args.huber_k,
+                refresh_references=args.refresh_references,
+                methods_file=args.methods_file,
+                reference_warmup=args.reference_warmup,
+                reference_draws=args.reference_draws,
+                repeats=args.repeats,
+                pruner=args.pruner,
+                validate_top_k=args.validate_top_k,
+                validation_seeds=args.validation_seeds,
+                allow_untrusted_references=args.allow_untrusted_references,
+            )
+    except (
+        StorageError,
+        ClusterError,
+        StudyStalled,
+        UntrustedReference,
+        terminal.ServerError,
+    ) as error:
+        if terminal.interrupted():
+            return 128 + terminal.received_signal()
         # The traceback is in the flow's logs; the terminal gets the reason in one line.
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except BaseException:
+        # Interrupted: the watcher has printed the one line. The KeyboardInterrupt may
+        # surface wrapped in whatever it cut short (a serialization, a Dask call).
+        if terminal.interrupted():
+            return 128 + terminal.received_signal()
+        raise
+    print(f"report: {result['report']}  (log: {log_path})")
     return 0
 
 

@@ -21,6 +21,16 @@ from lambda_hat.runners.hmc_reference import BudgetError, ReferenceConfig, Refer
 from lambda_hat.targets import OptimumError, build_problem
 
 
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, except where there is none to show (flags,
+    and options whose default comes from a setting, which their help names)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
 class OneLineErrors(argparse.ArgumentParser):
     """Bad arguments: one line naming the argument (not argparse's usage block), exit 2."""
 

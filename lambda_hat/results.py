@@ -34,7 +34,7 @@ from lambda_hat.io import atomic_write_bytes, read_json
 
 log = logging.getLogger(__name__)
 
-# The documented schema (README, "runs.parquet"); hp_<name> columns come on top.
+# The documented schema (docs/user-guide.md, "Outputs"); hp_<name> columns come on top.
 COLUMNS: dict[str, pa.DataType] = {
     "run_id": pa.string(),
     "study_name": pa.string(),

@@ -3,10 +3,12 @@ Dask LocalCluster (2 worker processes), SQLite-backed Optuna, Parquet and artifa
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -15,6 +17,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.reference import reference
 from flows.tune import tune
+from lambda_hat.html_report import study_trials
 from lambda_hat.problems import load_problem_set
 from lambda_hat.results import read_rows
 from lambda_hat.settings import Settings
@@ -96,8 +99,10 @@ def test_tune_end_to_end_then_resume(prefect_server, lambda_hat_env):
     assert len(board) == 4 and all(
         r["n_validation_runs"] + r["n_validation_failed"] == 2 for r in board
     )
+    # Artifact keys people can read: the problem's name, not its hash.
     pids = {ref["pid"] for ref in result["references"]}
-    progress = {f"progress-{pid.replace('_', '-')}-{m}" for pid in pids for m in ("sgld", "vi")}
+    names = {ref["name"] for ref in result["references"]}
+    progress = {f"progress-{n.replace('_', '-')}-{m}" for n in names for m in ("sgld", "vi")}
     assert artifact_keys("leaderboard", "tune-report", *progress) == {
         "leaderboard",
         "tune-report",
@@ -167,6 +172,27 @@ methods:
 """
 
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_report(index: Path, problem_name: str) -> None:
+    """Every plot a valid, non-empty PNG, named for people; the page self-contained."""
+    names = {path.name for path in index.parent.glob("*.png")}
+    assert {
+        f"reference-{problem_name}.png",
+        f"cost-{problem_name}.png",
+        f"study-{problem_name}-sgld.png",
+        "calibration-sgld.png",
+    } <= names, names
+    for name in names:
+        data = (index.parent / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
+    page = index.read_text()
+    assert page.count('src="data:image/png;base64,') == len(names)
+    assert not re.search(r"(src|href)=\"(?!data:)", page)  # nothing to fetch: opens offline
+    assert "http://" not in page and "https://" not in page
+
+
 def test_repeats_pruning_and_validation_through_the_flow(prefect_server, lambda_hat_env):
     methods_file = lambda_hat_env / "methods.yaml"
     methods_file.write_text(PRUNE_METHODS)
@@ -231,6 +257,18 @@ def test_repeats_pruning_and_validation_through_the_flow(prefect_server, lambda_
     others = [sum(r["abs_error"] for r in v) / 3 for v in by_config.values()]
     assert board["validated_error_mean"] == pytest.approx(min(others))
     assert result["leaderboard"][0]["config_id"] == board["config_id"]
+    assert_report(Path(result["report"]), spec.name)
+    plotted = study_trials(rows, name)  # the study plot's points: every told trial
+    assert [(t["number"], t["state"]) for t in plotted] == [
+        (t.number, t.state.name) for t in study.trials
+    ]
+    # optuna-dashboard shows which problem a study is, and each trial's figures.
+    assert study.user_attrs["problem_name"] == spec.name and study.user_attrs["pid"] == spec.pid
+    assert study.user_attrs["method"] == "sgld" and study.user_attrs["lambda_theory"] > 0
+    assert study.user_attrs["llc_ref"] == board["llc_ref"]
+    assert study.user_attrs["se_ref"] == board["se_ref"]
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert all({"llc_hat", "abs_error", "runtime_sec"} <= set(t.user_attrs) for t in done)
 
     # Rerunning the same command recomputes nothing and adds no row.
     again = tune(**run)
@@ -334,6 +372,10 @@ def test_help_works():
         "--dry-run",
     ):
         assert option in out.stdout
+    text = " ".join(out.stdout.split())  # (argparse wraps lines)
+    for default in ("(default: 8)", "(default: 2)", "(default: abs)", "PRUNER or wilcoxon)"):
+        assert default in text, default
+    assert "(default: None)" not in text and "index.html" in text
 
 
 def test_tuning_refuses_an_untrusted_reference_in_one_line(prefect_server, lambda_hat_env):

@@ -1,0 +1,162 @@
+"""``python flows/tune.py`` as a person runs it, with no ``PREFECT_API_URL``: it starts one
+Prefect server for the run and none is left behind; the terminal shows the flow's own
+lines; Ctrl-C (SIGINT to the whole process group, as a terminal sends it) ends the run
+with one line, and running the same command again finishes the study."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import psutil
+from optuna.trial import TrialState
+
+from lambda_hat.problems import load_problem_set
+from lambda_hat.storage import finished_trials
+
+from .conftest import REPO
+
+METHODS = """
+methods:
+  sgld:
+    fixed: {num_steps: 8000, thinning: 5, num_chains: 2, batch_size: 64}
+    space:
+      step_size: {type: float, low: 1.0e-6, high: 1.0e-4, log: true}
+"""
+
+
+class ProcessWatch(threading.Thread):
+    """Every process below ``root`` seen while it runs, and which of them were Prefect
+    servers (``prefect server start``, or the uvicorn of Prefect's temporary server)."""
+
+    def __init__(self, root: int):
+        super().__init__(daemon=True)
+        self.root, self.seen, self.servers = root, {}, set()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                children = psutil.Process(self.root).children(recursive=True)
+            except psutil.NoSuchProcess:
+                return
+            for child in children:
+                try:
+                    command = " ".join(child.cmdline())
+                    self.seen.setdefault(child.pid, (child.create_time(), command))
+                except psutil.Error:
+                    continue
+                if "server start" in command or "uvicorn" in command:
+                    self.servers.add(child.pid)
+            time.sleep(0.2)
+
+    def alive(self) -> list[str]:
+        """Those still running (same pid and start time: not a reused pid), given a few
+        seconds to exit after the run (the resource tracker leaves when it sees EOF)."""
+        deadline = time.monotonic() + 30
+        while True:
+            left = []
+            for pid, (created, command) in self.seen.items():
+                try:
+                    process = psutil.Process(pid)
+                    if process.create_time() == created and process.status() != "zombie":
+                        left.append(command)
+                except psutil.NoSuchProcess:
+                    continue
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.5)
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "LAMBDA_HAT_"))}
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        LAMBDA_HAT_RESULTS_DIR=str(tmp_path / "results"),
+        LAMBDA_HAT_ARTIFACTS_DIR=str(tmp_path / "artifacts"),
+        LAMBDA_HAT_JAX__COMPILATION_CACHE_DIR=str(REPO / ".jax_cache"),
+    )
+    return env
+
+
+def _start(tmp_path: Path, output: str) -> tuple[subprocess.Popen, ProcessWatch]:
+    spec = load_problem_set("smoke").problems[0]
+    (tmp_path / "problems.yaml").write_text(
+        json.dumps({"problems": [spec.model_dump(mode="json")]})
+    )
+    (tmp_path / "methods.yaml").write_text(METHODS)
+    argv = [
+        sys.executable, str(REPO / "flows" / "tune.py"),
+        "--problems", str(tmp_path / "problems.yaml"), "--methods", "sgld",
+        "--methods-file", str(tmp_path / "methods.yaml"), "--n-trials", "4", "--batch", "2",
+        "--repeats", "1", "--validate-top-k", "1", "--validation-seeds", "2",
+        "--reference-warmup", "100", "--reference-draws", "200",
+    ]  # fmt: skip
+    with open(tmp_path / output, "w") as out:
+        process = subprocess.Popen(
+            argv, cwd=tmp_path, env=_env(tmp_path), stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the test plays the terminal
+        )  # fmt: skip
+    watch = ProcessWatch(process.pid)
+    watch.start()
+    return process, watch
+
+
+def _wait_for_line(path: Path, text: str, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text():
+        assert process.poll() is None, path.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"no {text!r} within {timeout} s"
+        time.sleep(0.5)
+
+
+def _finish(process: subprocess.Popen, watch: ProcessWatch, timeout: float) -> int:
+    try:
+        return process.wait(timeout=timeout)
+    finally:
+        watch.stop.set()
+        watch.join(5)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_ctrl_c_prints_one_line_then_the_same_command_finishes_with_one_server(tmp_path):
+    first, watch = _start(tmp_path, "first.txt")
+    _wait_for_line(tmp_path / "first.txt", "trial 1/4", first, timeout=600)
+    os.killpg(first.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    code = _finish(first, watch, timeout=300)
+    lines = (tmp_path / "first.txt").read_text().strip().splitlines()
+    assert code == 130, lines[-20:]
+    interrupted = [i for i, line in enumerate(lines) if line.startswith("interrupted (SIGINT)")]
+    assert interrupted == [len(lines) - 1], lines[-20:]  # one line, and nothing after it
+    assert not any("Traceback" in line or "KeyboardInterrupt" in line for line in lines)
+    log = Path(lines[-1].split("details: ")[1].rstrip(")"))
+    assert "Crash detected" in log.read_text() or "interrupt" in log.read_text()
+    assert len(watch.servers) == 1, watch.servers
+    assert watch.alive() == []  # the server, the Dask workers: all stopped
+
+    second, watch = _start(tmp_path, "second.txt")
+    code = _finish(second, watch, timeout=900)
+    text = (tmp_path / "second.txt").read_text()
+    assert code == 0, text[-3000:]
+    assert len(watch.servers) == 1, watch.servers  # one for the run, none per worker
+    assert watch.alive() == []
+    # The terminal: the flow's own lines, not Dask's or every task's state.
+    assert "trial 4/4" in text and "validated error" in text
+    for noise in ("distributed.", "Task run", "Error logging to API", "Traceback"):
+        assert noise not in text, noise
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("report: ") and Path(last.split()[1]).exists(), last
+    # The interrupted trials were reaped and the study ended with exactly 4.
+    spec = load_problem_set("smoke").problems[0]
+    storage = f"sqlite:///{tmp_path / 'results' / 'optuna.db'}"
+    study = optuna.load_study(study_name=f"{spec.pid}:sgld", storage=storage)
+    assert finished_trials(study) == 4
+    assert not study.get_trials(states=(TrialState.RUNNING,))
