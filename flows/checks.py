@@ -4,6 +4,7 @@ references it is about to tune against."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from lambda_hat.settings import TuningSettings
@@ -15,6 +16,12 @@ _TUNING = TuningSettings()
 DEFAULT_REPEATS = _TUNING.repeats
 DEFAULT_VALIDATE_TOP_K = _TUNING.validate_top_k
 DEFAULT_VALIDATION_SEEDS = _TUNING.validation_seeds
+
+
+MAX_TRIALS = 100_000
+# δ = k·se_ref: beyond ~100 SE the Huber loss is the squared error everywhere (and an
+# infinite k made every objective 0).
+MAX_HUBER_K = 100.0
 
 
 class StudyStalled(RuntimeError):
@@ -48,13 +55,18 @@ def check_parameters(
     pruner: str = "wilcoxon",
     validate_top_k: int = DEFAULT_VALIDATE_TOP_K,
     validation_seeds: int = DEFAULT_VALIDATION_SEEDS,
+    huber_k: float = 1.0,
 ) -> None:
     """Deployment runs get their parameters from the UI: refuse bad ones in one line."""
     unknown = sorted(set(methods) - set(spaces))
     if unknown or not methods:
         raise ValueError(f"methods: unknown {unknown} (allowed: {', '.join(spaces)})")
-    if n_trials < 1 or batch < 1:
-        raise ValueError(f"n_trials and batch must be >= 1, got {n_trials} and {batch}")
+    if not (1 <= n_trials <= MAX_TRIALS and 1 <= batch <= MAX_TRIALS):
+        raise ValueError(
+            f"n_trials and batch must be between 1 and {MAX_TRIALS}, got {n_trials} and {batch}"
+        )
+    if not (math.isfinite(huber_k) and 0 < huber_k <= MAX_HUBER_K):
+        raise ValueError(f"huber_k must be > 0 and <= {MAX_HUBER_K:g}, got {huber_k}")
     if not 1 <= repeats <= 100:
         raise ValueError(f"repeats must be between 1 and 100, got {repeats}")
     if pruner not in ("wilcoxon", "median", "none"):

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import optuna
 from pydantic import ValidationError
 
-from flows.checks import DEFAULT_REPEATS, DEFAULT_VALIDATE_TOP_K, DEFAULT_VALIDATION_SEEDS
+from flows.checks import (
+    DEFAULT_REPEATS,
+    DEFAULT_VALIDATE_TOP_K,
+    DEFAULT_VALIDATION_SEEDS,
+    MAX_HUBER_K,
+    MAX_TRIALS,
+)
 from flows.cluster import ClusterError, check_cluster
 from flows.reference import DEFAULT_REFERENCE
 from lambda_hat.cli import DefaultsHelp, OneLineErrors
@@ -18,17 +25,8 @@ from lambda_hat.runners.hmc_reference import ReferenceConfig, reference_code_ver
 from lambda_hat.runners.run_method import METHODS
 from lambda_hat.search_space import SearchSpaceError, load_methods
 from lambda_hat.settings import Settings
+from lambda_hat.sizes import check_fits, estimate, human
 from lambda_hat.storage import StorageError, check_storage, engine_kwargs, finished_trials
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _int_between(low: int, high: int):
@@ -44,14 +42,19 @@ def _int_between(low: int, high: int):
     return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
+def _float_in(low: float, high: float):
+    """A finite number in (low, high]."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and low < value <= high):
+            raise argparse.ArgumentTypeError(f"must be > {low:g} and <= {high:g}, got {text}")
+        return value
+
+    return parse
 
 
 def parser() -> argparse.ArgumentParser:
@@ -69,24 +72,30 @@ def parser() -> argparse.ArgumentParser:
         "--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
         help="the cheap methods to tune",
     )  # fmt: skip
-    p.add_argument("--n-trials", type=_positive_int, default=8, help="finished trials per study")
-    p.add_argument("--batch", type=_positive_int, default=2, help="trials in flight per study")
+    p.add_argument(
+        "--n-trials", type=_int_between(1, MAX_TRIALS), default=8, help="finished trials per study"
+    )
+    p.add_argument(
+        "--batch", type=_int_between(1, MAX_TRIALS), default=2, help="trials in flight per study"
+    )
     p.add_argument(
         "--objective", choices=["abs", "huber"], default="abs",
         help="per-run objective: |llc_hat − llc_ref| or its Huber loss",
     )  # fmt: skip
-    p.add_argument("--huber-k", type=_positive_float, default=1.0, help="huber δ = k·se_ref")
+    p.add_argument(
+        "--huber-k", type=_float_in(0.0, MAX_HUBER_K), default=1.0, help="huber δ = k·se_ref"
+    )
     p.add_argument("--refresh-references", action="store_true", help="recompute HMC references")
     p.add_argument("--methods-file", default=None, help="YAML overriding the search spaces")
     p.add_argument(
         "--reference-warmup",
-        type=_positive_int,
+        type=_int_between(20, 1_000_000),
         default=DEFAULT_REFERENCE.num_warmup,
         help="HMC warmup steps per chain for the references",
     )
     p.add_argument(
         "--reference-draws",
-        type=_positive_int,
+        type=_int_between(4, 1_000_000),
         default=DEFAULT_REFERENCE.num_draws,
         help="HMC draws per chain for the references",
     )
@@ -131,9 +140,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = parser()
     args = p.parse_args(argv)
     try:
-        load_problem_set(args.problems)
+        problem_set = load_problem_set(args.problems)
         load_methods(args.methods_file)
         settings = Settings()
+        check_fits(problem_set, settings.memory_limit_bytes(), args.problems)
         for name, value in settings.tuning.model_dump().items():  # the CLI's own wins
             if getattr(args, name) is None:
                 setattr(args, name, value)
@@ -190,10 +200,12 @@ def print_plan(args: argparse.Namespace) -> None:
             if args.refresh_references
             else ("cached" if cached else "to compute")
         )
-        print(f"- {spec.name} ({spec.pid}): reference {reference}")
+        memory = human(estimate(spec).total)
+        print(f"- {spec.name} ({spec.pid}): reference {reference}; memory ≈ {memory}")
         for method in args.methods:
             done = _finished(storage, f"{spec.pid}:{method}")
+            more = " (more than --n-trials: none will run)" if done > args.n_trials else ""
             print(
                 f"    study {spec.pid}:{method}: {done} finished, "
-                f"{max(args.n_trials - done, 0)} to run"
+                f"{max(args.n_trials - done, 0)} to run{more}"
             )

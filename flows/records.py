@@ -4,12 +4,18 @@ rebuilt). A search run's row gets its trial's figures once the trial is told."""
 
 from __future__ import annotations
 
+import errno
+import logging
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from lambda_hat.io import atomic_write_json
 from lambda_hat.results import append_rows
 from lambda_hat.tuning import Outcome, RunOutcome, summarize_runs
+
+log = logging.getLogger(__name__)
 
 
 def run_row(run: RunOutcome, context: dict[str, Any]) -> dict[str, Any]:
@@ -46,9 +52,34 @@ def trial_fields(outcome: Outcome, llc_ref: float) -> dict[str, Any]:
     }
 
 
+class DiskFull(RuntimeError):
+    """No space left where the results go. One line naming the path."""
+
+
 def write_rows(rows: list[dict[str, Any]], parquet: Path, runs_dir: Path) -> None:
-    """Each row's row.json (atomically), then the Parquet file (locked, deduplicated)."""
-    for row in rows:
-        path = runs_dir / row["pid"] / row["method"] / row["run_id"] / "row.json"
-        atomic_write_json(path, row)
-    append_rows(parquet, rows, rebuild_from=runs_dir)
+    """Each row's row.json (atomically), then the Parquet file (locked, deduplicated).
+
+    A full disk stops the run (in one line naming the path; the files already there are
+    whole, the RUNNING trials are picked up by the next run). Any other failure to write
+    is a warning, never the end of a study: the trial is told all the same, and the rows
+    are written with the next ones (or rebuilt from the row.json files)."""
+    try:
+        for row in rows:
+            path = runs_dir / row["pid"] / row["method"] / row["run_id"] / "row.json"
+            atomic_write_json(path, row)
+        append_rows(parquet, rows, rebuild_from=runs_dir)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = error.filename or parquet.parent
+            raise DiskFull(
+                f"results: no space left on the device of {where}; free space and rerun "
+                "the same command (finished runs come from the cache)"
+            ) from None
+        _warn_unwritten(rows, parquet, error)
+    except (pa.ArrowException, TypeError, ValueError) as error:
+        _warn_unwritten(rows, parquet, error)
+
+
+def _warn_unwritten(rows: list[dict[str, Any]], parquet: Path, error: Exception) -> None:
+    ids = ", ".join(row["run_id"] for row in rows)
+    log.warning("%s: rows of %s not written (%s); the study goes on", parquet, ids, error)

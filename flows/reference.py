@@ -25,6 +25,7 @@ from lambda_hat.io import read_json
 from lambda_hat.problems import ProblemSpec, load_problem_set
 from lambda_hat.runners.hmc_reference import ReferenceConfig
 from lambda_hat.settings import Settings
+from lambda_hat.sizes import check_fits
 from tasks.reference import hmc_reference
 from tasks.report import build_report_task
 
@@ -125,6 +126,7 @@ def reference(
     logger = get_run_logger()
     settings = Settings()
     problem_set = load_problem_set(problems)
+    check_fits(problem_set, settings.memory_limit_bytes(), problems)
     config = ReferenceConfig(
         algorithm=algorithm, num_warmup=num_warmup, num_draws=num_draws, num_chains=num_chains
     )

@@ -151,7 +151,15 @@ class _RoutineLines(logging.Filter):
 
     ROUTINE = ("prefect.task_runs", "prefect.task_runner")
 
+    def __init__(self, one_line_errors: tuple[type[BaseException], ...]):
+        super().__init__()
+        self.one_line_errors = one_line_errors
+
     def filter(self, record: logging.LogRecord) -> bool:
+        # The traceback of an error the run reports in one line (a lost database, a full
+        # disk) stays in the log and the Prefect UI; the terminal gets the line.
+        if record.exc_info and isinstance(record.exc_info[1], self.one_line_errors):
+            return False
         return record.levelno >= logging.WARNING or not record.name.startswith(self.ROUTINE)
 
 
@@ -167,7 +175,7 @@ def _point_console_at(stream: TextIO) -> None:
         handler.console.file = stream  # (rich's console writes, not the StreamHandler)
 
 
-def quiet_console(log_path: Path) -> None:
+def quiet_console(log_path: Path, one_line_errors: tuple[type[BaseException], ...] = ()) -> None:
     """From here on the process's file descriptors 1 and 2, which every child process
     (Dask workers, sbatch) inherits, write to ``log_path``; the flow's own lines still go
     to the terminal (through duplicates of the original descriptors)."""
@@ -183,7 +191,7 @@ def quiet_console(log_path: Path) -> None:
     sys.stdout, sys.stderr = terminal_out, terminal_err
     _point_console_at(terminal_err)
     for handler in _console_handlers():
-        handler.addFilter(_RoutineLines())
+        handler.addFilter(_RoutineLines(one_line_errors))
     # Dask's loggers in this process (scheduler, nannies) propagate to Prefect's console
     # handler; theirs go to the log alone, with the workers' output.
     dask_logger = logging.getLogger("distributed")

@@ -58,7 +58,7 @@ from flows.checks import (
 )
 from flows.cluster import ClusterError, dask_cluster, runner_for
 from flows.logs import forward_library_logs
-from flows.records import run_row, trial_fields, write_rows
+from flows.records import DiskFull, run_row, trial_fields, write_rows
 from flows.reference import (
     DEFAULT_REFERENCE,
     compute_references,
@@ -78,6 +78,7 @@ from lambda_hat.results import write_leaderboard
 from lambda_hat.runners.hmc_reference import ReferenceConfig
 from lambda_hat.search_space import MethodSpace, load_methods
 from lambda_hat.settings import Settings
+from lambda_hat.sizes import check_fits
 from lambda_hat.storage import (
     StorageError,
     StorageRetry,
@@ -156,8 +157,15 @@ def tune_method(
         "opening the study", open_study, settings.storage_url(), name, 0, make_pruner(pruner)
     )
     retry("labelling the study", _label_study, study, spec, method, reference)
+    already = retry("counting", finished_trials, study)
+    if already >= n_trials:
+        logger.info(
+            "%s %s: the study already has %d finished trials (n_trials %d): no new trial%s",
+            spec["name"], method, already, n_trials,
+            "; validating its best configurations" if validate_top_k else "",
+        )  # fmt: skip
     progress = create_progress_artifact(
-        100.0 * min(retry("counting", finished_trials, study), n_trials) / n_trials,
+        100.0 * min(already, n_trials) / n_trials,
         key=artifact_key("progress", spec["name"], method),
         description=f"trials finished in study {name} ({spec['name']}, {method})",
     )
@@ -308,10 +316,12 @@ def tune(
     logger = get_run_logger()
     settings = Settings()
     problem_set = load_problem_set(problems)
+    check_fits(problem_set, settings.memory_limit_bytes(), problems)
     spaces = load_methods(methods_file)
     check_parameters(
-        methods, spaces, n_trials, batch, repeats, pruner, validate_top_k, validation_seeds
-    )
+        methods, spaces, n_trials, batch, repeats, pruner, validate_top_k, validation_seeds,
+        huber_k,
+    )  # fmt: skip
     # Fail before the references are computed, not after.
     check_writable(settings.results_dir, "results_dir")
     check_writable(settings.artifacts_dir, "artifacts_dir")
@@ -382,6 +392,11 @@ def tune(
     return {"references": references, "studies": studies, "leaderboard": rows, "report": report}
 
 
+# Errors whose message says all a user needs: the terminal shows that one line (the
+# traceback is in the log and the Prefect UI).
+ONE_LINE_ERRORS = (StorageError, ClusterError, StudyStalled, UntrustedReference, DiskFull)
+
+
 def main(argv: list[str] | None = None) -> int:
     from flows import terminal
     from flows.cli import parse_args, print_plan
@@ -396,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     terminal.watch_interrupts(log_path)
     try:
         with terminal.prefect_api():
-            terminal.quiet_console(log_path)
+            terminal.quiet_console(log_path, ONE_LINE_ERRORS)
             result = tune(
                 problems=args.problems,
                 methods=args.methods,
@@ -414,13 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                 validation_seeds=args.validation_seeds,
                 allow_untrusted_references=args.allow_untrusted_references,
             )
-    except (
-        StorageError,
-        ClusterError,
-        StudyStalled,
-        UntrustedReference,
-        terminal.ServerError,
-    ) as error:
+    except (*ONE_LINE_ERRORS, terminal.ServerError) as error:
         if terminal.interrupted():
             return 128 + terminal.received_signal()
         # The traceback is in the flow's logs; the terminal gets the reason in one line.

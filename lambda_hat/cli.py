@@ -18,6 +18,8 @@ from lambda_hat.compile_cache import enable_compilation_cache
 from lambda_hat.io import atomic_write_bytes
 from lambda_hat.problems import PRESETS, SpecError, format_validation_error, load_problem_set
 from lambda_hat.runners.hmc_reference import BudgetError, ReferenceConfig, ReferenceResult, run
+from lambda_hat.settings import Settings
+from lambda_hat.sizes import check_fits
 from lambda_hat.targets import OptimumError, build_problem
 
 
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         problem_set = load_problem_set(args.problems)
+        check_fits(problem_set, Settings().memory_limit_bytes(), args.problems)
         config = ReferenceConfig(
             algorithm=args.algorithm,
             num_chains=args.num_chains,
@@ -94,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except ValidationError as error:
-        print(f"error: reference config: {format_validation_error(error)}", file=sys.stderr)
+    except ValidationError as error:  # (the settings' or the reference config's)
+        what = "settings (LAMBDA_HAT_*)" if error.title == "Settings" else "reference config"
+        print(f"error: {what}: {format_validation_error(error)}", file=sys.stderr)
         return 2
 
     enable_compilation_cache()

@@ -50,6 +50,28 @@ def safe_load_yaml(text: str, source: str, error: type[Exception]) -> Any:
         raise error(f"{source}: malformed YAML{where}") from None
 
 
+def read_text(path: Path, field: str, error: type[Exception]) -> str:
+    """A UTF-8 text file, or ``error`` in one line naming the field, the file and what is
+    wrong with it (not text, unreadable).
+
+    >>> import tempfile
+    >>> bad = Path(tempfile.mkdtemp()) / "p.yaml"; _ = bad.write_bytes(b"n: 1" + bytes([255]))
+    >>> read_text(bad, "problems", ValueError)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: problems: .../p.yaml is not UTF-8 text (byte 0xff at offset 4)
+    """
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start : exc.start + 1].hex()
+        raise error(
+            f"{field}: {path} is not UTF-8 text (byte 0x{byte} at offset {exc.start})"
+        ) from None
+    except OSError as exc:
+        raise error(f"{field}: {path}: {exc.strerror or exc}") from None
+
+
 def check_writable(path: Path, field: str) -> None:
     """Fail in one line if ``path`` could not be created or written, without creating it:
     the nearest existing ancestor must be a writable directory.

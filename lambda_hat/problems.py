@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lambda_hat.ids import problem_id
-from lambda_hat.io import safe_load_yaml
+from lambda_hat.io import read_text, safe_load_yaml
 
 PRESETS = ("smoke", "default")
 
@@ -31,7 +31,9 @@ class SpecError(ValueError):
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Non-finite numbers (.inf, .nan) are refused where they are read: downstream they
+    # break hashing, JSON and every sampler.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 def _check_widths(widths: tuple[int, ...]) -> tuple[int, ...]:
@@ -215,6 +217,14 @@ class ProblemSet(_Frozen):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"duplicate problem names: {duplicates}")
+        first_name: dict[str, str] = {}
+        for problem in problems:  # the same spec twice would be tuned as one problem
+            if problem.pid in first_name:
+                raise ValueError(
+                    f"{first_name[problem.pid]} and {problem.name} are the same problem "
+                    f"({problem.pid}): drop one, or give it another seed"
+                )
+            first_name[problem.pid] = problem.name
         return problems
 
 
@@ -255,5 +265,5 @@ def load_problem_set(path_or_preset: str | Path) -> ProblemSet:
             raise SpecError(
                 f"problems: no such file or preset {name!r} (presets: {', '.join(PRESETS)})"
             )
-        text, source = path.read_text(), str(path)
+        text, source = read_text(path, "problems", SpecError), str(path)
     return parse_problem_set(safe_load_yaml(text, source, SpecError), source)

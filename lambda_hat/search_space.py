@@ -18,6 +18,7 @@ True
 
 from __future__ import annotations
 
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,7 +26,7 @@ from typing import Annotated, Any, Literal
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from lambda_hat.io import safe_load_yaml
+from lambda_hat.io import read_text, safe_load_yaml
 from lambda_hat.problems import format_validation_error
 from lambda_hat.runners.run_method import METHODS, parse_method_config
 
@@ -35,7 +36,7 @@ class SearchSpaceError(ValueError):
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class FloatParam(_Frozen):
@@ -74,6 +75,13 @@ class CategoricalParam(_Frozen):
 
     @model_validator(mode="after")
     def _unique(self) -> CategoricalParam:
+        # One type: the method config would quietly coerce "64" or true to a number, and
+        # the results table cannot hold a column of mixed types.
+        kinds = sorted({type(choice).__name__ for choice in self.choices})
+        if len(kinds) > 1:
+            raise ValueError(f"choices must all be of one type, got {', '.join(kinds)}")
+        if any(isinstance(c, float) and not math.isfinite(c) for c in self.choices):
+            raise ValueError("choices must be finite numbers")
         if len(set(self.choices)) != len(self.choices):
             raise ValueError(f"choices must be distinct, got {list(self.choices)}")
         return self
@@ -159,7 +167,8 @@ def load_methods(path: str | Path | None = None) -> dict[str, MethodSpace]:
         if not path.is_file():
             raise SearchSpaceError(f"methods: no such file {str(path)!r}")
         source = str(path)
-        for method, entry in _read_yaml(path.read_text(), source).items():
+        text = read_text(path, "methods", SearchSpaceError)
+        for method, entry in _read_yaml(text, source).items():
             if method not in entries:
                 allowed = ", ".join(sorted(entries))
                 raise SearchSpaceError(

@@ -45,19 +45,31 @@ class ClusterSettings(BaseModel):
         return value
 
 
-class BudgetSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+DAY_SEC = 86400.0
 
-    trial_sec: float = Field(default=120.0, gt=0, description="wall-clock budget per trial")
-    reference_sec: float | None = Field(default=None, gt=0, description="per HMC reference")
+
+class BudgetSettings(BaseModel):
+    """Seconds, finite and at most a week (30 days for a reference): a larger value is a
+    typo, and an infinite one overflows the first wait."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    trial_sec: float = Field(
+        default=120.0, gt=0, le=7 * DAY_SEC, description="wall-clock budget per trial"
+    )
+    reference_sec: float | None = Field(
+        default=None, gt=0, le=30 * DAY_SEC, description="per HMC reference"
+    )
     stall_sec: float = Field(
         default=900.0,
         gt=0,
+        le=7 * DAY_SEC,
         description="fail a study when no trial finished for this long (paused or lost workers)",
     )
     storage_retry_sec: float = Field(
         default=120.0,
         gt=0,
+        le=DAY_SEC,
         description="retry a lost Optuna storage connection (a database restart) this long",
     )
 
@@ -101,12 +113,27 @@ class Settings(BaseSettings):
     budgets: BudgetSettings = BudgetSettings()
     tuning: TuningSettings = TuningSettings()
     jax: JaxSettings = JaxSettings()
+    memory_limit_gb: float | None = Field(
+        default=None,
+        gt=0,
+        le=1e6,
+        allow_inf_nan=False,
+        description="refuse problems estimated to need more (default: 80 % of this "
+        "machine's physical memory)",
+    )
 
     def storage_url(self) -> str:
         """The Optuna storage URL, secret included: pass it to Optuna, never print it."""
         if self.optuna_storage is not None:
             return self.optuna_storage.get_secret_value()
         return f"sqlite:///{(self.results_dir / 'optuna.db').resolve()}"
+
+    def memory_limit_bytes(self) -> int:
+        from lambda_hat.sizes import default_limit_bytes
+
+        if self.memory_limit_gb is None:
+            return default_limit_bytes()
+        return int(self.memory_limit_gb * 2**30)
 
     def jax_cache_dir(self) -> Path:
         return (self.jax.compilation_cache_dir or self.results_dir / "jax_cache").resolve()

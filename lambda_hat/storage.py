@@ -14,11 +14,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy.exc
 from optuna.trial import TrialState
+
+from lambda_hat.io import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,14 @@ def check_storage(url: str) -> None:
     from lambda_hat.settings import mask_url
 
     shown = mask_url(url)
+    sqlite_file = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    if sqlite_file is not None and str(sqlite_file) != ":memory:" and not sqlite_file.exists():
+        # Connecting would create the file, which a dry run must not: check the folder.
+        try:
+            check_writable(sqlite_file, "optuna_storage")
+        except ValueError as error:
+            raise StorageError(str(error)) from None
+        return
     try:
         engine = sqlalchemy.create_engine(url, **engine_kwargs(url))
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError):
@@ -98,7 +109,14 @@ def finished_trials(study: optuna.Study) -> int:
     were re-enqueued and run again)."""
     states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
     trials = study.get_trials(deepcopy=False, states=states)
-    return sum(1 for t in trials if "status" in t.user_attrs)
+    return sum(1 for t in trials if counted(t))
+
+
+def counted(trial: optuna.trial.FrozenTrial) -> bool:
+    """Told by the driver (a ``status`` attr) and not re-enqueued: a trial whose status
+    was set but whose ``tell`` never happened (the driver or the database died in between)
+    is reaped and re-enqueued like any stale trial, so it must not count as well."""
+    return "status" in trial.user_attrs and "requeued" not in trial.user_attrs
 
 
 def best_value(study: optuna.Study) -> float | None:
@@ -135,6 +153,11 @@ class StorageRetry:
                 return operation(*args, **kwargs)
             except RETRYABLE as error:
                 reason = _first_line(error)
+                if _disk_full(reason):  # waiting frees no space: say so at once
+                    raise StorageError(
+                        f"optuna_storage: {what} failed: {reason} (free space where the "
+                        "database lives, then rerun: RUNNING trials are picked up again)"
+                    ) from None
                 if time.monotonic() + delay > deadline:
                     raise StorageError(
                         f"optuna_storage: {what} failed for {self.within_sec:g} s "
@@ -145,6 +168,12 @@ class StorageRetry:
                 )
                 time.sleep(delay)
                 delay = min(2 * delay, 10.0)
+
+
+def _disk_full(reason: str) -> bool:
+    """SQLite's "database or disk is full", Postgres's "No space left on device"."""
+    text = reason.lower()
+    return "disk is full" in text or "no space left" in text or "disk full" in text
 
 
 def _first_line(error: BaseException) -> str:

@@ -230,6 +230,7 @@ def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) 
     run ids (same config, same common seeds), so finished runs come from the cache."""
     # The storage call works for live and frozen trials alike (FrozenTrial has no setter).
     study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+    study._storage.set_trial_user_attr(trial._trial_id, "requeued", True)  # (not counted)
     study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
     attempt = trial.user_attrs.get("attempt", 1)
     study.enqueue_trial(trial.params, user_attrs={"attempt": attempt + 1})

@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 
 from lambda_hat.runners.run_method import run_id_for
 from lambda_hat.search_space import MethodSpace
+from lambda_hat.storage import counted
 from lambda_hat.tuning import (
     FirstDone,
     RunOutcome,
@@ -232,7 +233,7 @@ def leaderboard_row(
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
     """Told trials by outcome (reaped and lost ones are not counted: they ran again)."""
-    told = [t for t in study.get_trials(deepcopy=False) if "status" in t.user_attrs]
+    told = [t for t in study.get_trials(deepcopy=False) if counted(t)]
     return {
         "done": len(told),
         "complete": sum(t.state == TrialState.COMPLETE for t in told),

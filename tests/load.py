@@ -19,7 +19,7 @@ import psycopg
 from optuna.trial import TrialState
 
 from lambda_hat.results import read_rows
-from lambda_hat.tuning import finished_trials
+from lambda_hat.storage import counted, finished_trials
 from tests.stack import REPO, slurm_settings_env, write_one_problem
 
 PROFILE = """
@@ -99,7 +99,7 @@ def run_load_campaign(
         subprocess.run(["scancel", "--name", f"{name}-ref"], env=env, check=False)
     (tmp / "tune.log").write_text(out.stdout + out.stderr)
     study = optuna.load_study(study_name=f"{pid}:sgld", storage=stack["LAMBDA_HAT_OPTUNA_STORAGE"])
-    told = [t for t in study.trials if t.state.is_finished() and "status" in t.user_attrs]
+    told = [t for t in study.trials if t.state.is_finished() and counted(t)]
     rows = read_rows(tmp / "results" / "runs.parquet") if out.returncode == 0 else []
     latency = _latencies(out.stdout + out.stderr)
     starts = sorted((row["started_at"], row["finished_at"]) for row in rows)

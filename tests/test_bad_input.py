@@ -12,6 +12,7 @@ from flows.tune import main as tune_main
 from lambda_hat.problems import load_problem_set
 
 GOOD_PROBLEM = load_problem_set("smoke").problems[0].model_dump(mode="json")
+GOOD_DLN = load_problem_set("smoke").problems[1].model_dump(mode="json")
 
 
 def problem(**changes) -> str:
@@ -59,9 +60,9 @@ CASES = [
     ("cli: unknown method", ["--methods", "nuts"], {}, {},
      "argument --methods: invalid choice: 'nuts'"),
     ("cli: n-trials out of range", ["--n-trials", "0"], {}, {},
-     "argument --n-trials: must be at least 1, got 0"),
+     "argument --n-trials: must be between 1 and 100000, got 0"),
     ("cli: batch not a number", ["--batch", "two"], {}, {},
-     "argument --batch: expected a positive integer, got 'two'"),
+     "argument --batch: expected an integer, got 'two'"),
     ("cli: unknown objective", ["--objective", "mse"], {}, {},
      "argument --objective: invalid choice: 'mse'"),
     ("cli: negative huber-k", ["--huber-k", "-1"], {}, {}, "argument --huber-k: must be > 0"),
@@ -113,6 +114,53 @@ CASES = [
      "optuna_storage postgresql+psycopg://lh:***@127.0.0.1:1/lh: cannot connect"),
     ("storage: unknown driver", [], {}, {"LAMBDA_HAT_OPTUNA_STORAGE": "nosuchdb://x"},
      "optuna_storage nosuchdb://x: unknown database driver"),
+    # Non-finite and absurd numbers, anywhere a number is read (issue 16, item 2).
+    ("problems: infinite noise", ["--problems", "p.yaml"],
+     {"p.yaml": problem().replace('"noise_sigma": 0.5', '"noise_sigma": .inf')}, {},
+     "problems.0.data.noise_sigma: Input should be a finite number"),
+    ("problems: NaN input scale", ["--problems", "p.yaml"],
+     {"p.yaml": problem().replace('"scale": 1.0', '"scale": .nan')}, {},
+     "problems.0.data.input.scale: Input should be a finite number"),
+    ("cli: infinite huber-k", ["--huber-k", "inf"], {}, {},
+     "argument --huber-k: must be > 0 and <= 100, got inf"),
+    ("cli: a billion reference draws", ["--reference-draws", "1000000000"], {}, {},
+     "argument --reference-draws: must be between 4 and 1000000, got 1000000000"),
+    ("settings: infinite stall timeout", [], {}, {"LAMBDA_HAT_BUDGETS__STALL_SEC": "inf"},
+     "budgets.stall_sec: Input should be a finite number"),
+    ("settings: a trial budget of 30000 years", [], {},
+     {"LAMBDA_HAT_BUDGETS__TRIAL_SEC": "1e12"},
+     "budgets.trial_sec: Input should be less than or equal to 604800"),
+    ("settings: NaN memory limit", [], {}, {"LAMBDA_HAT_MEMORY_LIMIT_GB": "nan"},
+     "memory_limit_gb: Input should be a finite number"),
+    ("search space: infinite bound", ["--methods-file", "m.yaml"],
+     {"m.yaml": SGLD_SPACE.format("{type: float, low: 1.0e-6, high: .inf}")}, {},
+     "step_size.float.high: Input should be a finite number"),
+    # Sizes that cannot fit (item 1): refused from the estimate, before anything runs.
+    ("problems: a trillion samples", ["--problems", "p.yaml"],
+     {"p.yaml": problem(data={"n": 10**12})}, {},
+     "problems[0] (rrr_3_2_3_r1): data.n needs about 596.6 TiB of memory, over the limit"),
+    ("problems: a layer too wide for its Hessian", ["--problems", "p.yaml"],
+     {"p.yaml": json.dumps({"problems": [{**GOOD_DLN, "model": {"family": "dln",
+                                                                 "widths": [3, 5000, 3]}}]})},
+     {}, "problems[0] (dln_3_2_2_3_r1): model (parameters) needs about"),
+    ("problems: over a configured memory limit", [], {},
+     {"LAMBDA_HAT_MEMORY_LIMIT_GB": "0.0001"},
+     "of memory, over the limit of 104.9 KiB (LAMBDA_HAT_MEMORY_LIMIT_GB)"),
+    # Search-space choices of mixed types (item 3).
+    ("search space: choices of mixed types", ["--methods-file", "m.yaml"],
+     {"m.yaml": "methods:\n  sgld:\n    space:\n      batch_size: "
+                "{type: categorical, choices: [32, '64', 128.0, true]}\n"}, {},
+     "batch_size.categorical: choices must all be of one type, got bool, float, int, str"),
+    # Smaller ones (item 7).
+    ("problems: not UTF-8", ["--problems", "p.yaml"],
+     {"p.yaml": problem().encode() + bytes([0xFF, 0xFE])}, {},
+     "problems: p.yaml is not UTF-8 text (byte 0xff at offset"),
+    ("problems: one problem under two names", ["--problems", "p.yaml"],
+     {"p.yaml": json.dumps({"problems": [GOOD_PROBLEM, {**GOOD_PROBLEM, "name": "again"}]})},
+     {}, "rrr_3_2_3_r1 and again are the same problem"),
+    ("storage: SQLite file under a file", [], {},
+     {"LAMBDA_HAT_OPTUNA_STORAGE": "sqlite:////proc/version/o.db"},
+     "optuna_storage /proc/version/o.db: /proc/version is not a directory"),
     ("dirs: results_dir under a file", [], {},
      {"LAMBDA_HAT_RESULTS_DIR": "/proc/version/results"},
      "results_dir /proc/version/results: /proc/version is not a directory"),
@@ -136,7 +184,10 @@ def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(
 ):
     monkeypatch.chdir(lambda_hat_env)
     for name, text in files.items():
-        (lambda_hat_env / name).write_text(text)
+        if isinstance(text, bytes):
+            (lambda_hat_env / name).write_bytes(text)
+        else:
+            (lambda_hat_env / name).write_text(text)
     for variable, value in env.items():
         monkeypatch.setenv(variable, value)
     # A campaign's results already exist: bad input must leave them exactly as they were.

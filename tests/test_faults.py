@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from lambda_hat.results import read_rows
 from lambda_hat.runners.common import FINISH_SEC
-from lambda_hat.tuning import finished_trials
+from lambda_hat.storage import counted, finished_trials
 
 from .load import run_load_campaign
 from .stack import PASSWORD, REPO, sh, skip_without_stack, slurm_settings_env, write_one_problem
@@ -118,9 +118,7 @@ class Campaign:
         assert not study.get_trials(states=(TrialState.RUNNING,))
         rows = self.rows()
         told = {
-            t.user_attrs["run_ids"][0]
-            for t in study.trials
-            if t.state.is_finished() and "status" in t.user_attrs
+            t.user_attrs["run_ids"][0] for t in study.trials if t.state.is_finished() and counted(t)
         }
         assert {row["run_id"] for row in rows} == told
         assert len(rows) == len(told)

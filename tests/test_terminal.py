@@ -160,3 +160,15 @@ def test_ctrl_c_prints_one_line_then_the_same_command_finishes_with_one_server(t
     study = optuna.load_study(study_name=f"{spec.pid}:sgld", storage=storage)
     assert finished_trials(study) == 4
     assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+def test_sigterm_stops_the_run_in_one_line_and_leaves_no_process(tmp_path):
+    process, watch = _start(tmp_path, "run.txt")
+    _wait_for_line(tmp_path / "run.txt", "Beginning flow run", process, timeout=300)
+    process.send_signal(signal.SIGTERM)  # to the run alone, as a scheduler or kill(1) does
+    code = _finish(process, watch, timeout=300)
+    lines = (tmp_path / "run.txt").read_text().strip().splitlines()
+    assert code == 128 + signal.SIGTERM, lines[-20:]
+    assert lines[-1].startswith("interrupted (SIGTERM)"), lines[-20:]
+    assert sum("interrupted" in line for line in lines) == 1
+    assert watch.alive() == []

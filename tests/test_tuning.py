@@ -16,6 +16,7 @@ from lambda_hat.search_space import load_methods
 from lambda_hat.settings import Settings, mask_url
 from lambda_hat.storage import StorageError, StorageRetry, finished_trials, open_study
 from lambda_hat.tuning import MAX_ATTEMPTS, Driver, make_pruner, objective_value, study_seeds
+from lambda_hat.validation import trial_counts
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -255,6 +256,28 @@ def test_stale_running_trials_are_reaped_and_rerun_with_the_same_run_ids(tmp_pat
     states = [t.state for t in open_study(url, "p_test:sgld").trials]
     assert states[0] == TrialState.FAIL and TrialState.RUNNING not in states
     assert finished_trials(study) == 3
+
+
+def test_a_half_told_trial_is_rerun_and_counted_once(tmp_path):
+    url = f"sqlite:///{tmp_path}/o.db"
+    study = open_study(url, "p_test:sgld")
+    space = load_methods()["sgld"]
+    # The driver set the trial's status, then died before tell: RUNNING with a status.
+    half = study.ask(space.distributions())
+    half.set_user_attr("status", "ok")
+    with ThreadPoolExecutor(1) as pool:
+        outcomes = make_driver(open_study(url, "p_test:sgld"), repeats=1, pruner="none").run(
+            3,
+            batch=1,
+            submit=lambda p: pool.submit(lambda: {"status": "ok", "llc_hat": 3}),
+            first_done=first_done,
+        )
+    study = open_study(url, "p_test:sgld")
+    assert len(outcomes) == 3 and finished_trials(study) == 3
+    reaped = study.trials[0]
+    assert reaped.state == TrialState.FAIL and reaped.user_attrs["requeued"] is True
+    assert study.trials[1].params == half.params  # its configuration ran again
+    assert trial_counts(study)["done"] == 3
 
 
 def test_settings_from_env_and_secrets_masked(monkeypatch):

@@ -54,12 +54,12 @@ class BudgetError(RuntimeError):
 class ReferenceConfig(BaseModel):
     """How the reference is sampled. Everything here enters the reference cache key."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     algorithm: Literal["nuts", "hmc"] = "nuts"
     num_chains: int = Field(default=4, ge=4, le=64)
-    num_warmup: int = Field(default=1000, ge=20)
-    num_draws: int = Field(default=2000, ge=4, description="kept draws per chain")
+    num_warmup: int = Field(default=1000, ge=20, le=1_000_000)
+    num_draws: int = Field(default=2000, ge=4, le=1_000_000, description="kept draws per chain")
     thinning: int = Field(default=1, ge=1)
     chunk_size: int = Field(default=100, ge=1, description="draws per compiled chunk")
     # 0.99, not BlackJAX's usual 0.8: at 0.8 the singular necks produced divergences and a

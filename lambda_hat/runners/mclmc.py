@@ -56,7 +56,7 @@ class MCLMCConfig(BaseModel):
     compile each): mode, tune_num_steps, frac_tune1/2/3, diagonal_preconditioning,
     num_chains, precision, chunk_draws."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     mode: Literal["tuned", "fixed"] = "tuned"
     L: float | None = Field(default=None, gt=0, description="fixed mode: decoherence length")

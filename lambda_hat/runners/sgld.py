@@ -64,7 +64,7 @@ class SGLDConfig(BaseModel):
     rmsprop_alpha, rmsprop_delta, num_steps, burn_in_frac, thinning. Static (one compile
     each): batch_size, num_chains, preconditioner, llc_estimator, precision, chunk_draws."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     step_size: float = Field(default=1e-4, gt=0, le=1.0, description="η0")
     decay_exponent: float = Field(default=0.0, ge=0, le=1.0, description="p in η0·(1+t/t0)^−p")

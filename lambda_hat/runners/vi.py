@@ -62,7 +62,7 @@ class VIConfig(BaseModel):
     Static (one compile each): family, num_samples, num_eval_samples, num_chains,
     precision, chunk_steps."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     family: Literal["meanfield", "fullrank"] = "meanfield"
     learning_rate: float = Field(default=1e-2, gt=0, le=10.0)

@@ -1,0 +1,72 @@
+"""A full disk (issue 16, item 5), on a real full filesystem: a 1 MiB tmpfs mounted for the
+test (the suite runs as root; it installs SLURM and Postgres too). Results that cannot be
+written stop the run in one line naming the path, leave every file whole, and a full
+SQLite database is not retried as if it were a lost connection."""
+
+from __future__ import annotations
+
+import subprocess
+
+import optuna
+import pytest
+
+from flows.records import DiskFull, write_rows
+from lambda_hat.results import read_rows
+from lambda_hat.storage import StorageError, StorageRetry
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(folder) -> None:
+    """Take every free byte (the last write fails with ENOSPC)."""
+    with open(folder / "filler", "wb") as filler:
+        try:
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+        except OSError:
+            pass
+
+
+def row(run_id: str) -> dict:
+    return {"run_id": run_id, "pid": "p_1", "method": "sgld", "objective": 0.5, "note": "x" * 500}
+
+
+def test_results_on_a_full_disk_stop_in_one_line_and_leave_files_whole(full_disk):
+    parquet, runs = full_disk / "results" / "runs.parquet", full_disk / "runs"
+    write_rows([row("r_1")], parquet, runs)  # an earlier run, written while there was room
+    before = parquet.read_bytes()
+    fill(full_disk)
+    with pytest.raises(DiskFull) as error:
+        write_rows([row(f"r_{i}") for i in range(2, 40)], parquet, runs)
+    message = str(error.value)
+    assert "\n" not in message and "no space left" in message and str(full_disk) in message
+    assert parquet.read_bytes() == before and [r["run_id"] for r in read_rows(parquet)] == ["r_1"]
+    leftovers = [p for p in full_disk.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []  # no half-written temporary file
+
+
+def test_a_full_sqlite_database_fails_at_once_instead_of_retrying(full_disk):
+    url = f"sqlite:///{full_disk / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=url)
+    fill(full_disk)
+    calls = []
+
+    def add_trials():
+        calls.append(1)
+        for _ in range(2000):
+            study.enqueue_trial({"x": 1.0}, user_attrs={"pad": "y" * 2000})
+
+    with pytest.raises(StorageError) as error:
+        StorageRetry(within_sec=600)("enqueueing", add_trials)
+    assert len(calls) == 1  # not retried for the 600 s budget
+    assert "full" in str(error.value) and "\n" not in str(error.value)
