@@ -21,6 +21,7 @@ from lambda_hat.html_report import study_trials
 from lambda_hat.problems import load_problem_set
 from lambda_hat.results import read_rows
 from lambda_hat.settings import Settings
+from lambda_hat.sizes import estimate, human
 from lambda_hat.tuning import study_seeds
 
 from .conftest import REPO
@@ -339,15 +340,22 @@ def test_dry_run_prints_the_plan_and_computes_nothing(prefect_server, lambda_hat
         text=True,
         timeout=120,
         cwd=lambda_hat_env,
-        env={**os.environ, "LAMBDA_HAT_TUNING__REPEATS": "2"},  # a setting as the default
+        env={
+            **os.environ,
+            "LAMBDA_HAT_TUNING__REPEATS": "2",  # a setting as the default
+            # A SQLite file of the user's own: a dry run must not create it either.
+            "LAMBDA_HAT_OPTUNA_STORAGE": f"sqlite:///{lambda_hat_env / 'mine.db'}",
+        },
     )
     assert out.returncode == 0, out.stderr
     assert "3 trials per study × 2 repeats (wilcoxon pruner)" in out.stdout, out.stdout
     for spec in load_problem_set("smoke").problems:
-        assert f"{spec.name} ({spec.pid}): reference to compute" in out.stdout
+        memory = human(estimate(spec).total)
+        assert f"{spec.name} ({spec.pid}): reference to compute; memory ≈ {memory}" in out.stdout
         assert f"study {spec.pid}:sgld: 0 finished, 3 to run" in out.stdout
     assert not (lambda_hat_env / "results").exists()
     assert not (lambda_hat_env / "artifacts").exists()
+    assert not (lambda_hat_env / "mine.db").exists()
 
 
 def test_help_works():
