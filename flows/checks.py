@@ -16,6 +16,10 @@ _TUNING = TuningSettings()
 DEFAULT_REPEATS = _TUNING.repeats
 DEFAULT_VALIDATE_TOP_K = _TUNING.validate_top_k
 DEFAULT_VALIDATION_SEEDS = _TUNING.validation_seeds
+# The flows' HMC reference: 4 chains × (500 warmup + 2000 draws), NUTS at target_accept
+# 0.99 (docs/reference-accuracy.md says why).
+DEFAULT_REFERENCE_WARMUP = 500
+DEFAULT_REFERENCE_DRAWS = 2000
 
 
 MAX_TRIALS = 100_000

@@ -3,141 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import optuna
 from pydantic import ValidationError
 
-from flows.checks import (
-    DEFAULT_REPEATS,
-    DEFAULT_VALIDATE_TOP_K,
-    DEFAULT_VALIDATION_SEEDS,
-    MAX_HUBER_K,
-    MAX_TRIALS,
-)
+from flows.arguments import parser
 from flows.cluster import ClusterError, check_cluster
-from flows.reference import DEFAULT_REFERENCE
-from lambda_hat.cli import DefaultsHelp, OneLineErrors
 from lambda_hat.io import check_writable, read_json
-from lambda_hat.problems import PRESETS, SpecError, format_validation_error, load_problem_set
+from lambda_hat.problems import SpecError, format_validation_error, load_problem_set
 from lambda_hat.runners.hmc_reference import ReferenceConfig, reference_code_version
-from lambda_hat.runners.run_method import METHODS
 from lambda_hat.search_space import SearchSpaceError, load_methods
 from lambda_hat.settings import Settings
 from lambda_hat.sizes import check_fits, estimate, human
 from lambda_hat.storage import StorageError, check_storage, engine_kwargs, finished_trials
 
 
-def _int_between(low: int, high: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
-        return value
-
-    return parse
-
-
-def _float_in(low: float, high: float):
-    """A finite number in (low, high]."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (math.isfinite(value) and low < value <= high):
-            raise argparse.ArgumentTypeError(f"must be > {low:g} and <= {high:g}, got {text}")
-        return value
-
-    return parse
-
-
-def parser() -> argparse.ArgumentParser:
-    p = OneLineErrors(
-        prog="python flows/tune.py",
-        description="Tune SGLD, MCLMC and VI hyperparameters against HMC reference LLCs.",
-        epilog="Without PREFECT_API_URL a local Prefect server is started for the run. The "
-        "report: artifacts/report/index.html. Ctrl-C stops with one line; rerun to resume.",
-        formatter_class=DefaultsHelp,
-    )
-    p.add_argument(
-        "--problems", default="default", help=f"a YAML file or a preset ({', '.join(PRESETS)})"
-    )
-    p.add_argument(
-        "--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
-        help="the cheap methods to tune",
-    )  # fmt: skip
-    p.add_argument(
-        "--n-trials", type=_int_between(1, MAX_TRIALS), default=8, help="finished trials per study"
-    )
-    p.add_argument(
-        "--batch", type=_int_between(1, MAX_TRIALS), default=2, help="trials in flight per study"
-    )
-    p.add_argument(
-        "--objective", choices=["abs", "huber"], default="abs",
-        help="per-run objective: |llc_hat − llc_ref| or its Huber loss",
-    )  # fmt: skip
-    p.add_argument(
-        "--huber-k", type=_float_in(0.0, MAX_HUBER_K), default=1.0, help="huber δ = k·se_ref"
-    )
-    p.add_argument("--refresh-references", action="store_true", help="recompute HMC references")
-    p.add_argument("--methods-file", default=None, help="YAML overriding the search spaces")
-    p.add_argument(
-        "--reference-warmup",
-        type=_int_between(20, 1_000_000),
-        default=DEFAULT_REFERENCE.num_warmup,
-        help="HMC warmup steps per chain for the references",
-    )
-    p.add_argument(
-        "--reference-draws",
-        type=_int_between(4, 1_000_000),
-        default=DEFAULT_REFERENCE.num_draws,
-        help="HMC draws per chain for the references",
-    )
-    p.add_argument(
-        "--repeats",
-        type=_int_between(1, 100),
-        default=None,
-        help="runs per trial, repeat k on the study's k-th common seed "
-        f"(default LAMBDA_HAT_TUNING__REPEATS or {DEFAULT_REPEATS})",
-    )
-    p.add_argument(
-        "--pruner",
-        choices=["wilcoxon", "median", "none"],
-        default=None,
-        help="stop losing trials between repeats (default LAMBDA_HAT_TUNING__PRUNER or wilcoxon)",
-    )
-    p.add_argument(
-        "--validate-top-k",
-        type=_int_between(0, 100),
-        default=None,
-        help="configurations rerun on fresh seeds after the search; 0: no validation "
-        f"(default LAMBDA_HAT_TUNING__VALIDATE_TOP_K or {DEFAULT_VALIDATE_TOP_K})",
-    )
-    p.add_argument(
-        "--validation-seeds",
-        type=_int_between(2, 1000),
-        default=None,
-        help="fresh seeds per validated configuration "
-        f"(default LAMBDA_HAT_TUNING__VALIDATION_SEEDS or {DEFAULT_VALIDATION_SEEDS})",
-    )
-    p.add_argument(
-        "--allow-untrusted-references",
-        action="store_true",
-        help="tune even against a reference whose quality verdict is 'untrusted'",
-    )
-    p.add_argument("--dry-run", action="store_true", help="print the plan, compute nothing")
-    return p
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and validate everything a run needs before anything starts."""
-    p = parser()
+    p = parser()  # (flows.arguments: light, so --help is fast)
     args = p.parse_args(argv)
     try:
         problem_set = load_problem_set(args.problems)

@@ -19,6 +19,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.futures import wait
 
+from flows.checks import DEFAULT_REFERENCE_DRAWS, DEFAULT_REFERENCE_WARMUP
 from flows.cluster import dask_cluster, runner_for
 from flows.logs import forward_library_logs
 from lambda_hat.io import read_json
@@ -34,7 +35,9 @@ from tasks.report import build_report_task
 # sat low (mean z −0.50, 89 % of |z| ≤ 2, up to 109 divergences); 0.99 removes the
 # divergences on the singular necks, and 2000 draws bring every relative error but one
 # within 3 % (mean z −0.24, 99 % of |z| ≤ 2). It costs about 4.5× the time of the old one.
-DEFAULT_REFERENCE = ReferenceConfig(num_warmup=500, num_draws=2000, target_accept=0.99)
+DEFAULT_REFERENCE = ReferenceConfig(
+    num_warmup=DEFAULT_REFERENCE_WARMUP, num_draws=DEFAULT_REFERENCE_DRAWS, target_accept=0.99
+)
 
 
 def storage_paths(settings: Settings) -> dict[str, str]:

@@ -30,6 +30,12 @@ if __name__ == "__main__":
 
     resource_tracker.ensure_running()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    # --help and malformed arguments answer now, before Prefect, JAX and Optuna load.
+    import sys as _sys
+
+    from flows.arguments import parser as _parser
+
+    _parser().parse_args(_sys.argv[1:])
 
 import re
 import sys

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from lambda_hat.arguments import OneLineErrors
 from lambda_hat.compile_cache import enable_compilation_cache
 from lambda_hat.io import atomic_write_bytes
 from lambda_hat.problems import PRESETS, SpecError, format_validation_error, load_problem_set
@@ -21,23 +22,6 @@ from lambda_hat.runners.hmc_reference import BudgetError, ReferenceConfig, Refer
 from lambda_hat.settings import Settings
 from lambda_hat.sizes import check_fits
 from lambda_hat.targets import OptimumError, build_problem
-
-
-class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` shows each option's default, except where there is none to show (flags,
-    and options whose default comes from a setting, which their help names)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, False) or action.default is argparse.SUPPRESS:
-            return action.help or ""
-        return super()._get_help_string(action) or ""
-
-
-class OneLineErrors(argparse.ArgumentParser):
-    """Bad arguments: one line naming the argument (not argparse's usage block), exit 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message}\n")
 
 
 def _parser() -> argparse.ArgumentParser:

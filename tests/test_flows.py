@@ -403,3 +403,17 @@ def test_tuning_refuses_an_untrusted_reference_in_one_line(prefect_server, lambd
     refs = list((lambda_hat_env / "artifacts" / "problems").glob("*/ref.json"))
     assert refs and all(json.loads(p.read_text())["quality"] == "untrusted" for p in refs)
     assert artifact_keys("reference-table") == {"reference-table"}
+
+
+def test_help_and_argument_errors_load_no_heavy_library():
+    """Fast by construction (not a wall-clock bound): JAX, Prefect and Optuna take seconds
+    to import, and --help or a malformed argument must not wait for them."""
+    for argv, code in ((["--help"], 0), (["--n-trials", "0"], 2), (["--huber-k", "nan"], 2)):
+        out = subprocess.run(
+            [sys.executable, "-X", "importtime", str(REPO / "flows" / "tune.py"), *argv],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == code, out.stderr[-2000:]
+        imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+        heavy = {name for name in imported if name.split(".")[0] in ("jax", "prefect", "optuna")}
+        assert not heavy, sorted(heavy)[:10]

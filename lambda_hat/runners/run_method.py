@@ -32,6 +32,7 @@ from lambda_hat.ids import code_version, run_id
 from lambda_hat.problems import format_validation_error
 from lambda_hat.runners import mclmc, sgld, vi
 from lambda_hat.runners.common import MethodResult
+from lambda_hat.runners.names import METHOD_NAMES
 from lambda_hat.targets import Problem
 
 
@@ -45,6 +46,7 @@ METHODS: dict[str, Method] = {
     "mclmc": Method(mclmc.MCLMCConfig, mclmc.run),
     "vi": Method(vi.VIConfig, vi.run),
 }
+assert tuple(METHODS) == METHOD_NAMES  # (the names the command line offers without JAX)
 
 
 class MethodConfigError(ValueError):
