@@ -57,7 +57,7 @@ class DiskFull(RuntimeError):
 
 
 def write_rows(rows: list[dict[str, Any]], parquet: Path, runs_dir: Path) -> None:
-    """Each row's row.json (atomically), then the Parquet file (locked, deduplicated).
+    """Each row's row.json, then a part of ``runs.parquet`` (both atomic, O(1) per run).
 
     A full disk stops the run (in one line naming the path; the files already there are
     whole, the RUNNING trials are picked up by the next run). Any other failure to write
@@ -67,7 +67,7 @@ def write_rows(rows: list[dict[str, Any]], parquet: Path, runs_dir: Path) -> Non
         for row in rows:
             path = runs_dir / row["pid"] / row["method"] / row["run_id"] / "row.json"
             atomic_write_json(path, row)
-        append_rows(parquet, rows, rebuild_from=runs_dir)
+        append_rows(parquet, rows)
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             where = error.filename or parquet.parent

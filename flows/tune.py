@@ -80,7 +80,7 @@ from flows.report import (
 )
 from lambda_hat.io import check_writable, read_json
 from lambda_hat.problems import ProblemSpec, load_problem_set
-from lambda_hat.results import write_leaderboard
+from lambda_hat.results import compact, write_leaderboard
 from lambda_hat.runners.hmc_reference import ReferenceConfig
 from lambda_hat.search_space import MethodSpace, load_methods
 from lambda_hat.settings import Settings
@@ -374,6 +374,8 @@ def tune(
                 )
                 studies.append(summary)
     results = settings.results_dir.resolve()
+    # The runs' part files into one runs.parquet (rebuilt from row.json if it is corrupt).
+    compact(results / "runs.parquet", rebuild_from=settings.artifacts_dir.resolve() / "runs")
     rows = build_leaderboard(studies, references, results / "runs.parquet")
     write_leaderboard(results / "leaderboard.parquet", rows)
     create_table_artifact(

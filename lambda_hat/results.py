@@ -1,23 +1,28 @@
 """``runs.parquet``: one row per finished run, flat columns, deduplicated by run_id.
 
-Writers take a file lock (``runs.parquet.lock``), read what is there, merge, and replace the
-file atomically (temp file + rename), so two flows appending at once lose no rows and a
-reader never sees half a file. Hyperparameters appear twice: as ``hp_<name>`` columns
-(for filtering) and as one JSON column (``hyperparams_json``, exact).
+Writes cost O(1) per run, whatever the campaign's size: ``append_rows`` writes the new rows
+as one small part file under ``runs.parquet.parts/`` (atomically: temp file + rename), and
+``compact`` merges the parts into ``runs.parquet`` under a file lock (the flow compacts at
+the end of every run; ``python -m lambda_hat.results PATH`` does it on demand). A later
+row of the same run_id replaces an earlier one. ``read_rows`` sees the file and the parts
+together, so a reader never waits for a compaction and never sees half a file.
+Hyperparameters appear twice: as ``hp_<name>`` columns (for filtering) and as one JSON
+column (``hyperparams_json``, exact).
 
 >>> import tempfile, pathlib
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "runs.parquet"
 >>> append_rows(path, [{"run_id": "r_1", "objective": 0.5, "hyperparams": {"step_size": 1e-4}}])
-1
 >>> append_rows(path, [{"run_id": "r_1", "objective": 0.4, "hyperparams": {"step_size": 1e-4}}])
-1
 >>> [(row["run_id"], row["objective"], row["hp_step_size"]) for row in read_rows(path)]
 [('r_1', 0.4, 0.0001)]
+>>> compact(path), len(list(parts_dir(path).glob("*.parquet")))
+(1, 0)
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import os
@@ -99,17 +104,45 @@ def _table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.table(arrays)
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """All rows, or [] when the file does not exist.
+def parts_dir(path: Path) -> Path:
+    """Where ``append_rows`` puts its part files: ``runs.parquet.parts/`` beside the file."""
+    path = Path(path)
+    return path.with_name(path.name + ".parts")
 
-    The file is read into memory with one ``open``: pyarrow given a path opens it more than
-    once (footer, then pages), and a writer's rename in between made it read one file's
-    footer against another's pages ("Couldn't deserialize thrift")."""
+
+def _read_file(path: Path) -> list[dict[str, Any]]:
+    """One Parquet file's rows ([] when it does not exist), read with one ``open``:
+    pyarrow given a path opens it more than once (footer, then pages), and a writer's
+    rename in between made it read one file's footer against another's pages."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         return []
     return pq.read_table(pa.BufferReader(data)).to_pylist()
+
+
+def _merge(*row_lists: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_id: dict[str, dict[str, Any]] = {}
+    for rows in row_lists:
+        for row in rows:
+            by_id[row["run_id"]] = row  # a later row of the same run wins
+    return list(by_id.values())
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """All rows: the compacted file and the parts not yet merged into it (later rows of a
+    run_id win), or [] when there are none. The parts are listed before the file is
+    read; a part that a compaction removed in between is in the new file, so the read
+    starts again."""
+    path = Path(path)
+    while True:
+        parts = sorted(parts_dir(path).glob("*.parquet"))
+        rows = _read_file(path)
+        try:
+            part_rows = [pq.read_table(pa.BufferReader(p.read_bytes())).to_pylist() for p in parts]
+        except FileNotFoundError:
+            continue
+        return _merge(rows, *part_rows)
 
 
 def run_records(runs_dir: Path) -> list[dict[str, Any]]:
@@ -123,7 +156,7 @@ def _existing_rows(path: Path, rebuild_from: Path | None) -> list[dict[str, Any]
     """The file's rows; a file that cannot be read is moved aside (never deleted) and the
     rows are rebuilt from the per-run records, with a warning."""
     try:
-        return read_rows(path)
+        return _read_file(path)
     except (pa.ArrowException, OSError) as error:
         if rebuild_from is None:
             raise
@@ -141,24 +174,40 @@ def _existing_rows(path: Path, rebuild_from: Path | None) -> list[dict[str, Any]
         return rows
 
 
-def append_rows(
-    path: Path, records: Iterable[dict[str, Any]], rebuild_from: Path | None = None
-) -> int:
-    """Merge run records into the file (a record with a known run_id replaces the old
-    row) and return how many rows the file now has. With ``rebuild_from`` (the runs
-    directory), a corrupt file is rebuilt from the per-run records instead of failing."""
+_sequence = itertools.count()
+
+
+def append_rows(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """Write run records as one part file: O(1) in the campaign's size (see the module
+    docstring). Part names sort in write order (time, process, sequence)."""
+    new = [flatten_row(record) for record in records]
+    if not new:
+        return
+    folder = parts_dir(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{time.time_ns():020d}-{os.getpid()}-{next(_sequence):06d}.parquet"
+    buffer = io.BytesIO()
+    pq.write_table(_table(new), buffer)
+    atomic_write_bytes(folder / name, buffer.getvalue())
+
+
+def compact(path: Path, rebuild_from: Path | None = None) -> int:
+    """Merge the part files into ``path`` (atomically, under a lock) and remove them;
+    returns the row count. With ``rebuild_from`` (the runs directory), an unreadable file
+    is moved aside and rebuilt from the per-run ``row.json`` records."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = [flatten_row(record) for record in records]
     with FileLock(str(path) + ".lock", timeout=120):
-        by_id = {row["run_id"]: row for row in _existing_rows(path, rebuild_from)}
-        for row in new:
-            by_id[row["run_id"]] = row
-        rows = list(by_id.values())
-        buffer = io.BytesIO()
-        pq.write_table(_table(rows), buffer)
-        atomic_write_bytes(path, buffer.getvalue())
-    return len(rows)
+        parts = sorted(parts_dir(path).glob("*.parquet"))
+        rows = _existing_rows(path, rebuild_from)
+        merged = _merge(rows, *(_read_file(part) for part in parts))
+        if parts or not path.exists():
+            buffer = io.BytesIO()
+            pq.write_table(_table(merged), buffer)
+            atomic_write_bytes(path, buffer.getvalue())
+        for part in parts:
+            part.unlink(missing_ok=True)
+    return len(merged)
 
 
 # leaderboard.parquet: one row per (problem, method) study; see lambda_hat.validation.
@@ -208,3 +257,10 @@ def write_leaderboard(path: Path, rows: list[dict[str, Any]]) -> int:
         pq.write_table(table, buffer)
         atomic_write_bytes(path, buffer.getvalue())
     return len(by_study)
+
+
+if __name__ == "__main__":  # python -m lambda_hat.results [results/runs.parquet]
+    import sys
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "results/runs.parquet")
+    print(f"{target}: {compact(target)} rows")

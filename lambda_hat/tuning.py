@@ -35,7 +35,6 @@ trial as soon as its last run finishes. Only this process talks to the Optuna st
 from __future__ import annotations
 
 import logging
-import math
 import statistics
 import time
 import warnings
@@ -46,11 +45,11 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import TrialState
 
-from lambda_hat.ids import stable_hash, validate_id
+from lambda_hat.reaping import _requeue, fail_orphans, reap_stale_trials  # noqa: F401
 from lambda_hat.runners.run_method import run_id_for
 from lambda_hat.search_space import MethodSpace
 
-# Re-exported: callers and docs used to find the storage helpers here.
+# Re-exported: callers and docs find the trial and storage helpers here too.
 from lambda_hat.storage import (  # noqa: F401
     StorageError,
     StorageRetry,
@@ -60,52 +59,22 @@ from lambda_hat.storage import (  # noqa: F401
     finished_trials,
     open_study,
 )
+from lambda_hat.trials import (  # noqa: F401
+    ObjectiveKind,
+    Outcome,
+    RunOutcome,
+    RunPlan,
+    Stage,
+    config_id_for,
+    judge_run,
+    objective_value,
+    study_seeds,
+    summarize_runs,
+)
 
 log = logging.getLogger(__name__)
 
-ObjectiveKind = Literal["abs", "huber"]
 PrunerKind = Literal["wilcoxon", "median", "none"]
-Stage = Literal["search", "validation"]
-
-
-def objective_value(
-    llc_hat: float, llc_ref: float, se_ref: float, kind: ObjectiveKind, huber_k: float = 1.0
-) -> float:
-    """``abs``: |llc_hat − llc_ref|. ``huber``: quadratic within δ = k·se_ref of the
-    reference (errors the reference cannot resolve count little), linear beyond.
-
-    >>> objective_value(3.5, 3.0, 0.1, "abs")
-    0.5
-    >>> round(objective_value(3.05, 3.0, 0.1, "huber"), 4), objective_value(3.5, 3.0, 0.1, "huber")
-    (0.0125, 0.45)
-    """
-    residual = abs(llc_hat - llc_ref)
-    if kind == "abs":
-        return residual
-    delta = max(huber_k * se_ref, 1e-12)
-    return residual**2 / (2 * delta) if residual <= delta else residual - delta / 2
-
-
-def study_seeds(study_name: str, count: int, stage: Stage = "search") -> list[int]:
-    """The study's common seeds: repeat k of every trial uses the k-th search seed;
-    validation uses its own sequence. Search seeds are even and validation seeds odd, so
-    no validation run ever reuses a search run's noise.
-
-    >>> search, fresh = study_seeds("p_x:sgld", 3), study_seeds("p_x:sgld", 8, "validation")
-    >>> search == study_seeds("p_x:sgld", 5)[:3], set(search) & set(fresh)
-    (True, set())
-    """
-    parity = 0 if stage == "search" else 1
-    return [
-        2 * (int(stable_hash({"study": study_name, stage: k}), 16) % 2**30) + parity
-        for k in range(count)
-    ]
-
-
-def config_id_for(method: str, config: dict[str, Any]) -> str:
-    """``c_`` + hash of the method and its full config (no seed, no budget): the same
-    configuration has the same id in every trial, stage and study of that method."""
-    return validate_id("c_" + stable_hash({"method": method, "config": config}))
 
 
 # With K repeats a one-sided Wilcoxon signed-rank test on n ≤ K paired differences cannot
@@ -135,134 +104,6 @@ def first_wave(kind: PrunerKind, repeats: int) -> int:
     """Repeats submitted at once before the pruner can judge; later ones go one at a time
     so that a pruned trial submits nothing more. Without a pruner all go at once."""
     return min(repeats, {"wilcoxon": 2, "median": 1, "none": repeats}[kind])
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """What a run task needs: plain values only (no Optuna objects)."""
-
-    run_id: str
-    method: str
-    config: dict[str, Any]
-    hyperparams: dict[str, Any]
-    config_id: str
-    seed: int
-    budget_sec: float
-    stage: Stage = "search"
-    repeat: int | None = None
-    trial_number: int | None = None
-    attempt: int = 1
-
-
-@dataclass
-class RunOutcome:
-    """One finished run: its result and its own objective (None when it failed)."""
-
-    plan: RunPlan
-    result: dict[str, Any]
-    objective: float | None
-    abs_error: float | None
-    reason: str | None
-
-
-@dataclass
-class Outcome:
-    """One told trial."""
-
-    number: int
-    state: TrialState
-    objective: float | None
-    reason: str | None
-    runs: list[RunOutcome]
-    hyperparams: dict[str, Any]
-
-
-def judge_run(
-    plan: RunPlan,
-    result: dict[str, Any],
-    llc_ref: float,
-    se_ref: float,
-    kind: ObjectiveKind = "abs",
-    huber_k: float = 1.0,
-) -> RunOutcome:
-    """The run's objective, or a reason (never an inf objective)."""
-    llc = result.get("llc_hat")
-    status = result.get("status", "error")
-    if llc is None or not math.isfinite(llc) or status in ("diverged", "error", "lost"):
-        reason = result.get("error") or f"status {status}"
-        return RunOutcome(plan, result, None, None, reason)
-    value = objective_value(llc, llc_ref, se_ref, kind, huber_k)
-    return RunOutcome(plan, result, value, abs(llc - llc_ref), None)
-
-
-def summarize_runs(runs: list[RunOutcome], llc_ref: float) -> dict[str, Any]:
-    """A trial's numbers from its runs: each llc_hat, their mean, sd and bias, and the
-    mean objective with its standard error (sd / √K; null for one run).
-
-    >>> plan = RunPlan("r_a", "sgld", {}, {}, "c_a", 0, 1.0)
-    >>> runs = [judge_run(plan, {"status": "ok", "llc_hat": v}, 3.0, 0.1) for v in (2.8, 3.4)]
-    >>> s = summarize_runs(runs, 3.0)
-    >>> [round(s[key], 3) for key in ("llc_hat_mean", "bias", "objective_mean")]
-    [3.1, 0.1, 0.3]
-    """
-    ok = [run for run in runs if run.objective is not None]
-    llc = [run.result["llc_hat"] for run in ok]
-    objectives = [run.objective for run in ok]
-    mean = statistics.fmean(llc) if llc else None
-    return {
-        "llc_hats": llc,
-        "llc_hat_mean": mean,
-        "llc_hat_sd": statistics.stdev(llc) if len(llc) > 1 else None,
-        "bias": None if mean is None else mean - llc_ref,
-        "objective_mean": statistics.fmean(objectives) if objectives else None,
-        "objective_se": (
-            statistics.stdev(objectives) / math.sqrt(len(objectives))
-            if len(objectives) > 1
-            else None
-        ),
-        "abs_error_mean": statistics.fmean(run.abs_error for run in ok) if ok else None,
-        "repeats_done": len(runs),
-    }
-
-
-def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> None:
-    """Fail ``trial`` (not counted) and enqueue its parameters: the rerun plans the same
-    run ids (same config, same common seeds), so finished runs come from the cache."""
-    # The storage call works for live and frozen trials alike (FrozenTrial has no setter).
-    study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-    study._storage.set_trial_user_attr(trial._trial_id, "requeued", True)  # (not counted)
-    study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-    attempt = trial.user_attrs.get("attempt", 1)
-    study.enqueue_trial(trial.params, user_attrs={"attempt": attempt + 1})
-
-
-def reap_stale_trials(study: optuna.Study) -> int:
-    """Fail RUNNING trials left by a dead driver and re-enqueue their parameters
-    (Optuna's heartbeat does not run under ask/tell, so nobody else will).
-    Call only when no other driver works on this study."""
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for trial in stale:
-        if trial.params:
-            _requeue(study, trial, "stale: its driver died")
-        else:  # created by an ask that failed half-way: nothing to rerun
-            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-    if stale:
-        log.warning(
-            "study %s: failed and re-enqueued %d stale trials", study.study_name, len(stale)
-        )
-    return len(stale)
-
-
-def fail_orphans(study: optuna.Study) -> int:
-    """Fail the RUNNING trials left when a driver has nothing in flight: an ask cut off by
-    a lost connection after it created its trial. Nothing to rerun, so no re-enqueue."""
-    orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for trial in orphans:
-        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "orphan: ask cut off")
-        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-    if orphans:
-        log.warning("study %s: failed %d orphaned trials", study.study_name, len(orphans))
-    return len(orphans)
 
 
 # A run whose task raised (its worker or job was killed, after Dask's own re-runs) is

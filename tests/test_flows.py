@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pyarrow.parquet as pq
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -19,7 +20,7 @@ from flows.reference import reference
 from flows.tune import tune
 from lambda_hat.html_report import study_trials
 from lambda_hat.problems import load_problem_set
-from lambda_hat.results import read_rows
+from lambda_hat.results import COLUMNS, flatten_row, parts_dir, read_rows, run_records
 from lambda_hat.settings import Settings
 from lambda_hat.sizes import estimate, human
 from lambda_hat.tuning import study_seeds
@@ -82,6 +83,13 @@ def test_tune_end_to_end_then_resume(prefect_server, lambda_hat_env):
     rows = read_rows(parquet)
     search = [row for row in rows if row["stage"] == "search"]
     assert len(search) == 2 * 2 * 4 * 2
+    # Written a part per run, compacted at the end: the file alone equals the per-run files.
+    assert not list(parts_dir(parquet).glob("*.parquet"))
+    per_run = [flatten_row(r) for r in run_records(lambda_hat_env / "artifacts" / "runs")]
+    in_file = pq.read_table(parquet).to_pylist()
+    assert {r["run_id"]: {k: r[k] for k in COLUMNS} for r in in_file} == {
+        r["run_id"]: {k: r[k] for k in COLUMNS} for r in per_run
+    }
     assert len({row["run_id"] for row in rows}) == len(rows)
     for row in rows:
         if row["status"] == "ok":

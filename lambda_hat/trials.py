@@ -1,0 +1,149 @@
+"""What a trial is made of: run plans on common seeds, each run's judged outcome, and the
+trial's summary (mean objective, its SE, the bias and spread of llc_hat).
+
+A *trial* is one configuration, judged on ``repeats`` *runs*; repeat k of every trial of a
+study uses the study's k-th common seed, so configurations are compared on the same noise.
+Search seeds are even and validation seeds odd: the two sets never meet.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from optuna.trial import TrialState
+
+from lambda_hat.ids import stable_hash, validate_id
+
+ObjectiveKind = Literal["abs", "huber"]
+Stage = Literal["search", "validation"]
+
+
+def objective_value(
+    llc_hat: float, llc_ref: float, se_ref: float, kind: ObjectiveKind, huber_k: float = 1.0
+) -> float:
+    """``abs``: |llc_hat − llc_ref|. ``huber``: quadratic within δ = k·se_ref of the
+    reference (errors the reference cannot resolve count little), linear beyond.
+
+    >>> objective_value(3.5, 3.0, 0.1, "abs")
+    0.5
+    >>> round(objective_value(3.05, 3.0, 0.1, "huber"), 4), objective_value(3.5, 3.0, 0.1, "huber")
+    (0.0125, 0.45)
+    """
+    residual = abs(llc_hat - llc_ref)
+    if kind == "abs":
+        return residual
+    delta = max(huber_k * se_ref, 1e-12)
+    return residual**2 / (2 * delta) if residual <= delta else residual - delta / 2
+
+
+def study_seeds(study_name: str, count: int, stage: Stage = "search") -> list[int]:
+    """The study's common seeds: repeat k of every trial uses the k-th search seed;
+    validation uses its own sequence. Search seeds are even and validation seeds odd, so
+    no validation run ever reuses a search run's noise.
+
+    >>> search, fresh = study_seeds("p_x:sgld", 3), study_seeds("p_x:sgld", 8, "validation")
+    >>> search == study_seeds("p_x:sgld", 5)[:3], set(search) & set(fresh)
+    (True, set())
+    """
+    parity = 0 if stage == "search" else 1
+    return [
+        2 * (int(stable_hash({"study": study_name, stage: k}), 16) % 2**30) + parity
+        for k in range(count)
+    ]
+
+
+def config_id_for(method: str, config: dict[str, Any]) -> str:
+    """``c_`` + hash of the method and its full config (no seed, no budget): the same
+    configuration has the same id in every trial, stage and study of that method."""
+    return validate_id("c_" + stable_hash({"method": method, "config": config}))
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run task needs: plain values only (no Optuna objects)."""
+
+    run_id: str
+    method: str
+    config: dict[str, Any]
+    hyperparams: dict[str, Any]
+    config_id: str
+    seed: int
+    budget_sec: float
+    stage: Stage = "search"
+    repeat: int | None = None
+    trial_number: int | None = None
+    attempt: int = 1
+
+
+@dataclass
+class RunOutcome:
+    """One finished run: its result and its own objective (None when it failed)."""
+
+    plan: RunPlan
+    result: dict[str, Any]
+    objective: float | None
+    abs_error: float | None
+    reason: str | None
+
+
+@dataclass
+class Outcome:
+    """One told trial."""
+
+    number: int
+    state: TrialState
+    objective: float | None
+    reason: str | None
+    runs: list[RunOutcome]
+    hyperparams: dict[str, Any]
+
+
+def judge_run(
+    plan: RunPlan,
+    result: dict[str, Any],
+    llc_ref: float,
+    se_ref: float,
+    kind: ObjectiveKind = "abs",
+    huber_k: float = 1.0,
+) -> RunOutcome:
+    """The run's objective, or a reason (never an inf objective)."""
+    llc = result.get("llc_hat")
+    status = result.get("status", "error")
+    if llc is None or not math.isfinite(llc) or status in ("diverged", "error", "lost"):
+        reason = result.get("error") or f"status {status}"
+        return RunOutcome(plan, result, None, None, reason)
+    value = objective_value(llc, llc_ref, se_ref, kind, huber_k)
+    return RunOutcome(plan, result, value, abs(llc - llc_ref), None)
+
+
+def summarize_runs(runs: list[RunOutcome], llc_ref: float) -> dict[str, Any]:
+    """A trial's numbers from its runs: each llc_hat, their mean, sd and bias, and the
+    mean objective with its standard error (sd / √K; null for one run).
+
+    >>> plan = RunPlan("r_a", "sgld", {}, {}, "c_a", 0, 1.0)
+    >>> runs = [judge_run(plan, {"status": "ok", "llc_hat": v}, 3.0, 0.1) for v in (2.8, 3.4)]
+    >>> s = summarize_runs(runs, 3.0)
+    >>> [round(s[key], 3) for key in ("llc_hat_mean", "bias", "objective_mean")]
+    [3.1, 0.1, 0.3]
+    """
+    ok = [run for run in runs if run.objective is not None]
+    llc = [run.result["llc_hat"] for run in ok]
+    objectives = [run.objective for run in ok]
+    mean = statistics.fmean(llc) if llc else None
+    return {
+        "llc_hats": llc,
+        "llc_hat_mean": mean,
+        "llc_hat_sd": statistics.stdev(llc) if len(llc) > 1 else None,
+        "bias": None if mean is None else mean - llc_ref,
+        "objective_mean": statistics.fmean(objectives) if objectives else None,
+        "objective_se": (
+            statistics.stdev(objectives) / math.sqrt(len(objectives))
+            if len(objectives) > 1
+            else None
+        ),
+        "abs_error_mean": statistics.fmean(run.abs_error for run in ok) if ok else None,
+        "repeats_done": len(runs),
+    }
