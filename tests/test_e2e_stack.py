@@ -30,7 +30,7 @@ def test_deploy_and_run_tune_on_slurm_and_postgres(stack, tmp_path):
     sh(PREFECT, "--no-prompt", "deploy", "--all", env=env)
     nightly = sh(PREFECT, "deployment", "inspect", "reference/reference-nightly", env=env)
     assert "'cron': '0 2 * * *'" in nightly and "'timezone': 'UTC'" in nightly
-    assert "'refresh': True" in nightly
+    assert "'refresh': False" in nightly  # computes what is missing or stale
     assert "flows.tune:tune" in sh(PREFECT, "deployment", "inspect", "tune/tune", env=env)
 
     # The worker's environment is where settings (and the storage secret) live.

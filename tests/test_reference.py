@@ -212,3 +212,18 @@ def test_a_starved_reference_is_untrusted_and_a_sound_one_is_not(tiny_spec, tmp_
     assert evidence["running_mean"][-1] == pytest.approx(sound.llc_ref)
     assert evidence["grad_evals"] == sorted(evidence["grad_evals"])
     assert evidence["grad_evals"][-1] == pytest.approx(sound.grad_evals)
+
+
+def test_the_reference_key_changes_with_the_numerical_libraries(monkeypatch):
+    """A new JAX, jaxlib or BlackJAX recomputes the references (the nightly refresh then
+    computes only what is missing or stale); the same versions give the same key."""
+    from lambda_hat.runners import hmc_reference
+
+    config = hmc_reference.ReferenceConfig()
+    today = hmc_reference.reference_code_version(config)
+    assert hmc_reference.reference_code_version(config) == today
+    versions = hmc_reference.library_versions()
+    for name in ("jax", "jaxlib", "blackjax"):
+        bumped = {**versions, name: versions[name] + ".post1"}
+        monkeypatch.setattr(hmc_reference, "library_versions", lambda bumped=bumped: bumped)
+        assert hmc_reference.reference_code_version(config) != today, name

@@ -309,12 +309,26 @@ def _static(problem: Problem, config: ReferenceConfig) -> _Static:
     )
 
 
+def library_versions() -> dict[str, str]:
+    """The numerical libraries a reference's numbers depend on."""
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("jax", "jaxlib", "blackjax")}
+
+
 def reference_code_version(config: ReferenceConfig) -> str:
-    """Package version + hash of the sampling config: part of the reference cache key."""
+    """Package version + hash of the sampling config and of the JAX, jaxlib and BlackJAX
+    versions: part of the reference cache key, so a reference is recomputed when any of
+    them changes (and only then: the nightly refresh computes what is missing or stale)."""
     # "evidence": references from before the quality verdict and the convergence data are
     # recomputed rather than served from the cache without them.
     return code_version(
-        {"runner": "hmc_reference", "evidence": 1, **config.model_dump(mode="json")}
+        {
+            "runner": "hmc_reference",
+            "evidence": 1,
+            "libraries": library_versions(),
+            **config.model_dump(mode="json"),
+        }
     )
 
 
