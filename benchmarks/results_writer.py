@@ -95,8 +95,11 @@ def main() -> None:
         print(json.dumps(results[-1]), flush=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(
-        json.dumps({"machine": platform.node(), "cpus": __import__("os").cpu_count(),
-                    "results": results}, indent=2) + "\n"  # fmt: skip
+        json.dumps(
+            {"machine": platform.node(), "cpus": __import__("os").cpu_count(), "results": results},
+            indent=2,
+        )
+        + "\n"  # fmt: skip
     )
     print(f"wrote {OUT}")
 

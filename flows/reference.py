@@ -24,7 +24,7 @@ from flows.cluster import dask_cluster, runner_for
 from flows.logs import forward_library_logs
 from lambda_hat.io import read_json
 from lambda_hat.problems import ProblemSpec, load_problem_set
-from lambda_hat.runners.hmc_reference import ReferenceConfig
+from lambda_hat.runners.hmc_reference import ReferenceConfig, reference_code_version
 from lambda_hat.settings import Settings
 from lambda_hat.sizes import check_fits
 from tasks.reference import hmc_reference
@@ -48,6 +48,24 @@ def storage_paths(settings: Settings) -> dict[str, str]:
         "artifacts_dir": str(settings.artifacts_dir.resolve()),
         "jax_cache_dir": str(settings.jax_cache_dir()),
     }
+
+
+def cached_references(
+    specs: list[dict[str, Any]], config: dict[str, Any], artifacts_dir: Path
+) -> list[dict[str, Any]] | None:
+    """Every reference, read from its ``ref.json``, when all of them are current (same
+    cache key: problem, sampling settings, code and library versions); else None. With
+    all cached, a flow needs no reference cluster at all."""
+    version = reference_code_version(ReferenceConfig.model_validate(config))
+    references = []
+    for spec in specs:
+        pid = ProblemSpec.model_validate(spec).pid
+        record = read_json(artifacts_dir / "problems" / pid / "ref.json")
+        current = isinstance(record, dict) and record.get("pid") == pid
+        if not (current and record.get("code_version") == version and "llc_ref" in record):
+            return None
+        references.append({**record, "cached": True})
+    return references
 
 
 def _ref_json_intact(artifacts_dir: Path, spec: dict[str, Any]) -> bool:
@@ -89,6 +107,25 @@ def compute_references(
         record["cached"] = future.state.name == "Cached"
         references.append(record)
     return references
+
+
+def fetch_or_compute(
+    specs: list[dict[str, Any]], config: ReferenceConfig, refresh: bool, settings: Settings
+) -> list[dict[str, Any]]:
+    """The references: looked up directly when all are cached (no cluster started),
+    otherwise computed by ``compute-references`` on the reference cluster."""
+    settings_config = config.model_dump(mode="json")
+    if not refresh:
+        cached = cached_references(specs, settings_config, settings.artifacts_dir.resolve())
+        if cached is not None:
+            get_run_logger().info(
+                "all %d references are cached: no reference cluster started", len(specs)
+            )
+            return cached
+    with dask_cluster(settings.cluster, role="reference") as address:
+        return compute_references.with_options(task_runner=runner_for(address))(
+            specs, settings_config, refresh=refresh, budget_sec=settings.budgets.reference_sec
+        )
 
 
 def reference_table(references: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -135,13 +172,7 @@ def reference(
     )
     specs = [spec.model_dump(mode="json") for spec in problem_set.problems]
     logger.info("%d problems from %s, refresh=%s", len(specs), problems, refresh)
-    with dask_cluster(settings.cluster, role="reference") as address:
-        references = compute_references.with_options(task_runner=runner_for(address))(
-            specs,
-            config.model_dump(mode="json"),
-            refresh=refresh,
-            budget_sec=settings.budgets.reference_sec,
-        )
+    references = fetch_or_compute(specs, config, refresh, settings)
     create_table_artifact(
         key="reference-table",
         table=reference_table(references),

@@ -67,7 +67,7 @@ from flows.logs import forward_library_logs
 from flows.records import DiskFull, run_row, trial_fields, write_rows
 from flows.reference import (
     DEFAULT_REFERENCE,
-    compute_references,
+    fetch_or_compute,
     reference_table,
     storage_paths,
 )
@@ -337,14 +337,9 @@ def tune(
     config = ReferenceConfig(num_warmup=reference_warmup, num_draws=reference_draws)
     logger.info("settings: %s", settings.public())
     started = time.perf_counter()
-    # References first, on the (larger) reference jobs, which are released before tuning.
-    with dask_cluster(settings.cluster, role="reference") as address:
-        references = compute_references.with_options(task_runner=runner_for(address))(
-            specs,
-            config.model_dump(mode="json"),
-            refresh=refresh_references,
-            budget_sec=settings.budgets.reference_sec,
-        )
+    # References first, on the (larger) reference jobs, which are released before tuning;
+    # when all are cached they are read from disk and no reference cluster starts.
+    references = fetch_or_compute(specs, config, refresh_references, settings)
     create_table_artifact(
         key="reference-table",
         table=reference_table(references),

@@ -227,3 +227,27 @@ def test_the_reference_key_changes_with_the_numerical_libraries(monkeypatch):
         bumped = {**versions, name: versions[name] + ".post1"}
         monkeypatch.setattr(hmc_reference, "library_versions", lambda bumped=bumped: bumped)
         assert hmc_reference.reference_code_version(config) != today, name
+
+
+def test_references_are_looked_up_only_when_every_one_is_current(tmp_path):
+    """All cached: read from ref.json, no cluster needed. One missing or stale: None, and
+    the flow computes them on the reference cluster (the cached ones as cache hits)."""
+    from flows.reference import cached_references
+    from lambda_hat.io import atomic_write_json
+    from lambda_hat.problems import load_problem_set
+    from lambda_hat.runners.hmc_reference import ReferenceConfig, reference_code_version
+
+    config = ReferenceConfig(num_warmup=100, num_draws=200)
+    specs = [spec.model_dump(mode="json") for spec in load_problem_set("smoke").problems]
+    pids = [spec.pid for spec in load_problem_set("smoke").problems]
+    version = reference_code_version(config)
+    for pid in pids:
+        record = {"pid": pid, "llc_ref": 3.0, "se_ref": 0.1, "code_version": version}
+        atomic_write_json(tmp_path / "problems" / pid / "ref.json", record)
+    found = cached_references(specs, config.model_dump(mode="json"), tmp_path)
+    assert [ref["pid"] for ref in found] == pids and all(ref["cached"] for ref in found)
+    stale = {"pid": pids[1], "llc_ref": 3.0, "se_ref": 0.1, "code_version": "0.0.1+old"}
+    atomic_write_json(tmp_path / "problems" / pids[1] / "ref.json", stale)
+    assert cached_references(specs, config.model_dump(mode="json"), tmp_path) is None
+    (tmp_path / "problems" / pids[1] / "ref.json").unlink()
+    assert cached_references(specs, config.model_dump(mode="json"), tmp_path) is None
