@@ -238,6 +238,7 @@ def tune_method(
         record=record,
         on_outcome=on_outcome,
         retry=retry,
+        lease_sec=settings.budgets.lease_sec,
     )
     stall_sec = max(settings.budgets.stall_sec, 2 * budget_sec)
 

@@ -1,16 +1,99 @@
-"""Trials a dead driver left behind: stale RUNNING trials are failed and their parameters
-re-enqueued (the rerun plans the same run ids, so finished runs come from the cache);
-trials an interrupted ``ask`` created without parameters are failed. A re-enqueued trial is
-marked ``requeued`` and does not count toward ``n_trials`` (its rerun does)."""
+"""Who owns a RUNNING trial, and which ones a dead driver left behind.
+
+Several drivers may work on one study at once (the ``tune`` deployment triggered twice, a
+command-line run beside a UI run, two login nodes). Each RUNNING trial belongs to the
+driver that asked it: its ``owner`` user attr holds the driver (``host:pid:token``) and a
+``heartbeat`` (Unix seconds, renewed every ``lease / 4`` while the driver lives). A trial
+is **stale** when its owner is gone: a process on this host that no longer runs (known at
+once, so the same command rerun after a crash or Ctrl-C recovers immediately), or a
+heartbeat older than the lease (another host; a hung driver). Only stale trials are
+reaped: failed, marked ``requeued`` (not counted toward ``n_trials``) and their parameters
+re-enqueued, so the rerun plans the same run ids and finished runs come from the cache.
+
+>>> me = Owner.me()
+>>> is_stale({"owner": me.claim(1000.0)}, started=0.0, now=1010.0, lease_sec=60)
+False
+>>> is_stale({"owner": Owner("elsewhere", 1, "x").claim(1000.0)}, started=0.0, now=1100.0,
+...          lease_sec=60)
+True
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Owner:
+    host: str
+    pid: int
+    token: str
+
+    @classmethod
+    def me(cls) -> Owner:
+        return cls(socket.gethostname(), os.getpid(), uuid.uuid4().hex[:8])
+
+    @property
+    def text(self) -> str:
+        return f"{self.host}:{self.pid}:{self.token}"
+
+    def claim(self, heartbeat: float) -> dict[str, Any]:
+        """The ``owner`` user attr: who, and when it was last seen alive (one storage
+        write claims a trial and renews it)."""
+        return {"id": self.text, "heartbeat": heartbeat}
+
+    @classmethod
+    def parse(cls, text: Any) -> Owner | None:
+        try:
+            host, pid, token = str(text).rsplit(":", 2)
+            return cls(host, int(pid), token)
+        except ValueError:
+            return None
+
+
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it runs
+        return True
+    return True
+
+
+def is_stale(attrs: dict[str, Any], started: float, now: float, lease_sec: float) -> bool:
+    """Whether a RUNNING trial's driver is gone (see the module docstring). A trial with
+    no owner (a driver from before ownership) goes by its start time."""
+    claim = attrs.get("owner")
+    claim = claim if isinstance(claim, dict) else {}
+    heartbeat = claim.get("heartbeat", started)
+    if not isinstance(heartbeat, int | float):
+        heartbeat = started
+    if now - heartbeat > lease_sec:
+        return True
+    owner = Owner.parse(claim["id"]) if "id" in claim else None
+    return owner is not None and owner.host == socket.gethostname() and not _process_runs(owner.pid)
+
+
+def owner_id(trial: optuna.trial.FrozenTrial) -> str | None:
+    claim = trial.user_attrs.get("owner")
+    return claim.get("id") if isinstance(claim, dict) else None
+
+
+def _started(trial: optuna.trial.FrozenTrial) -> float:
+    return trial.datetime_start.timestamp() if trial.datetime_start else 0.0
 
 
 def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> None:
@@ -24,11 +107,20 @@ def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) 
     study.enqueue_trial(trial.params, user_attrs={"attempt": attempt + 1})
 
 
-def reap_stale_trials(study: optuna.Study) -> int:
-    """Fail RUNNING trials left by a dead driver and re-enqueue their parameters
-    (Optuna's heartbeat does not run under ask/tell, so nobody else will).
-    Call only when no other driver works on this study."""
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+def running(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+
+def reap_stale_trials(study: optuna.Study, lease_sec: float, mine: Owner | None = None) -> int:
+    """Fail and re-enqueue the RUNNING trials whose driver is gone; never ``mine``'s,
+    never a live driver's."""
+    now = time.time()
+    stale = [
+        trial
+        for trial in running(study)
+        if owner_id(trial) != (mine.text if mine else None)
+        and is_stale(trial.user_attrs, _started(trial), now, lease_sec)
+    ]
     for trial in stale:
         if trial.params:
             _requeue(study, trial, "stale: its driver died")
@@ -41,10 +133,28 @@ def reap_stale_trials(study: optuna.Study) -> int:
     return len(stale)
 
 
-def fail_orphans(study: optuna.Study) -> int:
-    """Fail the RUNNING trials left when a driver has nothing in flight: an ask cut off by
-    a lost connection after it created its trial. Nothing to rerun, so no re-enqueue."""
-    orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+def live_running(study: optuna.Study, lease_sec: float) -> int:
+    """RUNNING trials whose driver is alive (this one's included): they will finish. A
+    trial without an owner is not counted: it is an ask that was cut off (failed by its
+    driver at the end) or a driver that died between asking and claiming it."""
+    now = time.time()
+    return sum(
+        "owner" in trial.user_attrs
+        and not is_stale(trial.user_attrs, _started(trial), now, lease_sec)
+        for trial in running(study)
+    )
+
+
+def fail_orphans(study: optuna.Study, asked: Iterable[range]) -> int:
+    """Fail the RUNNING trials without an owner that this driver's own asks created (an
+    ask cut off by a lost connection after it created its trial; ``asked`` holds the
+    trial numbers each ask could have made). Nothing to rerun, so no re-enqueue."""
+    windows = list(asked)
+    orphans = [
+        trial
+        for trial in running(study)
+        if "owner" not in trial.user_attrs and any(trial.number in w for w in windows)
+    ]
     for trial in orphans:
         study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "orphan: ask cut off")
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)

@@ -138,6 +138,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     while True:
         parts = sorted(parts_dir(path).glob("*.parquet"))
         rows = _read_file(path)
+        if not parts:
+            return rows  # (any Parquet file: leaderboard.parquet has no run_id)
         try:
             part_rows = [pq.read_table(pa.BufferReader(p.read_bytes())).to_pylist() for p in parts]
         except FileNotFoundError:
@@ -244,7 +246,7 @@ def write_leaderboard(path: Path, rows: list[dict[str, Any]]) -> int:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=120):
-        by_study = {(r["pid"], r["method"]): r for r in read_rows(path)}
+        by_study = {(r["pid"], r["method"]): r for r in _read_file(path)}
         for row in rows:
             by_study[(row["pid"], row["method"])] = {k: row.get(k) for k in LEADERBOARD_COLUMNS}
         table = pa.table(

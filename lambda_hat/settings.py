@@ -66,6 +66,13 @@ class BudgetSettings(BaseModel):
         le=7 * DAY_SEC,
         description="fail a study when no trial finished for this long (paused or lost workers)",
     )
+    lease_sec: float = Field(
+        default=300.0,
+        ge=10,
+        le=DAY_SEC,
+        description="a RUNNING trial on another host is stale once its driver's heartbeat "
+        "is this old (a dead driver on the same host is recognised at once)",
+    )
     storage_retry_sec: float = Field(
         default=120.0,
         gt=0,

@@ -35,7 +35,9 @@ trial as soon as its last run finishes. Only this process talks to the Optuna st
 from __future__ import annotations
 
 import logging
+import math
 import statistics
+import threading
 import time
 import warnings
 from collections.abc import Callable, Hashable
@@ -45,7 +47,13 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import TrialState
 
-from lambda_hat.reaping import _requeue, fail_orphans, reap_stale_trials  # noqa: F401
+from lambda_hat.reaping import (  # noqa: F401
+    Owner,
+    _requeue,
+    fail_orphans,
+    live_running,
+    reap_stale_trials,
+)
 from lambda_hat.runners.run_method import run_id_for
 from lambda_hat.search_space import MethodSpace
 
@@ -160,58 +168,108 @@ class Driver:
     record: Callable[[RunOutcome], None] | None = None
     on_outcome: Callable[[Outcome, int, int], None] | None = None
     retry: StorageRetry = field(default_factory=StorageRetry)
+    # A RUNNING trial belongs to this driver while its heartbeat is younger than this
+    # (lambda_hat.reaping); renewed every quarter lease.
+    lease_sec: float = 300.0
+    owner: Owner = field(default_factory=Owner.me)
     ask_submit_sec: list[float] = field(default_factory=list)
+    _last_reap: float = field(default=-math.inf, init=False, repr=False)
+    _first_number: int = field(default=0, init=False, repr=False)
 
     def run(self, n_trials: int, *, batch: int, submit: Submit, first_done: FirstDone):
-        self.retry("reaping stale trials", reap_stale_trials, self.study)
-        to_start = max(n_trials - self.retry("counting", finished_trials, self.study), 0)
         seeds = study_seeds(self.study.study_name, self.repeats)
         wave = first_wave(self.pruner, self.repeats)
         open_trials: list[_OpenTrial] = []
         in_flight: dict[Hashable, tuple[_OpenTrial, RunPlan]] = {}
         outcomes: list[Outcome] = []
+        asked: list[range] = []  # the trial numbers each of this driver's asks could make
+        storage, study_id = self.study._storage, self.study._study_id
+        self._first_number = self.retry("counting", storage.get_n_trials, study_id)
+        heartbeat = _Heartbeat(self.study, self.owner, open_trials, self.lease_sec / 4)
+        heartbeat.start()
 
         def start(entry: _OpenTrial, plan: RunPlan) -> None:
             in_flight[submit(plan)] = (entry, plan)
             entry.in_flight += 1
 
-        while to_start > 0 or in_flight:
-            while to_start > 0 and len(open_trials) < batch:
-                asked = time.perf_counter()
-                trial = self.retry("ask", self.study.ask, self.space.distributions())
-                entry = self.retry("planning a trial", self._open, trial, seeds)
-                open_trials.append(entry)
-                for plan in entry.plans[:wave]:
-                    start(entry, plan)
-                entry.submitted = wave
-                self.ask_submit_sec.append(time.perf_counter() - asked)
-                to_start -= 1
-            future = first_done(list(in_flight))
-            entry, plan = in_flight.pop(future)
-            entry.in_flight -= 1
-            result, again = resolve(future, plan, submit)
-            if again is not None:
-                in_flight[again] = (entry, replace(plan, attempt=plan.attempt + 1))
-                entry.in_flight += 1
-                continue
-            run = judge_run(plan, result, self.llc_ref, self.se_ref, self.objective, self.huber_k)
-            if self.record is not None:
-                self.record(run)
-            entry.done[plan.repeat] = run
-            if entry.in_flight:
-                continue  # the rest of its wave is still running
-            outcome = self.retry("judging a trial", self._advance, entry)
-            if outcome is None:  # neither finished nor pruned: its next repeat
-                start(entry, entry.plans[entry.submitted])
-                entry.submitted += 1
-                continue
-            open_trials.remove(entry)
-            outcomes.append(outcome)
-            if self.on_outcome is not None:
-                done = self.retry("counting", finished_trials, self.study)
-                self.on_outcome(outcome, done, n_trials)
-        self.retry("failing orphaned trials", fail_orphans, self.study)
+        try:
+            while True:
+                room = self._room(n_trials) if len(open_trials) < batch else 0
+                while len(open_trials) < batch and room > 0:
+                    room -= 1
+                    asked_at = time.perf_counter()
+                    entry = self._ask(seeds, asked)
+                    open_trials.append(entry)
+                    for plan in entry.plans[:wave]:
+                        start(entry, plan)
+                    entry.submitted = wave
+                    self.ask_submit_sec.append(time.perf_counter() - asked_at)
+                if not in_flight:
+                    break
+                future = first_done(list(in_flight))
+                entry, plan = in_flight.pop(future)
+                entry.in_flight -= 1
+                result, again = resolve(future, plan, submit)
+                if again is not None:
+                    in_flight[again] = (entry, replace(plan, attempt=plan.attempt + 1))
+                    entry.in_flight += 1
+                    continue
+                run = judge_run(
+                    plan, result, self.llc_ref, self.se_ref, self.objective, self.huber_k
+                )
+                if self.record is not None:
+                    self.record(run)
+                entry.done[plan.repeat] = run
+                if entry.in_flight:
+                    continue  # the rest of its wave is still running
+                outcome = self._judge(entry)
+                if outcome is None:  # neither finished nor pruned: its next repeat
+                    start(entry, entry.plans[entry.submitted])
+                    entry.submitted += 1
+                    continue
+                open_trials.remove(entry)
+                outcomes.append(outcome)
+                if self.on_outcome is not None:
+                    done = self.retry("counting", finished_trials, self.study)
+                    self.on_outcome(outcome, done, n_trials)
+        finally:
+            heartbeat.stop.set()
+        self.retry("failing orphaned trials", fail_orphans, self.study, asked)
         return outcomes
+
+    def _room(self, n_trials: int) -> int:
+        """How many more trials may start: the requested count less the finished ones
+        and those running under a live driver (this one or another run of the study).
+        Stale trials are reaped first (at most every half lease)."""
+        now = time.monotonic()
+        if now - self._last_reap > self.lease_sec / 2:
+            self.retry(
+                "reaping stale trials", reap_stale_trials, self.study, self.lease_sec, self.owner
+            )
+            self._last_reap = now
+        finished = self.retry("counting", finished_trials, self.study)
+        live = self.retry("counting", live_running, self.study, self.lease_sec)
+        return n_trials - finished - live
+
+    def _ask(self, seeds: list[int], asked: list[range]) -> _OpenTrial:
+        """Ask and claim a trial. A cut-off ask leaves an unclaimed trial numbered after
+        this driver's previous one: ``asked`` keeps those windows for ``fail_orphans``."""
+        trial = self.retry("ask", self.study.ask, self.space.distributions())
+        after = asked[-1].stop if asked else self._first_number
+        asked.append(range(after, trial.number + 1))
+        return self.retry("planning a trial", self._open, trial, seeds)
+
+    def _judge(self, entry: _OpenTrial) -> Outcome | None:
+        try:
+            return self.retry("judging a trial", self._advance, entry)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Another run reaped it (this driver's heartbeat lapsed, e.g. a long pause):
+            # its parameters were re-enqueued there, so it is not told twice here.
+            log.warning("trial %d was taken over by another run", entry.trial.number)
+            reason = "taken over: reaped as stale by another run"
+            runs = [entry.done[k] for k in sorted(entry.done)]
+            trial = entry.trial
+            return Outcome(trial.number, TrialState.FAIL, None, reason, runs, dict(trial.params))
 
     def _open(self, trial: optuna.Trial, seeds: list[int]) -> _OpenTrial:
         config = self.space.config(trial.params)
@@ -232,6 +290,7 @@ class Driver:
             )
             for repeat, seed in enumerate(seeds)
         ]
+        trial.set_user_attr("owner", self.owner.claim(time.time()))
         trial.set_user_attr("config_id", config_id)
         trial.set_user_attr("run_ids", [plan.run_id for plan in plans])
         return _OpenTrial(trial, plans)
@@ -290,6 +349,28 @@ class Driver:
             trial.set_user_attr("status", "ok")
             self.study.tell(trial.number, value, skip_if_finished=True)
         return Outcome(trial.number, state, value, reason, runs, dict(trial.params))
+
+
+class _Heartbeat(threading.Thread):
+    """Renews the ``heartbeat`` of this driver's open trials while it lives."""
+
+    def __init__(
+        self, study: optuna.Study, owner: Owner, open_trials: list[_OpenTrial], every_sec: float
+    ):
+        super().__init__(name="trial-heartbeat", daemon=True)
+        self.study, self.owner = study, owner
+        self.open_trials, self.every_sec = open_trials, every_sec
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every_sec):
+            for entry in list(self.open_trials):
+                try:
+                    self.study._storage.set_trial_user_attr(
+                        entry.trial._trial_id, "owner", self.owner.claim(time.time())
+                    )
+                except Exception as error:  # noqa: BLE001 - retried at the next beat
+                    log.debug("heartbeat of trial %d: %s", entry.trial.number, error)
 
 
 def _result_of(future: Any) -> dict[str, Any]:

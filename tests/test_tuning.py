@@ -2,6 +2,8 @@
 Parquet writer, without Prefect."""
 
 import multiprocessing
+import socket
+import subprocess
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -11,6 +13,7 @@ import pytest
 import sqlalchemy.exc
 from optuna.trial import TrialState
 
+from lambda_hat.reaping import Owner
 from lambda_hat.results import append_rows, read_rows
 from lambda_hat.search_space import load_methods
 from lambda_hat.settings import Settings, mask_url
@@ -49,11 +52,16 @@ def test_objectives():
 def test_driver_keeps_batch_in_flight_and_tells_each_as_it_finishes(tmp_path):
     study = open_study(f"sqlite:///{tmp_path}/o.db", "p_test:sgld")
     lock, running, peak, told_while_others_ran = threading.Lock(), [0], [0], []
+    batch_full = threading.Event()
 
     def run(plan):
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
+            if running[0] == 3:
+                batch_full.set()
+        if plan.trial_number < 3:  # the first batch meets, however slow the asks are
+            batch_full.wait(timeout=60)
         time.sleep(0.3 if plan.trial_number % 3 == 0 else 0.05)  # unequal lengths
         with lock:
             running[0] -= 1
@@ -238,8 +246,12 @@ def test_stale_running_trials_are_reaped_and_rerun_with_the_same_run_ids(tmp_pat
     url = f"sqlite:///{tmp_path}/o.db"
     study = open_study(url, "p_test:sgld")
     space = load_methods()["sgld"]
-    # A dead driver left one trial RUNNING.
+    # A dead driver (a process of this host that no longer runs) left one trial RUNNING.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
     orphan = study.ask(space.distributions())
+    # Its heartbeat is fresh; the host tells that its process is gone.
+    orphan.set_user_attr("owner", Owner(socket.gethostname(), gone.pid, "x").claim(time.time()))
     orphan_params = dict(orphan.params)
 
     seen = []
@@ -263,7 +275,10 @@ def test_a_half_told_trial_is_rerun_and_counted_once(tmp_path):
     study = open_study(url, "p_test:sgld")
     space = load_methods()["sgld"]
     # The driver set the trial's status, then died before tell: RUNNING with a status.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
     half = study.ask(space.distributions())
+    half.set_user_attr("owner", Owner(socket.gethostname(), gone.pid, "x").claim(time.time()))
     half.set_user_attr("status", "ok")
     with ThreadPoolExecutor(1) as pool:
         outcomes = make_driver(open_study(url, "p_test:sgld"), repeats=1, pruner="none").run(
