@@ -159,5 +159,25 @@ def _share_api_url_with_workers() -> None:
         os.environ["PREFECT_API_URL"] = url
 
 
+def capacity(settings: ClusterSettings, role: Role, address: str) -> int:
+    """Runs the cluster can do at once: from the profile (local: workers × threads per
+    worker; SLURM/PBS: jobs, or the adapt maximum, × cores per job), or for an existing
+    scheduler the threads of the workers it has now."""
+    if settings.kind == "address":
+        from distributed import Client
+
+        with Client(address, timeout=30) as client:
+            workers = client.scheduler_info().get("workers", {}).values()
+            return max(1, sum(worker.get("nthreads", 1) for worker in workers))
+    profile = getattr(load_profile(settings), role)
+    options = profile.cluster
+    if settings.kind == "local":
+        workers = options.get("n_workers") or os.cpu_count() or 1
+        return max(1, workers * (options.get("threads_per_worker") or 1))
+    scale = profile.scale
+    jobs = scale.adapt.maximum_jobs if scale.adapt is not None else scale.jobs or 1
+    return max(1, jobs * int(options.get("cores") or 1))
+
+
 def runner_for(address: str) -> DaskTaskRunner:
     return DaskTaskRunner(address=address)

@@ -41,6 +41,7 @@ import re
 import sys
 import time
 from dataclasses import asdict
+from functools import partial
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
@@ -53,6 +54,7 @@ from prefect.artifacts import (
 from prefect.context import get_run_context
 from prefect.futures import as_completed
 
+from flows.campaign import all_at_once, current_slots
 from flows.checks import (
     DEFAULT_REPEATS,
     DEFAULT_VALIDATE_TOP_K,
@@ -62,7 +64,7 @@ from flows.checks import (
     check_parameters,
     refuse_untrusted,
 )
-from flows.cluster import ClusterError, dask_cluster, runner_for
+from flows.cluster import ClusterError, capacity, dask_cluster, runner_for
 from flows.logs import forward_library_logs
 from flows.records import DiskFull, run_row, trial_fields, write_rows
 from flows.reference import (
@@ -85,12 +87,14 @@ from lambda_hat.runners.hmc_reference import ReferenceConfig
 from lambda_hat.search_space import MethodSpace, load_methods
 from lambda_hat.settings import Settings
 from lambda_hat.sizes import check_fits
+from lambda_hat.slots import TrialSlots
 from lambda_hat.storage import (
     StorageError,
     StorageRetry,
     best_value,
     check_storage,
     finished_trials,
+    init_storage,
     open_study,
 )
 from lambda_hat.tuning import Driver, Outcome, RunOutcome, RunPlan, make_pruner
@@ -239,6 +243,7 @@ def tune_method(
         on_outcome=on_outcome,
         retry=retry,
         lease_sec=settings.budgets.lease_sec,
+        slots=current_slots(),
     )
     stall_sec = max(settings.budgets.stall_sec, 2 * budget_sec)
 
@@ -334,6 +339,8 @@ def tune(
     check_writable(settings.artifacts_dir, "artifacts_dir")
     settings.results_dir.mkdir(parents=True, exist_ok=True)  # the default SQLite file lives there
     check_storage(settings.storage_url())
+    retry = StorageRetry(settings.budgets.storage_retry_sec)
+    retry("creating the storage", init_storage, settings.storage_url())
     specs = [spec.model_dump(mode="json") for spec in problem_set.problems]
     config = ReferenceConfig(num_warmup=reference_warmup, num_draws=reference_draws)
     logger.info("settings: %s", settings.public())
@@ -348,27 +355,26 @@ def tune(
     )
     if not allow_untrusted_references:
         refuse_untrusted(references)
-    studies = []
+    # Every study at once, on one cluster: the trials in flight over all of them are
+    # capped at the cluster's capacity and shared fairly (lambda_hat.slots).
     with dask_cluster(settings.cluster, role="trials") as address:
-        for spec, reference in zip(specs, references, strict=True):
-            for method in methods:
-                subflow = tune_method.with_options(task_runner=runner_for(address))
-                summary = subflow(
-                    spec,
-                    method,
-                    spaces[method].model_dump(mode="json"),
-                    reference,
-                    n_trials,
-                    batch,
-                    objective,
-                    huber_k,
-                    settings.budgets.trial_sec,
-                    repeats=repeats,
-                    pruner=pruner,
-                    validate_top_k=validate_top_k,
-                    validation_seeds=validation_seeds,
-                )
-                studies.append(summary)
+        slots = TrialSlots(capacity(settings.cluster, "trials", address))
+        logger.info(
+            "%d studies at once; at most %d trials in flight over all of them",
+            len(specs) * len(methods), slots.capacity,
+        )  # fmt: skip
+        subflow = tune_method.with_options(task_runner=runner_for(address))
+        calls = [
+            partial(
+                subflow, spec, method, spaces[method].model_dump(mode="json"), reference,
+                n_trials, batch, objective, huber_k, settings.budgets.trial_sec,
+                repeats=repeats, pruner=pruner, validate_top_k=validate_top_k,
+                validation_seeds=validation_seeds,
+            )
+            for spec, reference in zip(specs, references, strict=True)
+            for method in methods
+        ]  # fmt: skip
+        studies = all_at_once(calls, slots)
     results = settings.results_dir.resolve()
     # The runs' part files into one runs.parquet (rebuilt from row.json if it is corrupt).
     compact(results / "runs.parquet", rebuild_from=settings.artifacts_dir.resolve() / "runs")

@@ -82,6 +82,13 @@ def check_storage(url: str) -> None:
         engine.dispose()
 
 
+def init_storage(url: str) -> None:
+    """Create the storage's tables once, before studies open it from several threads
+    (concurrent first opens of a fresh SQLite file race to create them)."""
+    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+    storage.engine.dispose()
+
+
 def open_study(
     url: str, name: str, seed: int = 0, pruner: optuna.pruners.BasePruner | None = None
 ) -> optuna.Study:

@@ -56,6 +56,7 @@ from lambda_hat.reaping import (  # noqa: F401
 )
 from lambda_hat.runners.run_method import run_id_for
 from lambda_hat.search_space import MethodSpace
+from lambda_hat.slots import TrialSlots
 
 # Re-exported: callers and docs find the trial and storage helpers here too.
 from lambda_hat.storage import (  # noqa: F401
@@ -172,6 +173,8 @@ class Driver:
     # (lambda_hat.reaping); renewed every quarter lease.
     lease_sec: float = 300.0
     owner: Owner = field(default_factory=Owner.me)
+    # The campaign's cap on trials in flight over all its studies (None: only ``batch``).
+    slots: TrialSlots | None = None
     ask_submit_sec: list[float] = field(default_factory=list)
     _last_reap: float = field(default=-math.inf, init=False, repr=False)
     _first_number: int = field(default=0, init=False, repr=False)
@@ -192,10 +195,16 @@ class Driver:
             in_flight[submit(plan)] = (entry, plan)
             entry.in_flight += 1
 
+        if self.slots is not None:
+            self.slots.join(self.study.study_name)
         try:
             while True:
+                starved = False  # room for a trial, but no slot of the cluster free
                 room = self._room(n_trials) if len(open_trials) < batch else 0
                 while len(open_trials) < batch and room > 0:
+                    if not self._take_slot():
+                        starved = True
+                        break
                     room -= 1
                     asked_at = time.perf_counter()
                     entry = self._ask(seeds, asked)
@@ -205,6 +214,9 @@ class Driver:
                     entry.submitted = wave
                     self.ask_submit_sec.append(time.perf_counter() - asked_at)
                 if not in_flight:
+                    if starved:  # the other studies hold the cluster: wait for a slot
+                        self.slots.wait(1.0)
+                        continue
                     break
                 future = first_done(list(in_flight))
                 entry, plan = in_flight.pop(future)
@@ -228,14 +240,21 @@ class Driver:
                     entry.submitted += 1
                     continue
                 open_trials.remove(entry)
+                if self.slots is not None:
+                    self.slots.give(self.study.study_name)
                 outcomes.append(outcome)
                 if self.on_outcome is not None:
                     done = self.retry("counting", finished_trials, self.study)
                     self.on_outcome(outcome, done, n_trials)
         finally:
             heartbeat.stop.set()
+            if self.slots is not None:
+                self.slots.leave(self.study.study_name)
         self.retry("failing orphaned trials", fail_orphans, self.study, asked)
         return outcomes
+
+    def _take_slot(self) -> bool:
+        return self.slots is None or self.slots.take(self.study.study_name)
 
     def _room(self, n_trials: int) -> int:
         """How many more trials may start: the requested count less the finished ones

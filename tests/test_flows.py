@@ -425,3 +425,39 @@ def test_help_and_argument_errors_load_no_heavy_library():
         imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
         heavy = {name for name in imported if name.split(".")[0] in ("jax", "prefect", "optuna")}
         assert not heavy, sorted(heavy)[:10]
+
+
+def test_the_studies_of_a_campaign_run_at_the_same_time(prefect_server, lambda_hat_env):
+    """Two studies at batch 1 on the 2-worker local cluster: their runs overlap in time
+    (one after the other, as before, they never could)."""
+    methods_file = lambda_hat_env / "methods.yaml"
+    methods_file.write_text(FAST_METHODS)
+    problems = lambda_hat_env / "problems.yaml"
+    spec = load_problem_set("smoke").problems[0]
+    problems.write_text(json.dumps({"problems": [spec.model_dump(mode="json")]}))
+    result = tune(
+        problems=str(problems), methods=["sgld", "vi"], n_trials=3, batch=1, repeats=1,
+        pruner="none", validate_top_k=0, methods_file=str(methods_file), **SMALL_REFERENCE,
+    )  # fmt: skip
+    spans = {
+        study["method"]: [(start, end) for *_, start, end in study["timeline"]]
+        for study in result["studies"]
+    }
+    assert all(len(runs) == 3 for runs in spans.values()), spans
+    overlapping = [
+        (a, b)
+        for a in spans["sgld"]
+        for b in spans["vi"]
+        if a[0] < b[1] and b[0] < a[1]  # the two intervals intersect
+    ]
+    assert overlapping, spans
+
+
+def test_the_study_subflow_pickles():
+    """Prefect ships the flow to Dask workers with each task: a global it uses that does
+    not pickle (once, the campaign's ContextVar) breaks every run."""
+    import cloudpickle
+
+    from flows.tune import tune_method
+
+    assert cloudpickle.loads(cloudpickle.dumps(tune_method)).name == "tune-method"

@@ -17,6 +17,7 @@ from lambda_hat.reaping import Owner
 from lambda_hat.results import append_rows, read_rows
 from lambda_hat.search_space import load_methods
 from lambda_hat.settings import Settings, mask_url
+from lambda_hat.slots import TrialSlots
 from lambda_hat.storage import StorageError, StorageRetry, finished_trials, open_study
 from lambda_hat.tuning import MAX_ATTEMPTS, Driver, make_pruner, objective_value, study_seeds
 from lambda_hat.validation import trial_counts
@@ -322,3 +323,39 @@ def test_two_processes_appending_at_once_lose_no_rows(tmp_path):
         assert worker.exitcode == 0
     rows = read_rows(path)
     assert len(rows) == 50 and len({row["run_id"] for row in rows}) == 50
+
+
+def test_studies_share_the_clusters_slots_fairly_and_all_finish(tmp_path):
+    """Three studies at once on a cluster of capacity 2: never more than 2 trials in
+    flight over all of them, every study gets its turn, and each finishes its count."""
+    url = f"sqlite:///{tmp_path}/o.db"
+    slots, lock, in_flight, peak = TrialSlots(2), threading.Lock(), [0], [0]
+    order: list[str] = []
+
+    def run(plan):
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+            order.append(plan.run_id)
+        time.sleep(0.05)
+        with lock:
+            in_flight[0] -= 1
+        return {"status": "ok", "llc_hat": 3.0}
+
+    def drive(name):
+        with ThreadPoolExecutor(4) as pool:
+            driver = make_driver(
+                open_study(url, name), repeats=1, pruner="none", slots=slots, pid="p_test"
+            )
+            return driver.run(4, batch=2, submit=lambda p: pool.submit(run, p),
+                              first_done=first_done)  # fmt: skip
+
+    names = ["p_a:sgld", "p_b:sgld", "p_c:sgld"]
+    for name in names:  # (the storage's tables, created once; the flow does the same)
+        open_study(url, name)
+    with ThreadPoolExecutor(3) as studies:
+        results = list(studies.map(drive, names))
+    assert [len(outcomes) for outcomes in results] == [4, 4, 4]
+    assert all(finished_trials(open_study(url, name)) == 4 for name in names)
+    assert peak[0] <= 2  # the cluster's capacity, over all studies
+    assert all(slots.held(name) == 0 for name in names)
