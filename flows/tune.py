@@ -4,16 +4,18 @@
     python flows/tune.py --problems smoke --methods sgld vi --n-trials 6 --dry-run
 
 1. load the problem set and the methods' search spaces;
-2. start the Dask cluster from the settings;
-3. make sure every reference exists (cached HMC tasks);
-4. for each (problem, method), a ``tune-method`` subflow runs an Optuna study
-   ``<pid>:<method>``: each trial is ``repeats`` runs on the study's common seeds, the
-   pruner may stop a losing trial between repeats, ``batch`` trials are in flight;
-5. the same subflow validates the study's top-k configurations on fresh seeds; the one
+2. get every reference: read from disk when all are cached, else computed (cached HMC
+   tasks) on the reference cluster;
+3. start the trials cluster; every (problem, method) study runs at once, a
+   ``tune-method`` subflow each, the trials in flight over all of them capped at the
+   cluster's capacity and shared fairly; a study is an Optuna study ``<pid>:<method>``:
+   each trial is ``repeats`` runs on the study's common seeds, the pruner may stop a
+   losing trial between repeats, at most ``batch`` trials are in flight;
+4. the same subflow validates the study's top-k configurations on fresh seeds; the one
    with the lowest validated error is the study's recommendation;
-6. every finished run is a row of ``runs.parquet``; the leaderboard (validated error with
+5. every finished run is a row of ``runs.parquet``; the leaderboard (validated error with
    its 95 % interval, the search objective beside it) goes to ``leaderboard.parquet`` and
-   the Prefect artifacts.
+   the Prefect artifacts; the plots and ``index.html`` to ``artifacts/report/``.
 """
 
 from __future__ import annotations
