@@ -100,7 +100,8 @@ class Campaign:
         return optuna.load_study(study_name=f"{self.pid}:sgld", storage=self.storage)
 
     def rows(self) -> list[dict]:
-        return read_rows(self.parquet) if self.parquet.exists() else []
+        # (the file and the part files a running flow writes: read_rows sees both)
+        return read_rows(self.parquet)
 
     def running_trials(self) -> list[dict]:
         """Trials that started on a worker and have not written metrics.json yet."""
