@@ -2,8 +2,8 @@
 them sharing the cluster's trial slots (``lambda_hat.slots``).
 
 The slots reach each study through a context variable, read by ``current_slots()``: a
-module-level function, so a flow that calls it still pickles (Prefect ships the flow to
-Dask workers with each task; a ContextVar itself does not pickle).
+module-level function, so a flow that calls it can still be serialised (Prefect ships the
+flow to the Dask workers with each task, and a ContextVar cannot be).
 """
 
 from __future__ import annotations
