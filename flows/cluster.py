@@ -179,5 +179,15 @@ def capacity(settings: ClusterSettings, role: Role, address: str) -> int:
     return max(1, jobs * int(options.get("cores") or 1))
 
 
+def shares_cluster(settings: ClusterSettings) -> bool:
+    """Whether references and trials run on one cluster: an existing scheduler, or a
+    profile whose two roles ask for the same thing (the local default). Otherwise the
+    reference jobs are a cluster of their own, alive beside the trials' while needed."""
+    if settings.kind == "address":
+        return True
+    profile = load_profile(settings)
+    return profile.reference == profile.trials
+
+
 def runner_for(address: str) -> DaskTaskRunner:
     return DaskTaskRunner(address=address)

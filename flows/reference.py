@@ -27,7 +27,7 @@ from lambda_hat.problems import ProblemSpec, load_problem_set
 from lambda_hat.runners.hmc_reference import ReferenceConfig, reference_code_version
 from lambda_hat.settings import Settings
 from lambda_hat.sizes import check_fits
-from tasks.reference import hmc_reference
+from tasks.reference import extend_reference, hmc_reference
 from tasks.report import build_report_task
 
 # What the flows use. Measured against the exact finite-n LLC of 72 small RRRs
@@ -50,22 +50,27 @@ def storage_paths(settings: Settings) -> dict[str, str]:
     }
 
 
+def cached_reference(
+    spec: dict[str, Any], config: dict[str, Any], artifacts_dir: Path
+) -> dict[str, Any] | None:
+    """The problem's reference, read from its ``ref.json``, when it is current (same cache
+    key: problem, sampling settings, code and library versions); else None."""
+    version = reference_code_version(ReferenceConfig.model_validate(config))
+    pid = ProblemSpec.model_validate(spec).pid
+    record = read_json(artifacts_dir / "problems" / pid / "ref.json")
+    current = isinstance(record, dict) and record.get("pid") == pid
+    if not (current and record.get("code_version") == version and "llc_ref" in record):
+        return None
+    return {**record, "cached": True}
+
+
 def cached_references(
     specs: list[dict[str, Any]], config: dict[str, Any], artifacts_dir: Path
 ) -> list[dict[str, Any]] | None:
-    """Every reference, read from its ``ref.json``, when all of them are current (same
-    cache key: problem, sampling settings, code and library versions); else None. With
-    all cached, a flow needs no reference cluster at all."""
-    version = reference_code_version(ReferenceConfig.model_validate(config))
-    references = []
-    for spec in specs:
-        pid = ProblemSpec.model_validate(spec).pid
-        record = read_json(artifacts_dir / "problems" / pid / "ref.json")
-        current = isinstance(record, dict) and record.get("pid") == pid
-        if not (current and record.get("code_version") == version and "llc_ref" in record):
-            return None
-        references.append({**record, "cached": True})
-    return references
+    """Every reference, when all of them are current (see ``cached_reference``); else
+    None. With all cached, a flow needs no reference cluster at all."""
+    references = [cached_reference(spec, config, artifacts_dir) for spec in specs]
+    return None if any(ref is None for ref in references) else references
 
 
 def _ref_json_intact(artifacts_dir: Path, spec: dict[str, Any]) -> bool:
@@ -87,25 +92,72 @@ def compute_references(
     refresh: bool = False,
     budget_sec: float | None = None,
 ) -> list[dict[str, Any]]:
-    """One cached ``hmc_reference`` task per problem, all in flight at once."""
+    """One cached ``hmc_reference`` task per problem, all in flight at once; a problem
+    whose ref.json is current is read from it (an extended reference included: the
+    task's cached result is the reference before its extensions)."""
     settings = Settings()
+    artifacts = settings.artifacts_dir.resolve()
     task = hmc_reference.with_options(
         result_storage=settings.results_dir.resolve() / "prefect-results"
     )
-    futures = []
+    slots: list[Any] = []
     for spec in specs:
+        current = None if refresh else cached_reference(spec, config, artifacts)
+        if current is not None:
+            slots.append(current)
+            continue
         recompute = refresh or not _ref_json_intact(settings.artifacts_dir, spec)
-        futures.append(
+        slots.append(
             task.with_options(refresh_cache=recompute).submit(
                 spec, config, budget_sec=budget_sec, **storage_paths(settings)
             )
         )
-    wait(futures)
+    wait([slot for slot in slots if not isinstance(slot, dict)])
     references = []
-    for future in futures:
-        record = dict(future.result())
-        record["cached"] = future.state.name == "Cached"
+    for slot in slots:
+        if isinstance(slot, dict):
+            references.append(slot)
+            continue
+        record = dict(slot.result())
+        record["cached"] = slot.state.name == "Cached"
         references.append(record)
+    return references
+
+
+@flow(name="extend-references")
+def extend_references(
+    specs: list[dict[str, Any]], config: dict[str, Any], budget_sec: float | None = None
+) -> list[dict[str, Any]]:
+    """One more batch of chains for each problem, pooled into its ref.json."""
+    settings = Settings()
+    futures = [
+        extend_reference.submit(spec, config, budget_sec=budget_sec, **storage_paths(settings))
+        for spec in specs
+    ]
+    wait(futures)
+    return [{**future.result(), "cached": False} for future in futures]
+
+
+def extend_cached(
+    specs: list[dict[str, Any]],
+    references: list[dict[str, Any]],
+    config: ReferenceConfig,
+    settings: Settings,
+) -> list[dict[str, Any]]:
+    """The references that were already on disk, each extended by one batch (those just
+    computed are left as they are: a night's work is one batch per problem)."""
+    todo = [index for index, ref in enumerate(references) if ref["cached"]]
+    if not todo:
+        return references
+    with dask_cluster(settings.cluster, role="reference") as address:
+        extended = extend_references.with_options(task_runner=runner_for(address))(
+            [specs[index] for index in todo],
+            config.model_dump(mode="json"),
+            budget_sec=settings.budgets.reference_sec,
+        )
+    references = list(references)
+    for index, record in zip(todo, extended, strict=True):
+        references[index] = record
     return references
 
 
@@ -159,9 +211,12 @@ def reference(
     num_draws: int = DEFAULT_REFERENCE.num_draws,
     num_chains: int = 4,
     algorithm: str = "nuts",
+    extend: bool = False,
 ) -> list[dict[str, Any]]:
-    """HMC references for ``problems`` (a preset name or a YAML path); ``refresh``
-    recomputes them even when cached (the nightly deployment sets it)."""
+    """HMC references for ``problems`` (a preset name or a YAML path): the missing or
+    stale ones computed, the current ones read from disk. ``extend`` adds one batch of
+    chains (another seed) to each reference that was already there, so a nightly run
+    with it lowers their SE night after night; ``refresh`` recomputes every one."""
     forward_library_logs()
     logger = get_run_logger()
     settings = Settings()
@@ -173,6 +228,8 @@ def reference(
     specs = [spec.model_dump(mode="json") for spec in problem_set.problems]
     logger.info("%d problems from %s, refresh=%s", len(specs), problems, refresh)
     references = fetch_or_compute(specs, config, refresh, settings)
+    if extend:
+        references = extend_cached(specs, references, config, settings)
     create_table_artifact(
         key="reference-table",
         table=reference_table(references),
@@ -202,12 +259,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refresh", action="store_true", help="recompute cached references")
     parser.add_argument("--num-warmup", type=int, default=DEFAULT_REFERENCE.num_warmup)
     parser.add_argument("--num-draws", type=int, default=DEFAULT_REFERENCE.num_draws)
+    parser.add_argument(
+        "--extend", action="store_true", help="add a batch of chains to each cached reference"
+    )
     args = parser.parse_args(argv)
     reference(
         problems=args.problems,
         refresh=args.refresh,
         num_warmup=args.num_warmup,
         num_draws=args.num_draws,
+        extend=args.extend,
     )
     return 0
 

@@ -23,9 +23,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,3 +162,43 @@ def fail_orphans(study: optuna.Study, asked: Iterable[range]) -> int:
     if orphans:
         log.warning("study %s: failed %d orphaned trials", study.study_name, len(orphans))
     return len(orphans)
+
+
+def twin_of(study: optuna.Study, trial: optuna.Trial, mine: Owner) -> int | None:
+    """The number of another run's trial with the same parameters, if any. Two runs of a
+    study started at the same moment seed their samplers alike; a single run never has a
+    twin, so this changes nothing when a study has one driver. An enqueued trial (a
+    reaped trial's rerun, a user's enqueue) repeats its parameters on purpose."""
+    if "fixed_params" in study._storage.get_trial(trial._trial_id).system_attrs:
+        return None
+    for other in study.get_trials(deepcopy=False):
+        owner = other.user_attrs.get("owner")
+        if owner and owner.get("id") != mine.text and other.params == trial.params:
+            return other.number
+    return None
+
+
+class Heartbeat(threading.Thread):
+    """Renews the ``heartbeat`` of this driver's open trials while it lives."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        owner: Owner,
+        open_trials: Callable[[], list[optuna.Trial]],
+        every_sec: float,
+    ):
+        super().__init__(name="trial-heartbeat", daemon=True)
+        self.study, self.owner = study, owner
+        self.open_trials, self.every_sec = open_trials, every_sec
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every_sec):
+            for trial in self.open_trials():
+                try:
+                    self.study._storage.set_trial_user_attr(
+                        trial._trial_id, "owner", self.owner.claim(time.time())
+                    )
+                except Exception as error:  # noqa: BLE001 - retried at the next beat
+                    log.debug("heartbeat of trial %d: %s", trial.number, error)

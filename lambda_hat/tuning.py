@@ -37,7 +37,6 @@ from __future__ import annotations
 import logging
 import math
 import statistics
-import threading
 import time
 import warnings
 from collections.abc import Callable, Hashable
@@ -48,11 +47,13 @@ import optuna
 from optuna.trial import TrialState
 
 from lambda_hat.reaping import (  # noqa: F401
+    Heartbeat,
     Owner,
     _requeue,
     fail_orphans,
     live_running,
     reap_stale_trials,
+    twin_of,
 )
 from lambda_hat.runners.run_method import run_id_for
 from lambda_hat.search_space import MethodSpace
@@ -118,6 +119,8 @@ def first_wave(kind: PrunerKind, repeats: int) -> int:
 # A run whose task raised (its worker or job was killed, after Dask's own re-runs) is
 # submitted again this many times in all before it counts as a failed run.
 MAX_ATTEMPTS = 3
+# Asks in a row that may each be dropped as another run's twin (see ``_ask``).
+MAX_DUPLICATE_ASKS = 5
 
 
 @dataclass
@@ -188,7 +191,12 @@ class Driver:
         asked: list[range] = []  # the trial numbers each of this driver's asks could make
         storage, study_id = self.study._storage, self.study._study_id
         self._first_number = self.retry("counting", storage.get_n_trials, study_id)
-        heartbeat = _Heartbeat(self.study, self.owner, open_trials, self.lease_sec / 4)
+        heartbeat = Heartbeat(
+            self.study,
+            self.owner,
+            lambda: [entry.trial for entry in open_trials],
+            self.lease_sec / 4,
+        )
         heartbeat.start()
 
         def start(entry: _OpenTrial, plan: RunPlan) -> None:
@@ -273,9 +281,20 @@ class Driver:
     def _ask(self, seeds: list[int], asked: list[range]) -> _OpenTrial:
         """Ask and claim a trial. A cut-off ask leaves an unclaimed trial numbered after
         this driver's previous one: ``asked`` keeps those windows for ``fail_orphans``."""
-        trial = self.retry("ask", self.study.ask, self.space.distributions())
-        after = asked[-1].stop if asked else self._first_number
-        asked.append(range(after, trial.number + 1))
+        for _ in range(MAX_DUPLICATE_ASKS):
+            trial = self.retry("ask", self.study.ask, self.space.distributions())
+            after = asked[-1].stop if asked else self._first_number
+            asked.append(range(after, trial.number + 1))
+            twin = self.retry("checking for a twin", twin_of, self.study, trial, self.owner)
+            if twin is None:
+                break
+            # Another run of this study, started at the same moment, seeded its sampler
+            # alike and proposed the same configuration: drop this one (never counted, no
+            # run) and reseed by this trial's number, which no other run can have.
+            log.info("trial %d repeats trial %d of another run: reseeding", trial.number, twin)
+            trial.set_user_attr("fail_reason", f"duplicate of trial {twin} (another run)")
+            self.retry("dropping a duplicate", self.study.tell, trial, state=TrialState.FAIL)
+            self.study.sampler = optuna.samplers.TPESampler(seed=trial.number, constant_liar=True)
         return self.retry("planning a trial", self._open, trial, seeds)
 
     def _judge(self, entry: _OpenTrial) -> Outcome | None:
@@ -368,28 +387,6 @@ class Driver:
             trial.set_user_attr("status", "ok")
             self.study.tell(trial.number, value, skip_if_finished=True)
         return Outcome(trial.number, state, value, reason, runs, dict(trial.params))
-
-
-class _Heartbeat(threading.Thread):
-    """Renews the ``heartbeat`` of this driver's open trials while it lives."""
-
-    def __init__(
-        self, study: optuna.Study, owner: Owner, open_trials: list[_OpenTrial], every_sec: float
-    ):
-        super().__init__(name="trial-heartbeat", daemon=True)
-        self.study, self.owner = study, owner
-        self.open_trials, self.every_sec = open_trials, every_sec
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(self.every_sec):
-            for entry in list(self.open_trials):
-                try:
-                    self.study._storage.set_trial_user_attr(
-                        entry.trial._trial_id, "owner", self.owner.claim(time.time())
-                    )
-                except Exception as error:  # noqa: BLE001 - retried at the next beat
-                    log.debug("heartbeat of trial %d: %s", entry.trial.number, error)
 
 
 def _result_of(future: Any) -> dict[str, Any]:

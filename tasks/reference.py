@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from filelock import FileLock
 from prefect import task
 from prefect.context import TaskRunContext
 
-from lambda_hat.io import atomic_write_bytes, atomic_write_json
+from lambda_hat.io import atomic_write_bytes, atomic_write_json, read_json
 from lambda_hat.problems import ProblemSpec
+from lambda_hat.reference_pool import batches_of, next_seed, pool
 from lambda_hat.runners.hmc_reference import ReferenceConfig, reference_code_version, run
 from tasks.worker import problem_for, worker_info
 
@@ -69,4 +71,35 @@ def hmc_reference(
     if result.convergence is not None:  # the report plots it; small (≤ 400 points a chain)
         atomic_write_json(out_dir / "convergence.json", result.convergence)
     atomic_write_json(out_dir / "ref.json", record)
+    return record
+
+
+@task(name="extend-reference", task_run_name="extend-reference-{spec[name]}", retries=2)
+def extend_reference(
+    spec: dict[str, Any],
+    config: dict[str, Any],
+    results_dir: str,
+    artifacts_dir: str,
+    jax_cache_dir: str,
+    budget_sec: float | None = None,
+) -> dict[str, Any]:
+    """One more batch of chains (same settings, a seed no batch has used) pooled into the
+    problem's ref.json (``lambda_hat.reference_pool``): with k equal batches its SE is the
+    first's over √k. The read, pool and write hold a file lock: two extensions at once
+    both land, and one that sampled a seed already pooled is dropped, not counted twice."""
+    problem = problem_for(spec, results_dir, jax_cache_dir)
+    path = Path(artifacts_dir) / "problems" / problem.pid / "ref.json"
+    base = ReferenceConfig.model_validate(config)
+    seed = next_seed(read_json(path), base.seed)
+    started = time.time()
+    extra = run(problem, base.model_copy(update={"seed": seed}), budget_sec=budget_sec)
+    with FileLock(f"{path}.lock"):
+        current = read_json(path)
+        if seed in {batch["seed"] for batch in batches_of(current, base.seed)}:
+            # Another extension sampled this seed meanwhile: the same draws (same settings,
+            # same seed), so pooling them again would fake precision.
+            return current
+        record = pool(current, extra.model_dump(mode="json"), seed)
+        record.update(hmc_run_id=uuid.uuid4().hex, extended_at=started, **worker_info())
+        atomic_write_json(path, record)
     return record

@@ -70,6 +70,36 @@ def test_reference_flow_is_cached_the_second_time_and_refresh_recomputes(
     assert artifact_keys("reference-table") == {"reference-table"}
 
 
+def test_extend_pools_a_new_batch_into_each_cached_reference(prefect_server, lambda_hat_env):
+    """The nightly option: each run with ``extend`` samples one more batch of chains with a
+    seed no batch has used and pools it into ref.json; a later flow reads the pooled one."""
+    small = {"problems": "smoke", "num_warmup": 100, "num_draws": 200}
+    first = reference(**small)
+    once = reference(**small, extend=True)
+    twice = reference(**small, extend=True)
+    assert [r["cached"] for r in once] == [False, False]
+    for base, ref in zip(first, twice, strict=True):
+        stored = json.loads(
+            (lambda_hat_env / "artifacts" / "problems" / ref["pid"] / "ref.json").read_text()
+        )
+        batches = stored["batches"]
+        assert [batch["seed"] for batch in batches] == [0, 1, 2]
+        assert batches[0]["llc_ref"] == base["llc_ref"]
+        assert len({batch["llc_ref"] for batch in batches}) == 3  # independent draws
+        shares = [b["n_chains"] * b["n_draws"] for b in batches]
+        shares = [share / sum(shares) for share in shares]
+        pooled = sum(w * b["llc_ref"] for w, b in zip(shares, batches, strict=True))
+        se = sum(w**2 * b["se_ref"] ** 2 for w, b in zip(shares, batches, strict=True))
+        assert stored["llc_ref"] == pytest.approx(pooled, rel=1e-12)
+        assert stored["se_ref"] == pytest.approx(se**0.5, rel=1e-12)
+        assert stored["n_chains"] == 3 * base["n_chains"]
+        assert stored["se_ref"] < max(b["se_ref"] for b in batches)
+    # Without extend, the pooled references are what a flow reads (no HMC runs).
+    again = reference(**small)
+    assert [r["llc_ref"] for r in again] == [r["llc_ref"] for r in twice]
+    assert all(r["cached"] for r in again)
+
+
 def test_tune_end_to_end_then_resume(prefect_server, lambda_hat_env):
     methods_file = lambda_hat_env / "methods.yaml"
     methods_file.write_text(FAST_METHODS)
@@ -461,3 +491,34 @@ def test_the_study_subflow_pickles():
     from flows.tune import tune_method
 
     assert cloudpickle.loads(cloudpickle.dumps(tune_method)).name == "tune-method"
+
+
+def test_a_slow_reference_delays_only_its_own_studies(prefect_server, lambda_hat_env):
+    """Two problems, neither reference cached: a tiny RRR (its reference is on the data's
+    second moments, seconds) and a tanh MLP on 2 000 rows (every gradient touches every
+    row; about 40 s). The RRR's study starts as soon as its own reference is in, while the MLP's is
+    still being computed; the MLP's study waits for its own."""
+    methods_file = lambda_hat_env / "methods.yaml"
+    methods_file.write_text(FAST_METHODS)
+    fast = load_problem_set("smoke").problems[0].model_dump(mode="json")
+    slow = {
+        "name": "slow_mlp",
+        "model": {"family": "mlp", "widths": [2, 3, 1]},
+        "data": {"n": 2000},
+    }
+    problems = lambda_hat_env / "problems.yaml"
+    problems.write_text(json.dumps({"problems": [fast, slow]}))
+    result = tune(
+        problems=str(problems), methods=["sgld"], n_trials=2, batch=1, repeats=1,
+        pruner="none", validate_top_k=0, methods_file=str(methods_file),
+        allow_untrusted_references=True, **SMALL_REFERENCE,
+    )  # fmt: skip
+    ended = {ref["name"]: ref["computed_at"] + ref["runtime_sec"] for ref in result["references"]}
+    first_start = {
+        study["problem_name"]: min(start for *_, start, _ in study["timeline"])
+        for study in result["studies"]
+    }
+    assert first_start[fast["name"]] >= ended[fast["name"]]
+    assert first_start[fast["name"]] < ended["slow_mlp"], (first_start, ended)
+    assert first_start["slow_mlp"] >= ended["slow_mlp"]
+    assert all(len(study["timeline"]) == 2 for study in result["studies"])

@@ -251,3 +251,24 @@ def test_references_are_looked_up_only_when_every_one_is_current(tmp_path):
     assert cached_references(specs, config.model_dump(mode="json"), tmp_path) is None
     (tmp_path / "problems" / pids[1] / "ref.json").unlink()
     assert cached_references(specs, config.model_dump(mode="json"), tmp_path) is None
+
+
+def test_pooled_batches_weight_by_draws_and_flag_disagreement():
+    from lambda_hat.reference_pool import next_seed, pool
+
+    base = {
+        "llc_ref": 2.0, "se_ref": 0.1, "n_chains": 4, "n_draws": 2000, "ess": 800.0,
+        "rhat": 1.01, "divergences": 1, "grad_evals": 100, "runtime_sec": 2.0,
+        "quality": "trusted", "quality_reasons": [],
+    }  # fmt: skip
+    # A budget-cut batch with half the draws counts half.
+    short = {**base, "llc_ref": 2.3, "se_ref": 0.2, "n_draws": 1000, "rhat": 1.02}
+    pooled = pool(base, short, seed=1)
+    assert pooled["llc_ref"] == pytest.approx((2 * 2.0 + 1 * 2.3) / 3)
+    assert pooled["se_ref"] == pytest.approx(((2 / 3) ** 2 * 0.01 + (1 / 3) ** 2 * 0.04) ** 0.5)
+    assert (pooled["divergences"], pooled["n_chains"], pooled["rhat"]) == (2, 8, 1.02)
+    assert pooled["quality"] == "trusted" and next_seed(pooled) == 2
+    # 2.0 ± 0.1 against 3.0 ± 0.1: z = 7, at least one batch did not mix.
+    apart = pool(pooled, {**base, "llc_ref": 3.0}, seed=2)
+    assert apart["quality"] == "untrusted"
+    assert any("disagrees" in reason for reason in apart["quality_reasons"])
