@@ -45,7 +45,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 OUT = Path(__file__).parent / "results" / "orchestration.json"
 REPO = Path(__file__).resolve().parents[1]
 BUDGET_SEC = 5.0
-SGLD_FIXED = {"num_steps": 10_000_000, "thinning": 200, "num_chains": 2, "batch_size": 32}
+SGLD_FIXED = {
+    "num_steps": 10_000_000,
+    "burn_in_frac": 0.0,
+    "thinning": 200,
+    "num_chains": 2,
+    "batch_size": 32,
+}
 METHODS_YAML = f"""
 methods:
   sgld:
@@ -90,7 +96,8 @@ def _bare_run(spec: dict, config: dict, seed: int, results_dir: str, jax_cache: 
     started = time.time()
     problem = problem_for(spec, results_dir, jax_cache)
     result = run_trial(problem, "sgld", config, budget_sec=BUDGET_SEC, seed=seed)
-    return f"{os.getpid()}", started, time.time(), result.status
+    kept = result.status in ("ok", "budget_exhausted") and result.llc_hat is not None
+    return f"{os.getpid()}", started, time.time(), "estimate" if kept else result.status
 
 
 def bare_loop(specs: list[dict], runs: int, workers: int, paths: dict[str, str]) -> dict:
@@ -120,7 +127,12 @@ def bare_loop(specs: list[dict], runs: int, workers: int, paths: dict[str, str])
                 spans.append((worker, start, end))
                 statuses.append(status)
                 study.tell(in_flight.pop(future), end - start)
-    return {**measure(spans, workers, t0), "statuses": sorted(set(statuses))}
+    return {**measure(spans, workers, t0), **_kept(statuses)}
+
+
+def _kept(statuses: list[str]) -> dict[str, int]:
+    """Runs that produced an estimate: a run that kept no draw is a different code path."""
+    return {"runs_with_estimate": sum(1 for status in statuses if status == "estimate")}
 
 
 def _smoke_specs(count: int) -> list[dict]:
@@ -170,7 +182,10 @@ def local_part(n_trials: int) -> dict[str, Any]:
         (f"{row['hostname']}:{row['worker_pid']}", row["started_at"], row["finished_at"])
         for row in rows
     ]
-    flow = {**measure(spans, 2, t0), "statuses": sorted({row["status"] for row in rows})}
+    flow = {
+        **measure(spans, 2, t0),
+        "runs_with_estimate": sum(1 for row in rows if row["llc_hat"] is not None),
+    }
     bare = bare_loop(specs, len(rows), 2, storage_paths(Settings()))
     return {
         "flow": flow,
@@ -201,6 +216,9 @@ def slurm_part(jobs: int, studies: int, n_trials: int) -> dict[str, Any]:
                 f'"00:30:00", job_name: {name}-ref, interface: lo}}\n'
                 f"  scale: {{jobs: 2}}\n  start_timeout_sec: 300\n"
             )
+            # Each study may have twice its share of the workers in flight: one run
+            # waiting behind each running one, as the campaign's slots allow.
+            batch = -(-2 * jobs // studies)
             run_env = {
                 **slurm_settings_env(env, tmp),
                 "LAMBDA_HAT_BUDGETS__TRIAL_SEC": str(BUDGET_SEC),
@@ -208,10 +226,18 @@ def slurm_part(jobs: int, studies: int, n_trials: int) -> dict[str, Any]:
             argv = [
                 sys.executable, "flows/tune.py", "--problems", str(tmp / "problems.yaml"),
                 "--methods", "sgld", "--n-trials", str(n_trials),
-                "--batch", str(-(-jobs // studies)), "--methods-file", str(tmp / "methods.yaml"),
+                "--batch", str(batch), "--methods-file", str(tmp / "methods.yaml"),
                 "--reference-warmup", "100", "--reference-draws", "200",
                 "--repeats", "1", "--validate-top-k", "0",
             ]  # fmt: skip
+            # References first (cached), so what is measured is the trials' phase.
+            subprocess.run(
+                [
+                    sys.executable, "flows/reference.py", "--problems",
+                    str(tmp / "problems.yaml"), "--num-warmup", "100", "--num-draws", "200",
+                ],
+                cwd=REPO, env=run_env, capture_output=True, text=True, timeout=1800, check=True,
+            )  # fmt: skip
             t0 = time.time()
             out = subprocess.run(
                 argv, cwd=REPO, env=run_env, capture_output=True, text=True, timeout=1800
@@ -220,6 +246,9 @@ def slurm_part(jobs: int, studies: int, n_trials: int) -> dict[str, Any]:
                 print(out.stdout[-3000:], out.stderr[-3000:], file=sys.stderr)
                 return {"returncode": out.returncode}
             rows = read_rows(tmp / "results" / "runs.parquet")
+            # The same runs on as many processes of this machine, for what its cores allow.
+            paths = {"results_dir": str(tmp / "results"), "jax_cache_dir": str(REPO / ".jax_cache")}
+            bare = bare_loop(specs, len(rows), jobs, paths)
     finally:
         stack.close()
     spans = [
@@ -229,9 +258,11 @@ def slurm_part(jobs: int, studies: int, n_trials: int) -> dict[str, Any]:
     return {
         **measure(spans, jobs, t0),
         "studies": studies,
-        "statuses": sorted({row["status"] for row in rows}),
-        "note": "startup_sec here is from the command, through reference computation, "
-        "SLURM job start and all workers joining",
+        "runs_with_estimate": sum(1 for row in rows if row["llc_hat"] is not None),
+        "batch": batch,
+        "bare_loop_same_processes": bare,
+        "note": "references cached beforehand; startup_sec is from the command, through "
+        "the Prefect engine, SLURM job start and all workers joining",
     }
 
 
@@ -239,16 +270,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-trials", type=int, default=8, help="per study, local part")
     parser.add_argument("--slurm", action="store_true", help="also the local SLURM part")
+    parser.add_argument("--skip-local", action="store_true", help="keep the last local part")
     parser.add_argument("--jobs", type=int, default=8, help="SLURM jobs (one worker each)")
     parser.add_argument("--studies", type=int, default=4, help="studies in the SLURM part")
     parser.add_argument("--slurm-trials", type=int, default=12, help="per study, SLURM part")
     args = parser.parse_args()
     report: dict[str, Any] = {"budget_sec": BUDGET_SEC, "cpus": os.cpu_count()}
-    report["local"] = local_part(args.n_trials)
+    previous = json.loads(OUT.read_text()) if OUT.exists() else {}
+    if args.skip_local and "local" in previous:
+        report["local"] = previous["local"]
+    else:
+        report["local"] = local_part(args.n_trials)
     print(json.dumps(report, indent=2), flush=True)
     if args.slurm:
         report["slurm"] = slurm_part(args.jobs, args.studies, args.slurm_trials)
-    previous = json.loads(OUT.read_text()) if OUT.exists() else {}
     if not args.slurm and "slurm" in previous:
         report["slurm"] = previous["slurm"]  # keep the last SLURM measurement
     from lambda_hat.io import atomic_write_json

@@ -3,17 +3,18 @@
     python flows/tune.py                       # the default preset, end to end
     python flows/tune.py --problems smoke --methods sgld vi --n-trials 6 --dry-run
 
-1. load the problem set and the methods' search spaces;
-2. get every reference: read from disk when all are cached, else computed (cached HMC
-   tasks) on the reference cluster;
-3. start the trials cluster; every (problem, method) study runs at once, a
-   ``tune-method`` subflow each, the trials in flight over all of them capped at the
-   cluster's capacity and shared fairly; a study is an Optuna study ``<pid>:<method>``:
-   each trial is ``repeats`` runs on the study's common seeds, the pruner may stop a
-   losing trial between repeats, at most ``batch`` trials are in flight;
-4. the same subflow validates the study's top-k configurations on fresh seeds; the one
-   with the lowest validated error is the study's recommendation;
-5. every finished run is a row of ``runs.parquet``; the leaderboard (validated error with
+1. load and check the problem set, the methods' search spaces and the settings;
+2. start the trials cluster; each problem's reference is read from disk when cached, else
+   computed (a cached HMC task) on the reference cluster or, where the profile's two
+   roles are alike, on the trials' cluster (``flows/supply.py``);
+3. each problem's studies start as soon as its own reference is in: every (problem,
+   method) study runs at once, a ``tune-method`` subflow each (``flows/study.py``), the
+   runs in flight over all of them capped at twice the cluster's capacity and shared
+   fairly; a study is the Optuna study ``<pid>:<method>``: each trial is ``repeats`` runs
+   on the study's common seeds, the pruner may stop a losing trial between repeats, at
+   most ``batch`` trials are in flight; then its top-k configurations are validated on
+   fresh seeds and the one with the lowest validated error is its recommendation;
+4. every finished run is a row of ``runs.parquet``; the leaderboard (validated error with
    its 95 % interval, the search objective beside it) goes to ``leaderboard.parquet`` and
    the Prefect artifacts; the plots and ``index.html`` to ``artifacts/report/``.
 """
@@ -139,10 +140,14 @@ def tune(
     # studies start as soon as its own reference is in (flows/supply.py).
     supply = ReferenceSupply(specs, config, refresh_references, settings)
     with supply, dask_cluster(settings.cluster, role="trials") as address:
-        slots = TrialSlots(capacity(settings.cluster, "trials", address))
+        # Twice the cluster's capacity: one run waiting behind each running one, so a worker
+        # that finishes starts its next run at once instead of after the driver's round
+        # trip (tell, ask, submit, task start: 0.3-0.6 s measured, benchmarks/orchestration.py).
+        workers = capacity(settings.cluster, "trials", address)
+        slots = TrialSlots(2 * workers)
         logger.info(
-            "%d studies at once; at most %d runs in flight over all of them",
-            len(specs) * len(methods), slots.capacity,
+            "%d studies at once on %d workers; at most %d runs in flight over all of them",
+            len(specs) * len(methods), workers, slots.capacity,
         )  # fmt: skip
         subflow = tune_method.with_options(task_runner=runner_for(address))
 
