@@ -207,14 +207,18 @@ def slurm_part(jobs: int, studies: int, n_trials: int) -> dict[str, Any]:
             specs = _smoke_specs(studies)
             (tmp / "problems.yaml").write_text(json.dumps({"problems": specs}))
             (tmp / "methods.yaml").write_text(METHODS_YAML)
+            role = (
+                '  cluster: {{cores: 1, processes: 1, memory: 2GB, walltime: "00:30:00", '
+                "job_name: {job}, interface: lo, log_directory: {logs}}}\n"
+                "  scale: {{jobs: {jobs}}}\n  start_timeout_sec: 300\n"
+            )
+            logs = tmp / "logs"
             (tmp / "profile.yaml").write_text(
-                f"trials:\n  cluster: {{cores: 1, processes: 1, memory: 2GB, walltime: "
-                f'"00:30:00", job_name: {name}, interface: lo}}\n'
-                f"  scale: {{jobs: {jobs}}}\n  start_timeout_sec: 300\n"
-                f"  start_workers: {jobs}\n"
-                f"reference:\n  cluster: {{cores: 1, processes: 1, memory: 2GB, walltime: "
-                f'"00:30:00", job_name: {name}-ref, interface: lo}}\n'
-                f"  scale: {{jobs: 2}}\n  start_timeout_sec: 300\n"
+                "trials:\n"
+                + role.format(job=name, logs=logs, jobs=jobs)
+                + f"  start_workers: {jobs}\n"
+                + "reference:\n"
+                + role.format(job=f"{name}-ref", logs=logs, jobs=2)
             )
             # Each study may have twice its share of the workers in flight: one run
             # waiting behind each running one, as the campaign's slots allow.
