@@ -114,7 +114,7 @@ def running(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 def reap_stale_trials(study: optuna.Study, lease_sec: float, mine: Owner | None = None) -> int:
     """Fail and re-enqueue the RUNNING trials whose driver is gone; never ``mine``'s,
-    never a live driver's."""
+    never a live driver's. Returns how many were re-enqueued (new trials)."""
     now = time.time()
     stale = [
         trial
@@ -122,16 +122,19 @@ def reap_stale_trials(study: optuna.Study, lease_sec: float, mine: Owner | None 
         if owner_id(trial) != (mine.text if mine else None)
         and is_stale(trial.user_attrs, _started(trial), now, lease_sec)
     ]
+    requeued = 0
     for trial in stale:
         if trial.params:
             _requeue(study, trial, "stale: its driver died")
+            requeued += 1
         else:  # created by an ask that failed half-way: nothing to rerun
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
     if stale:
         log.warning(
-            "study %s: failed and re-enqueued %d stale trials", study.study_name, len(stale)
-        )
-    return len(stale)
+            "study %s: failed %d stale trials, re-enqueued %d",
+            study.study_name, len(stale), requeued,
+        )  # fmt: skip
+    return requeued
 
 
 def live_running(study: optuna.Study, lease_sec: float) -> int:
@@ -164,18 +167,10 @@ def fail_orphans(study: optuna.Study, asked: Iterable[range]) -> int:
     return len(orphans)
 
 
-def twin_of(study: optuna.Study, trial: optuna.Trial, mine: Owner) -> int | None:
-    """The number of another run's trial with the same parameters, if any. Two runs of a
-    study started at the same moment seed their samplers alike; a single run never has a
-    twin, so this changes nothing when a study has one driver. An enqueued trial (a
-    reaped trial's rerun, a user's enqueue) repeats its parameters on purpose."""
-    if "fixed_params" in study._storage.get_trial(trial._trial_id).system_attrs:
-        return None
-    for other in study.get_trials(deepcopy=False):
-        owner = other.user_attrs.get("owner")
-        if owner and owner.get("id") != mine.text and other.params == trial.params:
-            return other.number
-    return None
+def enqueued(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether the trial was enqueued (a reaped trial's rerun, a user's enqueue): its
+    parameters were fixed, not proposed by this run's sampler."""
+    return "fixed_params" in study._storage.get_trial(trial._trial_id).system_attrs
 
 
 class Heartbeat(threading.Thread):

@@ -106,8 +106,13 @@ def open_study(
     # Reproducible, but not the same draws on every resume: a sampler seeded alike each
     # time would propose the configurations of the first run's random start-up again.
     resumed = len(study.get_trials(deepcopy=False))
-    study.sampler = optuna.samplers.TPESampler(seed=seed + resumed, constant_liar=True)
+    study.sampler = reseeded(seed + resumed)
     return study
+
+
+def reseeded(seed: int) -> optuna.samplers.TPESampler:
+    """The study's sampler: TPE with the constant liar, so trials in flight are modelled."""
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
 def finished_trials(study: optuna.Study) -> int:

@@ -8,14 +8,18 @@ Search seeds are even and validation seeds odd: the two sets never meet.
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from optuna.trial import TrialState
 
 from lambda_hat.ids import stable_hash, validate_id
+
+log = logging.getLogger(__name__)
 
 ObjectiveKind = Literal["abs", "huber"]
 Stage = Literal["search", "validation"]
@@ -147,3 +151,28 @@ def summarize_runs(runs: list[RunOutcome], llc_ref: float) -> dict[str, Any]:
         "abs_error_mean": statistics.fmean(run.abs_error for run in ok) if ok else None,
         "repeats_done": len(runs),
     }
+
+
+# A run whose task raised (its worker or job was killed, after Dask's own re-runs) is
+# submitted again this many times in all before it counts as a failed run.
+MAX_ATTEMPTS = 3
+
+
+def resolve(
+    future: Hashable, plan: RunPlan, submit: Callable[[RunPlan], Hashable]
+) -> tuple[dict[str, Any], Any]:
+    """The run's result, or (for a lost run with attempts left) ``({}, new_future)``."""
+    result = _result_of(future)
+    if result["status"] == "lost" and plan.attempt < MAX_ATTEMPTS:
+        log.warning("run %s lost (%s); running it again", plan.run_id, result["error"])
+        return {}, submit(replace(plan, attempt=plan.attempt + 1))
+    return result, None
+
+
+def _result_of(future: Any) -> dict[str, Any]:
+    """The run's result dict. The runner never raises (a diverged or failing run is a
+    result), so an exception here is the infrastructure's: the run is ``lost``."""
+    try:
+        return future.result()
+    except Exception as error:  # noqa: BLE001 - a lost worker must not end the study
+        return {"status": "lost", "llc_hat": None, "error": f"{type(error).__name__}: {error}"}

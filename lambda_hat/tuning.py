@@ -41,7 +41,7 @@ import time
 import warnings
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Literal
 
 import optuna
 from optuna.trial import TrialState
@@ -50,10 +50,10 @@ from lambda_hat.reaping import (  # noqa: F401
     Heartbeat,
     Owner,
     _requeue,
+    enqueued,
     fail_orphans,
     live_running,
     reap_stale_trials,
-    twin_of,
 )
 from lambda_hat.runners.run_method import run_id_for
 from lambda_hat.search_space import MethodSpace
@@ -68,8 +68,10 @@ from lambda_hat.storage import (  # noqa: F401
     engine_kwargs,
     finished_trials,
     open_study,
+    reseeded,
 )
 from lambda_hat.trials import (  # noqa: F401
+    MAX_ATTEMPTS,
     ObjectiveKind,
     Outcome,
     RunOutcome,
@@ -78,6 +80,7 @@ from lambda_hat.trials import (  # noqa: F401
     config_id_for,
     judge_run,
     objective_value,
+    resolve,
     study_seeds,
     summarize_runs,
 )
@@ -116,13 +119,6 @@ def first_wave(kind: PrunerKind, repeats: int) -> int:
     return min(repeats, {"wilcoxon": 2, "median": 1, "none": repeats}[kind])
 
 
-# A run whose task raised (its worker or job was killed, after Dask's own re-runs) is
-# submitted again this many times in all before it counts as a failed run.
-MAX_ATTEMPTS = 3
-# Asks in a row that may each be dropped as another run's twin (see ``_ask``).
-MAX_DUPLICATE_ASKS = 5
-
-
 @dataclass
 class _OpenTrial:
     """A trial in flight: its planned runs (one per repeat) and those finished so far."""
@@ -137,15 +133,6 @@ class _OpenTrial:
 
 Submit = Callable[[RunPlan], Hashable]
 FirstDone = Callable[[list[Hashable]], Hashable]
-
-
-def resolve(future: Hashable, plan: RunPlan, submit: Submit) -> tuple[dict[str, Any], Any]:
-    """The run's result, or (for a lost run with attempts left) ``({}, new_future)``."""
-    result = _result_of(future)
-    if result["status"] == "lost" and plan.attempt < MAX_ATTEMPTS:
-        log.warning("run %s lost (%s); running it again", plan.run_id, result["error"])
-        return {}, submit(replace(plan, attempt=plan.attempt + 1))
-    return result, None
 
 
 @dataclass
@@ -191,6 +178,11 @@ class Driver:
         asked: list[range] = []  # the trial numbers each of this driver's asks could make
         storage, study_id = self.study._storage, self.study._study_id
         self._first_number = self.retry("counting", storage.get_n_trials, study_id)
+        # Seeded by the trials already there, as open_study does: a run alone proposes the
+        # same configurations whenever it starts; see _ask for two runs at once.
+        self.study.sampler = reseeded(self._first_number)
+        self._seed_checked = False
+        self._expected_number = self._first_number  # of this run's first proposed trial
         heartbeat = Heartbeat(
             self.study,
             self.owner,
@@ -270,9 +262,10 @@ class Driver:
         Stale trials are reaped first (at most every half lease)."""
         now = time.monotonic()
         if now - self._last_reap > self.lease_sec / 2:
-            self.retry(
+            reaped = self.retry(
                 "reaping stale trials", reap_stale_trials, self.study, self.lease_sec, self.owner
             )
+            self._expected_number += reaped  # each is re-enqueued as a new trial
             self._last_reap = now
         finished = self.retry("counting", finished_trials, self.study)
         live = self.retry("counting", live_running, self.study, self.lease_sec)
@@ -281,21 +274,26 @@ class Driver:
     def _ask(self, seeds: list[int], asked: list[range]) -> _OpenTrial:
         """Ask and claim a trial. A cut-off ask leaves an unclaimed trial numbered after
         this driver's previous one: ``asked`` keeps those windows for ``fail_orphans``."""
-        for _ in range(MAX_DUPLICATE_ASKS):
-            trial = self.retry("ask", self.study.ask, self.space.distributions())
-            after = asked[-1].stop if asked else self._first_number
-            asked.append(range(after, trial.number + 1))
-            twin = self.retry("checking for a twin", twin_of, self.study, trial, self.owner)
-            if twin is None:
-                break
-            # Another run of this study, started at the same moment, seeded its sampler
-            # alike and proposed the same configuration: drop this one (never counted, no
-            # run) and reseed by this trial's number, which no other run can have.
-            log.info("trial %d repeats trial %d of another run: reseeding", trial.number, twin)
-            trial.set_user_attr("fail_reason", f"duplicate of trial {twin} (another run)")
-            self.retry("dropping a duplicate", self.study.tell, trial, state=TrialState.FAIL)
-            self.study.sampler = optuna.samplers.TPESampler(seed=trial.number, constant_liar=True)
+        trial = self._ask_once(asked)
+        if not self._seed_checked and not self.retry("reading", enqueued, self.study, trial):
+            self._seed_checked = True
+            if trial.number != self._expected_number:
+                # Another run of this study asked since this one started: both samplers
+                # were seeded by the same trial count and propose the same configurations.
+                # Drop this trial (no run, never counted) and reseed by its number, which
+                # no other run can have. A run alone never gets here.
+                log.info("trial %d: another run shares the study; reseeding", trial.number)
+                trial.set_user_attr("fail_reason", "asked beside another run: reseeded")
+                self.retry("dropping a trial", self.study.tell, trial, state=TrialState.FAIL)
+                self.study.sampler = reseeded(trial.number)
+                trial = self._ask_once(asked)
         return self.retry("planning a trial", self._open, trial, seeds)
+
+    def _ask_once(self, asked: list[range]) -> optuna.Trial:
+        trial = self.retry("ask", self.study.ask, self.space.distributions())
+        after = asked[-1].stop if asked else self._first_number
+        asked.append(range(after, trial.number + 1))
+        return trial
 
     def _judge(self, entry: _OpenTrial) -> Outcome | None:
         try:
@@ -387,12 +385,3 @@ class Driver:
             trial.set_user_attr("status", "ok")
             self.study.tell(trial.number, value, skip_if_finished=True)
         return Outcome(trial.number, state, value, reason, runs, dict(trial.params))
-
-
-def _result_of(future: Any) -> dict[str, Any]:
-    """The run's result dict. The runner never raises (a diverged or failing run is a
-    result), so an exception here is the infrastructure's: the run is ``lost``."""
-    try:
-        return future.result()
-    except Exception as error:  # noqa: BLE001 - a lost worker must not end the study
-        return {"status": "lost", "llc_hat": None, "error": f"{type(error).__name__}: {error}"}

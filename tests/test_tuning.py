@@ -1,6 +1,7 @@
 """The Optuna driver (repeats, pruning, failures, reaping), objectives, settings and the
 Parquet writer, without Prefect."""
 
+import json
 import multiprocessing
 import socket
 import subprocess
@@ -266,9 +267,12 @@ def test_stale_running_trials_are_reaped_and_rerun_with_the_same_run_ids(tmp_pat
     assert len(outcomes) == 3
     assert seen[0].hyperparams == orphan_params
     assert [p.seed for p in seen[:2]] == study_seeds("p_test:sgld", 2)
-    states = [t.state for t in open_study(url, "p_test:sgld").trials]
+    trials = open_study(url, "p_test:sgld").trials
+    states = [t.state for t in trials]
     assert states[0] == TrialState.FAIL and TrialState.RUNNING not in states
     assert finished_trials(study) == 3
+    # Alone (the dead driver's rerun enqueued by this one): nothing dropped or reseeded.
+    assert states.count(TrialState.FAIL) == 1, [t.user_attrs for t in trials]
 
 
 def test_a_half_told_trial_is_rerun_and_counted_once(tmp_path):
@@ -359,3 +363,49 @@ def test_studies_share_the_clusters_slots_fairly_and_all_finish(tmp_path):
     assert all(finished_trials(open_study(url, name)) == 4 for name in names)
     assert peak[0] <= 2  # the cluster's capacity, over all studies
     assert all(slots.held(name) == 0 for name in names)
+
+
+def test_two_drivers_started_together_do_not_propose_the_same_trials(tmp_path):
+    """Both read the same trial count when they start, so their samplers are seeded alike;
+    the one whose first ask is not numbered as it expected drops it and reseeds by its
+    number. A driver alone keeps the seed (its proposals do not change)."""
+    url = f"sqlite:///{tmp_path}/o.db"
+    open_study(url, "p_test:sgld")  # the schema, once
+    start = threading.Barrier(2)
+
+    def drive() -> None:
+        driver = make_driver(open_study(url, "p_test:sgld"), repeats=1, pruner="none")
+        original_ask = driver._ask_once
+
+        def ask_once(asked):
+            if not asked:
+                start.wait(10)  # both have read the trial count before either asks
+            return original_ask(asked)
+
+        driver._ask_once = ask_once
+        with ThreadPoolExecutor(1) as pool:
+            driver.run(
+                5, batch=1, first_done=first_done,
+                submit=lambda plan: pool.submit(lambda: {"status": "ok", "llc_hat": 3.0}),
+            )  # fmt: skip
+
+    with ThreadPoolExecutor(2) as drivers:
+        for future in [drivers.submit(drive), drivers.submit(drive)]:
+            future.result()
+    trials = optuna.load_study(study_name="p_test:sgld", storage=url).trials
+    counted_trials = [t for t in trials if t.user_attrs.get("status")]
+    params = [json.dumps(t.params, sort_keys=True) for t in counted_trials]
+    assert len(set(params)) == len(params) >= 5
+    dropped = [t for t in trials if "reseeded" in t.user_attrs.get("fail_reason", "")]
+    assert len(dropped) == 1  # the second to ask, once
+
+    # Alone, a driver proposes what a fresh sampler seeded by the trial count does.
+    alone = open_study(f"sqlite:///{tmp_path}/alone.db", "p_test:sgld")
+    with ThreadPoolExecutor(1) as pool:
+        make_driver(alone, repeats=1, pruner="none").run(
+            1, batch=1, first_done=first_done,
+            submit=lambda plan: pool.submit(lambda: {"status": "ok", "llc_hat": 3.0}),
+        )  # fmt: skip
+    reference = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    expected = reference.ask(load_methods()["sgld"].distributions()).params
+    assert alone.trials[0].params == expected
