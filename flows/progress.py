@@ -1,9 +1,10 @@
-"""A study's progress artifact and best value, refreshed on a timer, off the run path.
+"""A study's progress artifact and best value, off the run path.
 
 Updating the Prefect artifact is an API call and the best value a storage query: done after
-every trial, both sat between a run's end and the next run's start. ``StudyProgress`` keeps
-the numbers the driver hands it and a daemon thread sends them every ``every_sec`` (and once
-more at ``close``), so the driver only records two numbers per trial.
+every trial, both sat between a run's end and the next run's start. ``StudyProgress`` reads
+the best value once, when the study starts, then keeps the minimum of the objectives this
+run tells; a daemon thread sends the progress every ``every_sec`` (and once more at
+``close``). No storage connection is held beyond the driver's own.
 """
 
 from __future__ import annotations
@@ -23,16 +24,15 @@ class StudyProgress:
     def __init__(
         self,
         artifact_id: Any,
-        read_best: Callable[[], float | None],
+        read_best: Callable[[], float | None],  # called once, here
         every_sec: float = 2.0,
     ):
         self._artifact_id = artifact_id
-        self._read_best = read_best
         self._every_sec = every_sec
         self._lock = threading.Lock()
         self._percent: float | None = None
         self._sent: float | None = None
-        self._best: float | None = None
+        self._best: float | None = read_best()
         self._stop = threading.Event()
         # The copied context carries the flow run and the Prefect API settings.
         self._thread = threading.Thread(
@@ -42,8 +42,8 @@ class StudyProgress:
         self._thread.start()
 
     def trial_done(self, percent: float, objective: float | None) -> float | None:
-        """Note a finished trial; the best value known (the last one read from the storage,
-        which other drivers of the study also write to, or this trial's if lower)."""
+        """Note a finished trial; the best value known (the study's when this run started,
+        or a lower one this run told since)."""
         with self._lock:
             self._percent = percent
             if objective is not None and (self._best is None or objective < self._best):
@@ -51,8 +51,8 @@ class StudyProgress:
             return self._best
 
     def close(self, send: bool = True) -> None:
-        """Stop the timer; ``send`` the last numbers (not when the study is failing: a
-        storage error here would hide the one that ended it)."""
+        """Stop the timer; ``send`` the last progress (not when the study is failing: an
+        API error here would hide the one that ended it)."""
         self._stop.set()
         self._thread.join()
         if send:
@@ -71,7 +71,3 @@ class StudyProgress:
         if percent is not None and percent != self._sent:
             update_progress_artifact(self._artifact_id, percent)
             self._sent = percent
-        best = self._read_best()
-        with self._lock:
-            if best is not None and (self._best is None or best < self._best):
-                self._best = best

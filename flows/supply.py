@@ -18,7 +18,9 @@ Where the references run:
 
 from __future__ import annotations
 
+import contextvars
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import Any
 
@@ -57,6 +59,8 @@ class ReferenceSupply:
         self._lock = threading.Lock()
         self._cluster = ExitStack()
         self._own_address: str | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._early: dict[int, Future] = {}
 
     @property
     def missing(self) -> int:
@@ -76,15 +80,31 @@ class ReferenceSupply:
                 dask_cluster(self._settings.cluster, role="reference")
             )
             logger.info("%d references to compute, on the reference cluster", self._pending)
+            # Started now, not when each problem's thread asks: the reference jobs may hold
+            # resources the trials' jobs wait for, and are released when the last is in.
+            self._pool = ThreadPoolExecutor(self._pending, thread_name_prefix="reference")
+            for index in range(len(self._specs)):
+                if index not in self._ready:
+                    context = contextvars.copy_context()
+                    self._early[index] = self._pool.submit(context.run, self._compute, index, None)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
         self._cluster.close()
 
     def get(self, index: int, trials_address: str, slots: TrialSlots | None) -> dict[str, Any]:
         """The reference of problem ``index``: cached, or computed now (blocking)."""
         if index in self._ready:
             return self._ready[index]
+        if index in self._early:
+            return self._early[index].result()
+        return self._compute(index, slots, trials_address)
+
+    def _compute(
+        self, index: int, slots: TrialSlots | None, trials_address: str | None = None
+    ) -> dict[str, Any]:
         spec = self._specs[index]
         shared = self._own_address is None
         key = f"reference:{spec['name']}"
