@@ -94,7 +94,10 @@ def _start(cluster, role: RoleProfile, kind: str) -> None:
         )
     else:
         cluster.scale(jobs=role.scale.jobs or 1)
-    with Client(cluster) as client:
+    # Not the default client: prefect_dask's runner uses a default client's cluster in
+    # place of its own address, so a reference subflow starting while the trials' cluster
+    # waits here would send its tasks to the trials' jobs.
+    with Client(cluster, set_as_default=False) as client:
         try:
             client.wait_for_workers(role.start_workers, timeout=role.start_timeout_sec)
         except TimeoutError:
@@ -166,7 +169,7 @@ def capacity(settings: ClusterSettings, role: Role, address: str) -> int:
     if settings.kind == "address":
         from distributed import Client
 
-        with Client(address, timeout=30) as client:
+        with Client(address, timeout=30, set_as_default=False) as client:
             workers = client.scheduler_info().get("workers", {}).values()
             return max(1, sum(worker.get("nthreads", 1) for worker in workers))
     profile = getattr(load_profile(settings), role)
