@@ -200,9 +200,11 @@ def test_postgres_restart_mid_run_is_ridden_out_and_a_diverged_trial_fails(stack
     wide = METHODS.replace("high: 3.0e-4", "high: 1.0e-1")
     campaign = Campaign(stack, tmp_path, "fault-pgrestart", data_seed=103, methods=wide)
     campaign.enqueue({"step_size": 0.05})  # diverges within its first chunk
-    process = campaign.start(n_trials=6, batch=2, log="tune.log")
+    process = campaign.start(n_trials=8, batch=2, log="tune.log")
     try:
-        wait_for(lambda: len(campaign.rows()) >= 1, 300, "a finished trial")
+        # Two rows: both workers have compiled (a first run compiles for seconds, long
+        # enough to hide the whole outage); six trials of about a second remain.
+        wait_for(lambda: len(campaign.rows()) >= 2, 300, "two finished trials")
         # Down long enough that trials finish while it is gone: the driver must retry.
         restart_postgres(stack, down_sec=8)
         output = campaign.finish(process, "tune.log")
@@ -211,7 +213,7 @@ def test_postgres_restart_mid_run_is_ridden_out_and_a_diverged_trial_fails(stack
         campaign.cancel_jobs()
     assert process.returncode == 0, output[-3000:]
     assert "optuna_storage:" in output and "retrying in" in output, output[-3000:]
-    rows = campaign.assert_clean_study(6)
+    rows = campaign.assert_clean_study(8)
     # The diverged trial: FAIL with its reason, no objective (not inf), and the campaign
     # went on. TPE models COMPLETE trials only, so it is out of the sampler's model.
     diverged = campaign.study().trials[0]
