@@ -17,13 +17,13 @@ from flows.checks import (
 )
 from lambda_hat.arguments import DefaultsHelp, OneLineErrors, float_in, int_between
 from lambda_hat.problems import PRESETS
-from lambda_hat.runners.names import METHOD_NAMES
+from lambda_hat.runners.names import DEFAULT_METHODS, METHOD_NAMES
 
 
 def parser() -> argparse.ArgumentParser:
     p = OneLineErrors(
         prog="python flows/tune.py",
-        description="Tune SGLD, MCLMC and VI hyperparameters against HMC reference LLCs.",
+        description="Tune SGLD, pSGLD, MCLMC and VI hyperparameters against HMC reference LLCs.",
         epilog="Without PREFECT_API_URL a local Prefect server is started for the run. The "
         "report: artifacts/report/index.html. Ctrl-C stops with one line; rerun to resume.",
         formatter_class=DefaultsHelp,
@@ -32,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
         "--problems", default="default", help=f"a YAML file or a preset ({', '.join(PRESETS)})"
     )
     p.add_argument(
-        "--methods", nargs="+", choices=list(METHOD_NAMES), default=list(METHOD_NAMES),
+        "--methods", nargs="+", choices=list(METHOD_NAMES), default=list(DEFAULT_METHODS),
         help="the cheap methods to tune",
     )  # fmt: skip
     p.add_argument(
@@ -93,6 +93,18 @@ def parser() -> argparse.ArgumentParser:
         "--allow-untrusted-references",
         action="store_true",
         help="tune even against a reference whose quality verdict is 'untrusted'",
+    )
+    p.add_argument(
+        "--recipe",
+        action="store_true",
+        help="one study per method across every problem of the set: a configuration judged "
+        "by its mean relative error over the problems (a recipe), not one per problem",
+    )
+    p.add_argument(
+        "--holdout",
+        default=None,
+        help="a problem set (YAML or preset) the recommended configurations are run on "
+        "after validation, on fresh seeds (rows with stage 'transfer')",
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan, compute nothing")
     return p

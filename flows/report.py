@@ -8,16 +8,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lambda_hat.results import read_rows
+from lambda_hat.recipes import recipe_leaderboard_row, transfer_fields
+from lambda_hat.results import LEADERBOARD_COLUMNS, read_rows
 from lambda_hat.validation import Candidate, leaderboard_row
 
 
 def build_leaderboard(
     studies: list[dict[str, Any]], references: list[dict[str, Any]], parquet: Path
 ) -> list[dict[str, Any]]:
-    """One row per study, its validated figures computed from the Parquet rows."""
+    """One row per study, its validated (and transfer) figures computed from the Parquet
+    rows."""
     by_pid = {ref["pid"]: ref for ref in references}
-    validation = [row for row in read_rows(parquet) if row["stage"] == "validation"]
+    rows_on_disk = read_rows(parquet)
+    validation = [row for row in rows_on_disk if row["stage"] == "validation"]
+    transfer = [row for row in rows_on_disk if row["stage"] == "transfer"]
     rows = []
     for study in studies:
         candidates = [Candidate(**c) for c in study["candidates"]]
@@ -27,8 +31,14 @@ def build_leaderboard(
             for row in validation
             if row["study_name"] == study["study_name"] and row["config_id"] in ids
         ]
-        rows.append(
-            leaderboard_row(
+        if study.get("kind") == "recipe":
+            row = recipe_leaderboard_row(
+                study_name=study["study_name"], set_name=study["set_name"],
+                method=study["method"], candidates=candidates, validation_rows=mine,
+                counts=study["counts"],
+            )  # fmt: skip
+        else:
+            row = leaderboard_row(
                 problem_name=study["problem_name"],
                 pid=study["pid"],
                 method=study["method"],
@@ -37,7 +47,15 @@ def build_leaderboard(
                 validation_rows=mine,
                 counts=study["counts"],
             )
-        )
+            row["study_name"] = study["study_name"]
+        held_out = [
+            r
+            for r in transfer
+            if r["study_name"] == study["study_name"] and r["config_id"] == row["config_id"]
+        ]
+        if held_out:
+            row.update(transfer_fields(held_out))
+        rows.append({**dict.fromkeys(LEADERBOARD_COLUMNS), **row})  # (every column, null or not)
     return rows
 
 
@@ -50,12 +68,34 @@ def _pct(value: float | None) -> str:
 
 
 def validated_text(row: dict[str, Any]) -> str:
-    """``0.123 [0.080, 0.166] (n=8)``, or why there is no validated figure."""
+    """``0.123 [0.080, 0.166] (n=8)`` (a recipe: its mean relative error over problems),
+    or why there is no validated figure."""
+    if row.get("kind") == "recipe":
+        if row["validated_rel_error_mean"] is None:
+            return "not validated"
+        return (
+            f"{_pct(row['validated_rel_error_mean'])} [{_pct(row['validated_rel_error_ci_low'])}, "
+            f"{_pct(row['validated_rel_error_ci_high'])}] relative, {row['n_problems']} "
+            f"problems (n={row['n_validation_runs']})"
+        )
     if row["validated_error_mean"] is None:
         return "not validated"
     return (
         f"{_num(row['validated_error_mean'])} [{_num(row['validated_error_ci_low'])}, "
         f"{_num(row['validated_error_ci_high'])}] (n={row['n_validation_runs']})"
+    )
+
+
+def transfer_text(row: dict[str, Any]) -> str:
+    """The held-out problems' mean relative error with its 95 % interval, or ``–``."""
+    if row.get("transfer_rel_error_mean") is None:
+        failed = row.get("n_transfer_failed")
+        return f"all {failed} runs failed" if failed else "–"
+    failed = f", {row['n_transfer_failed']} failed" if row.get("n_transfer_failed") else ""
+    return (
+        f"{_pct(row['transfer_rel_error_mean'])} [{_pct(row['transfer_rel_error_ci_low'])}, "
+        f"{_pct(row['transfer_rel_error_ci_high'])}] over {row['n_transfer_problems']} "
+        f"held-out problems (n={row['n_transfer_runs']}{failed})"
     )
 
 
@@ -69,8 +109,9 @@ def leaderboard_line(row: dict[str, Any]) -> str:
             f"search objective {_num(row['search_objective'])} (not validated); "
             f"params {row['params_json']}"
         )
+    held_out = "" if row.get("n_transfer_runs") is None else f", transfer {transfer_text(row)}"
     return head + (
-        f"validated error {validated_text(row)}, search objective "
+        f"validated error {validated_text(row)}{held_out}, search objective "
         f"{_num(row['search_objective'])}; params {row['params_json']}"
     )
 
@@ -82,9 +123,14 @@ def leaderboard_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "problem": row["problem_name"],
             "pid": row["pid"],
             "method": row["method"],
-            "llc_ref": f"{_num(row['llc_ref'])} ± {_num(row['se_ref'])}",
+            "llc_ref": (
+                "per problem"
+                if row.get("kind") == "recipe"
+                else f"{_num(row['llc_ref'])} ± {_num(row['se_ref'])}"
+            ),
             "validated |error| [95% CI]": validated_text(row),
             "validated rel. error": _pct(row["validated_rel_error_mean"]),
+            "transfer rel. error [95% CI]": transfer_text(row),
             "validated bias": _num(row["validated_bias"]),
             "validated sd": _num(row["validated_sd"]),
             "search objective": _num(row["search_objective"]),
@@ -109,15 +155,21 @@ def report_markdown(
         "seeds it was not selected on, with its 95 % t interval. The search objective (the "
         "best trial's mean over its repeats) is shown beside it: it is biased low.",
         "",
-        "| problem | method | llc_ref | validated error [95 % CI] | rel. | bias | search obj. "
-        "| trials (pruned, failed) |",
-        "|---|---|---|---|---|---|---|---|",
+        "A recipe row (`recipe-<set>`) is one configuration for every problem of the set: its "
+        "validated error is the mean over problems of each problem's mean relative error. "
+        "Transfer: the recommended configuration on the held-out problems (`--holdout`), on "
+        "fresh seeds, mean relative error over them.",
+        "",
+        "| problem | method | llc_ref | validated error [95 % CI] | rel. | transfer (held out) "
+        "| bias | search obj. | trials (pruned, failed) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
-            f"| {row['problem_name']} | {row['method']} | {_num(row['llc_ref'])} | "
+            f"| {row['problem_name']} | {row['method']} | {_num(row.get('llc_ref'))} | "
             f"{validated_text(row)} | {_pct(row['validated_rel_error_mean'])} | "
-            f"{_num(row['validated_bias'])} | {_num(row['search_objective'])} | "
+            f"{transfer_text(row)} | {_num(row.get('validated_bias'))} | "
+            f"{_num(row['search_objective'])} | "
             f"{row['trials_done']} ({row['trials_pruned']}, {row['trials_failed']}) |"
         )
     lines += ["", "## References", ""]

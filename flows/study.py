@@ -12,6 +12,7 @@ validated recommendation.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 from typing import Any, Literal
@@ -74,6 +75,50 @@ def _label_study(study, spec: dict[str, Any], method: str, reference: dict[str, 
             study.set_user_attr(key, value)
 
 
+def submitter(settings: Settings, spec_of: Callable[[RunPlan], dict[str, Any]]):
+    """``submit(plan) -> future``: the plan's run as a cached task on the flow's runner.
+    A run whose metrics.json is missing or unreadable (truncated) is computed, not taken
+    from the cache: the files on disk must match what the study was told."""
+    logger = get_run_logger()
+    paths = storage_paths(settings)
+    runs_dir = settings.artifacts_dir.resolve() / "runs"
+    task = run_method_task.with_options(
+        result_storage=settings.results_dir.resolve() / "prefect-results"
+    )
+
+    def submit(plan: RunPlan):
+        spec = spec_of(plan)
+        pid = plan.pid or ProblemSpec.model_validate(spec).pid
+        run_dir = runs_dir / pid / plan.method / plan.run_id
+        recompute = read_json(run_dir / "metrics.json") is None
+        if recompute and (run_dir / "metrics.json").exists():
+            logger.warning("%s: metrics.json is unreadable; recomputing the run", run_dir)
+        return task.with_options(refresh_cache=recompute).submit(
+            plan.run_id, spec, plan.method, plan.config, plan.seed, plan.budget_sec, **paths,
+            stage=plan.stage,
+        )  # fmt: skip
+
+    return submit
+
+
+def stall_guard(what: str, settings: Settings, budget_sec: float):
+    """``first_done(futures)``: the first to finish, or ``StudyStalled`` when none does
+    within ``stall_sec`` (at least two run budgets)."""
+    stall_sec = max(settings.budgets.stall_sec, 2 * budget_sec)
+
+    def first_done(futures):
+        try:
+            return next(as_completed(futures, timeout=stall_sec))
+        except TimeoutError:
+            raise StudyStalled(
+                f"{what}: no run finished within {stall_sec:g} s "
+                f"(LAMBDA_HAT_BUDGETS__STALL_SEC); workers are paused (memory), lost, or "
+                "not starting. The study resumes when the flow is run again."
+            ) from None
+
+    return first_done
+
+
 @flow(name="tune-method", flow_run_name="tune-{method}-{spec[name]}")
 def tune_method(
     spec: dict[str, Any],
@@ -95,7 +140,6 @@ def tune_method(
     ``stall_sec``, the subflow fails and says so."""
     logger = get_run_logger()
     settings = Settings()
-    paths = storage_paths(settings)
     pid = ProblemSpec.model_validate(spec).pid
     retry = StorageRetry(settings.budgets.storage_retry_sec)
     name = f"{pid}:{method}"
@@ -129,23 +173,9 @@ def tune_method(
         "flow_run_id": str(get_run_context().flow_run.id),
     }
     parquet = settings.results_dir.resolve() / "runs.parquet"
-    task = run_method_task.with_options(
-        result_storage=settings.results_dir.resolve() / "prefect-results"
-    )
     runs_dir = settings.artifacts_dir.resolve() / "runs"
     timeline: list[tuple] = []
-
-    def submit(plan: RunPlan):
-        # A run whose metrics.json is missing or unreadable (truncated) is computed, not
-        # taken from the cache: the files on disk must match what the study was told.
-        run_dir = runs_dir / pid / method / plan.run_id
-        recompute = read_json(run_dir / "metrics.json") is None
-        if recompute and (run_dir / "metrics.json").exists():
-            logger.warning("%s: metrics.json is unreadable; recomputing the run", run_dir)
-        return task.with_options(refresh_cache=recompute).submit(
-            plan.run_id, spec, method, plan.config, plan.seed, plan.budget_sec, **paths,
-            stage=plan.stage,
-        )  # fmt: skip
+    submit = submitter(settings, lambda plan: spec)
 
     def record(run: RunOutcome) -> None:
         write_rows([run_row(run, context)], parquet, runs_dir)
@@ -184,17 +214,7 @@ def tune_method(
         lease_sec=settings.budgets.lease_sec,
         slots=current_slots(),
     )
-    stall_sec = max(settings.budgets.stall_sec, 2 * budget_sec)
-
-    def first_done(futures):
-        try:
-            return next(as_completed(futures, timeout=stall_sec))
-        except TimeoutError:
-            raise StudyStalled(
-                f"study {name}: no run finished within {stall_sec:g} s "
-                f"(LAMBDA_HAT_BUDGETS__STALL_SEC); workers are paused (memory), lost, or "
-                "not starting. The study resumes when the flow is run again."
-            ) from None
+    first_done = stall_guard(f"study {name}", settings, budget_sec)
 
     try:
         outcomes = driver.run(n_trials, batch=batch, submit=submit, first_done=first_done)

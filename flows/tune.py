@@ -63,6 +63,7 @@ from flows.checks import (
 )
 from flows.cluster import ClusterError, capacity, dask_cluster, runner_for
 from flows.logs import forward_library_logs
+from flows.recipe import tune_recipe, write_recipes
 from flows.records import DiskFull
 from flows.reference import DEFAULT_REFERENCE, reference_table
 from flows.report import (
@@ -74,10 +75,13 @@ from flows.report import (
 )
 from flows.study import tune_method
 from flows.supply import ReferenceSupply
+from flows.transfer import transfer, transfer_entries
 from lambda_hat.io import check_writable
-from lambda_hat.problems import load_problem_set
+from lambda_hat.problems import check_held_out, load_problem_set, set_name
+from lambda_hat.recipes import recipe_space
 from lambda_hat.results import compact, write_leaderboard
 from lambda_hat.runners.hmc_reference import ReferenceConfig
+from lambda_hat.runners.names import DEFAULT_METHODS
 from lambda_hat.search_space import load_methods
 from lambda_hat.settings import Settings
 from lambda_hat.sizes import check_fits
@@ -89,8 +93,6 @@ from lambda_hat.storage import (
     init_storage,
 )
 from tasks.report import build_report_task
-
-DEFAULT_METHODS = ("sgld", "mclmc", "vi")
 
 
 @flow(name="tune", log_prints=True)
@@ -110,15 +112,24 @@ def tune(
     validate_top_k: int = DEFAULT_VALIDATE_TOP_K,
     validation_seeds: int = DEFAULT_VALIDATION_SEEDS,
     allow_untrusted_references: bool = False,
+    recipe: bool = False,
+    holdout: str | None = None,
 ) -> dict[str, Any]:
     """Tune ``methods`` on ``problems`` (a preset or YAML path): ``n_trials`` trials per
     study of ``repeats`` runs each, then the ``validate_top_k`` best configurations
-    rerun on ``validation_seeds`` fresh seeds each (0 turns validation off)."""
+    rerun on ``validation_seeds`` fresh seeds each (0 turns validation off). With
+    ``recipe``, one study per method across all the problems (flows/recipe.py); with
+    ``holdout`` (a problem set), each recommended configuration is then run on its
+    problems on ``validation_seeds`` fresh seeds (flows/transfer.py)."""
     forward_library_logs()
     logger = get_run_logger()
     settings = Settings()
     problem_set = load_problem_set(problems)
     check_fits(problem_set, settings.memory_limit_bytes(), problems)
+    held_out = load_problem_set(holdout, "holdout") if holdout else None
+    if held_out is not None:
+        check_fits(held_out, settings.memory_limit_bytes(), holdout)
+        check_held_out(problem_set, held_out)
     spaces = load_methods(methods_file)
     check_parameters(
         methods, spaces, n_trials, batch, repeats, pruner, validate_top_k, validation_seeds,
@@ -129,16 +140,22 @@ def tune(
     check_writable(settings.artifacts_dir, "artifacts_dir")
     settings.results_dir.mkdir(parents=True, exist_ok=True)  # the default SQLite file lives there
     check_storage(settings.storage_url())
+    parquet = settings.results_dir.resolve() / "runs.parquet"
     retry = StorageRetry(settings.budgets.storage_retry_sec)
     retry("creating the storage", init_storage, settings.storage_url())
     specs = [spec.model_dump(mode="json") for spec in problem_set.problems]
+    held_specs = [spec.model_dump(mode="json") for spec in held_out.problems] if held_out else []
     config = ReferenceConfig(num_warmup=reference_warmup, num_draws=reference_draws)
     logger.info("settings: %s", settings.public())
     started = time.perf_counter()
+    tuning = {"n_trials": n_trials, "batch": batch, "budget_sec": settings.budgets.trial_sec,
+              "repeats": repeats, "pruner": pruner, "validate_top_k": validate_top_k,
+              "validation_seeds": validation_seeds}  # fmt: skip
     # Every study at once, on one cluster: the runs in flight over all of them are capped
     # at the cluster's capacity and shared fairly (lambda_hat.slots). Each problem's
-    # studies start as soon as its own reference is in (flows/supply.py).
-    supply = ReferenceSupply(specs, config, refresh_references, settings)
+    # studies start as soon as its own reference is in (flows/supply.py); the held-out
+    # problems' references are computed beside them.
+    supply = ReferenceSupply(specs + held_specs, config, refresh_references, settings)
     with supply, dask_cluster(settings.cluster, role="trials") as address:
         # Twice the cluster's capacity: one run waiting behind each running one, so a worker
         # that finishes starts its next run at once instead of after the driver's round
@@ -147,39 +164,80 @@ def tune(
         slots = TrialSlots(2 * workers)
         logger.info(
             "%d studies at once on %d workers; at most %d runs in flight over all of them",
-            len(specs) * len(methods), workers, slots.capacity,
+            len(methods) * (1 if recipe else len(specs)), workers, slots.capacity,
         )  # fmt: skip
         subflow = tune_method.with_options(task_runner=runner_for(address))
 
+        def trusted(reference: dict[str, Any]) -> bool:
+            if reference.get("quality") == "untrusted" and not allow_untrusted_references:
+                logger.warning("%s: untrusted reference; not tuned on", reference["name"])
+                return False
+            return True
+
         def studies_of(index: int) -> list[dict[str, Any]]:
             reference = supply.get(index, address, slots)
-            if reference.get("quality") == "untrusted" and not allow_untrusted_references:
-                logger.warning(
-                    "%s: untrusted reference; its studies do not start", reference["name"]
-                )
+            if not trusted(reference):
                 return []
             calls = [
                 partial(
                     subflow, specs[index], method, spaces[method].model_dump(mode="json"),
-                    reference, n_trials, batch, objective, huber_k, settings.budgets.trial_sec,
-                    repeats=repeats, pruner=pruner, validate_top_k=validate_top_k,
-                    validation_seeds=validation_seeds,
+                    reference, objective=objective, huber_k=huber_k, **tuning,
                 )
                 for method in methods
             ]  # fmt: skip
             return all_at_once(calls, slots)
 
-        per_problem = all_at_once([partial(studies_of, i) for i in range(len(specs))], slots)
-    references = supply.references()
+        def recipes() -> list[dict[str, Any]]:
+            # A recipe is judged on every problem: its studies start once all are in.
+            refs = all_at_once([partial(supply.get, i, address, slots) for i in range(len(specs))])
+            family = [(s, r) for s, r in zip(specs, refs, strict=True) if trusted(r)]
+            if not family:
+                return []
+            recipe_subflow = tune_recipe.with_options(task_runner=runner_for(address))
+            calls = [
+                partial(
+                    recipe_subflow, set_name(problems), [s for s, _ in family],
+                    [r for _, r in family], method,
+                    recipe_space(spaces[method]).model_dump(mode="json"), **tuning,
+                )
+                for method in methods
+            ]  # fmt: skip
+            return all_at_once(calls, slots)
+
+        def held_out_references() -> list[dict[str, Any]]:
+            indices = range(len(specs), len(specs) + len(held_specs))
+            return all_at_once([partial(supply.get, i, address, slots) for i in indices])
+
+        work = [recipes] if recipe else [partial(studies_of, i) for i in range(len(specs))]
+        *groups, held_refs = all_at_once([*work, held_out_references], slots)
+        studies = [study for group in groups for study in group]
+        if held_specs and studies:
+            # What each study recommends is known once its validation is in.
+            known = [ref for ref in supply.references() if ref is not None]
+            recommended = build_leaderboard(studies, known, parquet)
+            held = [(s, r) for s, r in zip(held_specs, held_refs, strict=True) if trusted(r)]
+            if held:
+                transfer.with_options(task_runner=runner_for(address))(
+                    set_name(holdout), [s for s, _ in held], [r for _, r in held],
+                    transfer_entries(recommended, spaces), validation_seeds,
+                    settings.budgets.trial_sec,
+                )  # fmt: skip
+    references = [ref for ref in supply.references() if ref is not None]
     create_table_artifact(
         key="reference-table",
         table=reference_table(references),
-        description=f"HMC references for {problems}, with their quality verdicts",
+        description=f"HMC references for {problems}"
+        + (f" and the held-out {holdout}" if holdout else "")
+        + ", with their quality verdicts",
     )
-    studies = [study for group in per_problem for study in group]
     published = publish(
         studies, references, settings, problems, methods, time.perf_counter() - started
     )
+    if recipe and published["leaderboard"]:
+        published["recipes"] = write_recipes(
+            published["leaderboard"], studies, spaces,
+            settings.artifacts_dir.resolve() / "recipes", holdout,
+        )  # fmt: skip
     if not allow_untrusted_references:
         refuse_untrusted(references)  # after the other problems' results are written
     logger.info(
@@ -262,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
                 validate_top_k=args.validate_top_k,
                 validation_seeds=args.validation_seeds,
                 allow_untrusted_references=args.allow_untrusted_references,
+                recipe=args.recipe,
+                holdout=args.holdout,
             )
     except (*ONE_LINE_ERRORS, terminal.ServerError) as error:
         if terminal.interrupted():

@@ -95,6 +95,8 @@ def calibration_points(
     for board in leaderboard:
         if board["method"] != method or board.get("config_id") is None:
             continue
+        if board.get("kind") == "recipe":
+            continue  # (its problems' points would hide the per-problem recommendations)
         hats = [
             row["llc_hat"]
             for row in runs
@@ -126,29 +128,83 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _interval(mean: Any, low: Any, high: Any, percent: bool = False) -> str:
+    shown = (lambda v: "–" if v is None else f"{v:.1%}") if percent else _num
+    return f"{shown(mean)} [{shown(low)}, {shown(high)}]"
+
+
+def _validated(row: dict[str, Any]) -> str:
+    if row.get("kind") == "recipe":
+        if row.get("validated_rel_error_mean") is None:
+            return "not validated"
+        return (
+            _interval(row["validated_rel_error_mean"], row["validated_rel_error_ci_low"],
+                      row["validated_rel_error_ci_high"], percent=True)
+            + f" relative over {row['n_problems']} problems (n={row['n_validation_runs']})"
+        )  # fmt: skip
+    if row.get("validated_error_mean") is None:
+        return "not validated"
+    return (
+        _interval(row["validated_error_mean"], row["validated_error_ci_low"],
+                  row["validated_error_ci_high"])
+        + f" (n={row['n_validation_runs']})"
+    )  # fmt: skip
+
+
+def _transfer(row: dict[str, Any]) -> str:
+    if row.get("transfer_rel_error_mean") is None:
+        return "–"
+    return _interval(
+        row["transfer_rel_error_mean"], row["transfer_rel_error_ci_low"],
+        row["transfer_rel_error_ci_high"], percent=True,
+    ) + f" over {row['n_transfer_problems']} (n={row['n_transfer_runs']})"  # fmt: skip
+
+
 def _leaderboard_html(leaderboard: Sequence[dict[str, Any]]) -> str:
     rows = []
     for row in leaderboard:
-        validated = (
-            "not validated"
-            if row.get("validated_error_mean") is None
-            else f"{_num(row['validated_error_mean'])} [{_num(row['validated_error_ci_low'])}, "
-            f"{_num(row['validated_error_ci_high'])}] (n={row['n_validation_runs']})"
-        )
         rel = row.get("validated_rel_error_mean")
+        reference = (
+            "per problem" if row.get("kind") == "recipe"
+            else f"{_num(row.get('llc_ref'))} ± {_num(row.get('se_ref'))}"
+        )  # fmt: skip
         rows.append([
-            row["problem_name"], row["method"], validated,
-            "–" if rel is None else f"{rel:.1%}",
+            row["problem_name"], row["method"], _validated(row),
+            "–" if rel is None else f"{rel:.1%}", _transfer(row),
             f"{_num(row.get('search_objective'))} ± {_num(row.get('search_objective_se'))}",
-            f"{_num(row['llc_ref'])} ± {_num(row['se_ref'])}",
+            reference,
             f"{row.get('trials_done')}/{row.get('trials_pruned')}/{row.get('trials_failed')}",
             row.get("params_json") or "–",
         ])  # fmt: skip
     return _table(
-        ["problem", "method", "validated |error| [95 % CI]", "relative", "search objective ± SE",
-         "llc_ref ± SE", "trials done/pruned/failed", "configuration"],
+        ["problem", "method", "validated error [95 % CI]", "relative",
+         "transfer: held-out rel. error [95 % CI]", "search objective ± SE", "llc_ref ± SE",
+         "trials done/pruned/failed", "configuration"],
         rows,
     )  # fmt: skip
+
+
+def _recipes_html(
+    out: Path, runs: Sequence[dict[str, Any]], leaderboard: Sequence[dict[str, Any]]
+) -> list[str]:
+    """Each recipe study's trials (mean relative error over the set) with its validated
+    family error as a band."""
+    parts = []
+    for board in (b for b in leaderboard if b.get("kind") == "recipe"):
+        validated = None
+        if board.get("validated_rel_error_mean") is not None:
+            validated = {"mean": board["validated_rel_error_mean"],
+                         "ci_low": board["validated_rel_error_ci_low"],
+                         "ci_high": board["validated_rel_error_ci_high"],
+                         "n": board["n_validation_runs"]}  # fmt: skip
+        label = f"{board['problem_name']}-{board['method']}"
+        png = plots.study_progress(
+            study_trials(runs, board["study_name"]), validated,
+            f"{board['problem_name']} · {board['method']} (mean relative error)",
+            out / f"study-{label}.png",
+        )  # fmt: skip
+        parts += [f"<h2>{html.escape(label)}</h2>", _image(png, f"recipe study {label}")]
+    return parts
 
 
 def _references_html(references: Sequence[dict[str, Any]]) -> str:
@@ -179,6 +235,7 @@ def build_report(
              "selected on, with its 95 % t interval; the search objective is shown beside it."
              "</p>", "<h2>Leaderboard</h2>", _leaderboard_html(leaderboard),
              "<h2>References</h2>", _references_html(references)]  # fmt: skip
+    parts += _recipes_html(out, runs, leaderboard)
     for ref in references:
         name = ref.get("name", ref["pid"])
         parts.append(f"<h2>{html.escape(name)} ({html.escape(ref['pid'])})</h2>")
@@ -193,7 +250,7 @@ def build_report(
             out / f"cost-{name}.png",
         )
         parts.append(_image(png, f"error against cost on {name}"))
-        for board in (b for b in leaderboard if b["pid"] == ref["pid"]):
+        for board in (b for b in leaderboard if b["pid"] == ref["pid"] and "llc_ref" in b):
             study = f"{ref['pid']}:{board['method']}"
             validated = None
             if board.get("validated_error_mean") is not None:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lambda_hat.ids import problem_id
 from lambda_hat.io import read_text, safe_load_yaml
 
-PRESETS = ("smoke", "default")
+PRESETS = ("smoke", "default", "dln-family", "dln-family-holdout")
 
 
 class SpecError(ValueError):
@@ -253,8 +253,9 @@ def parse_problem_set(data: Any, source: str = "problem set") -> ProblemSet:
         raise SpecError(f"{source}: {format_validation_error(error)}") from None
 
 
-def load_problem_set(path_or_preset: str | Path) -> ProblemSet:
-    """Load a preset by name (``smoke``, ``default``) or a YAML file by path."""
+def load_problem_set(path_or_preset: str | Path, field: str = "problems") -> ProblemSet:
+    """Load a preset by name (``smoke``, ``default``, ...) or a YAML file by path; errors
+    name ``field`` (the argument it came from)."""
     name = str(path_or_preset)
     if name in PRESETS:
         text = resources.files("lambda_hat.presets").joinpath(f"{name}.yaml").read_text()
@@ -263,7 +264,29 @@ def load_problem_set(path_or_preset: str | Path) -> ProblemSet:
         path = Path(name)
         if not path.is_file():
             raise SpecError(
-                f"problems: no such file or preset {name!r} (presets: {', '.join(PRESETS)})"
+                f"{field}: no such file or preset {name!r} (presets: {', '.join(PRESETS)})"
             )
-        text, source = read_text(path, "problems", SpecError), str(path)
+        text, source = read_text(path, field, SpecError), str(path)
     return parse_problem_set(safe_load_yaml(text, source, SpecError), source)
+
+
+def set_name(path_or_preset: str | Path) -> str:
+    """A problem set's name: the preset's, or the file's stem (recipe studies and files
+    are named after it).
+
+    >>> set_name("dln-family"), set_name("configs/my_family.yaml")
+    ('dln-family', 'my_family')
+    """
+    name = str(path_or_preset)
+    return name if name in PRESETS else Path(name).stem
+
+
+def check_held_out(tuning: ProblemSet, held_out: ProblemSet) -> None:
+    """A held-out problem must not be one of the tuning problems (same pid)."""
+    tuned = {problem.pid: problem.name for problem in tuning.problems}
+    for problem in held_out.problems:
+        if problem.pid in tuned:
+            raise SpecError(
+                f"holdout: {problem.name} is the tuning problem {tuned[problem.pid]} "
+                f"({problem.pid}); a held-out problem must not be tuned on"
+            )

@@ -212,8 +212,11 @@ def compact(path: Path, rebuild_from: Path | None = None) -> int:
     return len(merged)
 
 
-# leaderboard.parquet: one row per (problem, method) study; see lambda_hat.validation.
+# leaderboard.parquet: one row per study (a problem's or a recipe's); see
+# lambda_hat.validation and lambda_hat.recipes.
 LEADERBOARD_COLUMNS: dict[str, pa.DataType] = {
+    "kind": pa.string(),  # "problem" (one problem's study) or "recipe" (across a set)
+    "study_name": pa.string(),
     "problem_name": pa.string(),
     "pid": pa.string(),
     "method": pa.string(),
@@ -226,6 +229,9 @@ LEADERBOARD_COLUMNS: dict[str, pa.DataType] = {
     "validated_error_ci_low": pa.float64(),
     "validated_error_ci_high": pa.float64(),
     "validated_rel_error_mean": pa.float64(),
+    "validated_rel_error_ci_low": pa.float64(),
+    "validated_rel_error_ci_high": pa.float64(),
+    "n_problems": pa.int64(),
     "validated_bias": pa.float64(),
     "validated_sd": pa.float64(),
     "validated_llc_mean": pa.float64(),
@@ -237,6 +243,13 @@ LEADERBOARD_COLUMNS: dict[str, pa.DataType] = {
     "trials_done": pa.int64(),
     "trials_pruned": pa.int64(),
     "trials_failed": pa.int64(),
+    # The recommended configuration on the --holdout problems (mean relative error).
+    "transfer_rel_error_mean": pa.float64(),
+    "transfer_rel_error_ci_low": pa.float64(),
+    "transfer_rel_error_ci_high": pa.float64(),
+    "n_transfer_problems": pa.int64(),
+    "n_transfer_runs": pa.int64(),
+    "n_transfer_failed": pa.int64(),
 }
 
 

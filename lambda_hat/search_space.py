@@ -7,7 +7,7 @@ config fields, bounds must be valid values, ``low < high``, ``log`` needs ``low 
 
 >>> spaces = load_methods()
 >>> sorted(spaces)
-['mclmc', 'sgld', 'vi']
+['mclmc', 'psgld', 'sgld', 'vi']
 >>> import optuna
 >>> study = optuna.create_study()
 >>> trial = study.ask(spaces["sgld"].distributions())

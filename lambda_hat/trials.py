@@ -22,7 +22,7 @@ from lambda_hat.ids import stable_hash, validate_id
 log = logging.getLogger(__name__)
 
 ObjectiveKind = Literal["abs", "huber"]
-Stage = Literal["search", "validation"]
+Stage = Literal["search", "validation", "transfer"]
 
 
 def objective_value(
@@ -45,8 +45,8 @@ def objective_value(
 
 def study_seeds(study_name: str, count: int, stage: Stage = "search") -> list[int]:
     """The study's common seeds: repeat k of every trial uses the k-th search seed;
-    validation uses its own sequence. Search seeds are even and validation seeds odd, so
-    no validation run ever reuses a search run's noise.
+    validation and transfer each use their own sequence. Search seeds are even, validation
+    and transfer seeds odd, so no later run ever reuses a search run's noise.
 
     >>> search, fresh = study_seeds("p_x:sgld", 3), study_seeds("p_x:sgld", 8, "validation")
     >>> search == study_seeds("p_x:sgld", 5)[:3], set(search) & set(fresh)
@@ -80,6 +80,7 @@ class RunPlan:
     repeat: int | None = None
     trial_number: int | None = None
     attempt: int = 1
+    pid: str | None = None  # the run's problem where a plan spans several (recipes, transfer)
 
 
 @dataclass

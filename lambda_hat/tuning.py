@@ -171,7 +171,6 @@ class Driver:
 
     def run(self, n_trials: int, *, batch: int, submit: Submit, first_done: FirstDone):
         seeds = study_seeds(self.study.study_name, self.repeats)
-        wave = first_wave(self.pruner, self.repeats)
         open_trials: list[_OpenTrial] = []
         in_flight: dict[Hashable, tuple[_OpenTrial, RunPlan]] = {}
         outcomes: list[Outcome] = []
@@ -209,9 +208,8 @@ class Driver:
                     asked_at = time.perf_counter()
                     entry = self._ask(seeds, asked)
                     open_trials.append(entry)
-                    for plan in entry.plans[:wave]:
+                    for plan in self._first_plans(entry):
                         start(entry, plan)
-                    entry.submitted = wave
                     self.ask_submit_sec.append(time.perf_counter() - asked_at)
                 if not in_flight:
                     if starved:  # the other studies hold the cluster: wait for a slot
@@ -226,18 +224,16 @@ class Driver:
                     in_flight[again] = (entry, replace(plan, attempt=plan.attempt + 1))
                     entry.in_flight += 1
                     continue
-                run = judge_run(
-                    plan, result, self.llc_ref, self.se_ref, self.objective, self.huber_k
-                )
+                run = self._judge_run(plan, result)
                 if self.record is not None:
                     self.record(run)
-                entry.done[plan.repeat] = run
+                entry.done[self._key(plan)] = run
                 if entry.in_flight:
                     continue  # the rest of its wave is still running
                 outcome = self._judge(entry)
                 if outcome is None:  # neither finished nor pruned: its next repeat
-                    start(entry, entry.plans[entry.submitted])
-                    entry.submitted += 1
+                    for plan in self._next_plans(entry):
+                        start(entry, plan)
                     continue
                 open_trials.remove(entry)
                 if self.slots is not None:
@@ -252,6 +248,22 @@ class Driver:
                 self.slots.leave(self.study.study_name)
         self.retry("failing orphaned trials", fail_orphans, self.study, asked)
         return outcomes
+
+    # What a trial's runs are and how they go out; a recipe study (lambda_hat.recipes)
+    # spans problems and overrides these.
+    def _key(self, plan: RunPlan) -> Hashable:
+        return plan.repeat
+
+    def _judge_run(self, plan: RunPlan, result: dict) -> RunOutcome:
+        return judge_run(plan, result, self.llc_ref, self.se_ref, self.objective, self.huber_k)
+
+    def _first_plans(self, entry: _OpenTrial) -> list[RunPlan]:
+        entry.submitted = first_wave(self.pruner, self.repeats)
+        return entry.plans[: entry.submitted]
+
+    def _next_plans(self, entry: _OpenTrial) -> list[RunPlan]:
+        entry.submitted += 1
+        return [entry.plans[entry.submitted - 1]]
 
     def _take_slot(self) -> bool:
         return self.slots is None or self.slots.take(self.study.study_name)

@@ -138,12 +138,16 @@ def run_all(
     *,
     submit: Submit,
     first_done: FirstDone,
-    llc_ref: float,
-    se_ref: float,
+    llc_ref: float | None = None,
+    se_ref: float | None = None,
     record: Callable[[RunOutcome], None] | None = None,
+    judge: Callable[[RunPlan, dict[str, Any]], RunOutcome] | None = None,
 ) -> list[RunOutcome]:
     """Submit every plan, record each run as it finishes (a lost run is submitted again,
-    like in the search), and return the outcomes in plan order."""
+    like in the search), and return the outcomes in plan order. Each run is judged
+    against ``llc_ref``, or by ``judge`` where the plans span problems."""
+    if judge is None:
+        judge = lambda plan, result: judge_run(plan, result, llc_ref, se_ref)  # noqa: E731
     in_flight: dict[Hashable, tuple[int, RunPlan]] = {
         submit(plan): (index, plan) for index, plan in enumerate(plans)
     }
@@ -155,7 +159,7 @@ def run_all(
         if again is not None:
             in_flight[again] = (index, replace(plan, attempt=plan.attempt + 1))
             continue
-        outcome = judge_run(plan, result, llc_ref, se_ref)
+        outcome = judge(plan, result)
         if record is not None:
             record(outcome)
         done[index] = outcome
@@ -205,6 +209,7 @@ def leaderboard_row(
     validated = best["validated"] if best and best["validated"]["n"] else {}
     rel = lambda v: None if v is None else v / abs(llc_ref)  # noqa: E731
     return {
+        "kind": "problem",
         "problem_name": problem_name,
         "pid": pid,
         "method": method,
@@ -217,6 +222,9 @@ def leaderboard_row(
         "validated_error_ci_low": validated.get("ci_low"),
         "validated_error_ci_high": validated.get("ci_high"),
         "validated_rel_error_mean": rel(validated.get("mean")),
+        "validated_rel_error_ci_low": rel(validated.get("ci_low")),
+        "validated_rel_error_ci_high": rel(validated.get("ci_high")),
+        "n_problems": 1,
         "validated_bias": validated.get("bias"),
         "validated_sd": validated.get("sd"),
         "validated_llc_mean": validated.get("llc_mean"),

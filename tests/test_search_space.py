@@ -8,7 +8,7 @@ from lambda_hat.search_space import SearchSpaceError, load_methods
 
 def test_defaults_cover_every_method_and_suggest_valid_configs():
     spaces = load_methods()
-    assert set(spaces) == {"sgld", "mclmc", "vi"}
+    assert set(spaces) == {"sgld", "psgld", "mclmc", "vi"}
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for space in spaces.values():
         for _ in range(20):

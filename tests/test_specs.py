@@ -101,7 +101,9 @@ def test_yaml_is_safe_loaded(tmp_path):
 
 def test_missing_file_names_the_presets():
     with pytest.raises(
-        SpecError, match="no such file or preset 'nope.yaml' \\(presets: smoke, default\\)"
+        SpecError,
+        match="no such file or preset 'nope.yaml' "
+        "\\(presets: smoke, default, dln-family, dln-family-holdout\\)",
     ):
         load_problem_set("nope.yaml")
 

@@ -43,6 +43,7 @@ class Method(NamedTuple):
 
 METHODS: dict[str, Method] = {
     "sgld": Method(sgld.SGLDConfig, sgld.run),
+    "psgld": Method(sgld.PSGLDConfig, sgld.run),
     "mclmc": Method(mclmc.MCLMCConfig, mclmc.run),
     "vi": Method(vi.VIConfig, vi.run),
 }

@@ -67,6 +67,10 @@ class SGLDConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     step_size: float = Field(default=1e-4, gt=0, le=1.0, description="η0")
+    step_size_scale: Literal["absolute", "per_nbeta"] = Field(
+        default="absolute",
+        description="per_nbeta: η0 = step_size / (nβ), so one value suits every n (recipes)",
+    )
     decay_exponent: float = Field(default=0.0, ge=0, le=1.0, description="p in η0·(1+t/t0)^−p")
     decay_t0: float = Field(default=100.0, gt=0)
     batch_size: int = Field(default=256, ge=1)
@@ -80,6 +84,15 @@ class SGLDConfig(BaseModel):
     llc_estimator: Literal["full_batch", "minibatch"] = "full_batch"
     precision: Precision = "float64"
     chunk_draws: int = Field(default=50, ge=1, le=10_000, description="kept draws per chunk")
+
+
+class PSGLDConfig(SGLDConfig):
+    """pSGLD: SGLD with the RMSProp preconditioner. Its step size needs no 1/(nβ) scale:
+    the preconditioner 1/(δ + √V) already divides the drift by the gradient's size, which
+    grows like nβ."""
+
+    preconditioner: Literal["rmsprop"] = "rmsprop"
+    step_size: float = Field(default=1e-3, gt=0, le=1.0, description="η0")
 
 
 class _Static(NamedTuple):
@@ -154,8 +167,13 @@ def _init(data, post, hp, static: _Static):
 HP_NAMES = ("step_size", "decay_exponent", "decay_t0", "rmsprop_alpha", "rmsprop_delta")
 
 
-def _hp(config: SGLDConfig) -> dict[str, jax.Array]:
-    values = scalars({name: getattr(config, name) for name in HP_NAMES}, config.precision)
+def _hp(config: SGLDConfig, n_beta: float = 1.0) -> dict[str, jax.Array]:
+    values = {name: getattr(config, name) for name in HP_NAMES}
+    if config.step_size_scale == "per_nbeta":
+        # The drift is (η/2)·nβ·∇L: with η = step_size/(nβ) the step in w no longer grows
+        # with n, so a step size tuned on small problems holds on larger ones.
+        values["step_size"] = config.step_size / n_beta
+    values = scalars(values, config.precision)
     values["thinning"] = jnp.asarray(config.thinning, jnp.int32)
     return values
 
@@ -227,7 +245,7 @@ def run(
     static = _static(problem, config)
     init, chunk = _compiled(static, shape_of(problem))
     data, post = cast_problem(problem, config.precision)
-    hp = _hp(config)
+    hp = _hp(config, problem.n_beta)
     chains, L0 = init(data, post, hp)
     L0 = float(L0)
     schedule = _schedule(config)
@@ -251,7 +269,7 @@ def run(
     if drive.minibatch_losses is not None and drive.status != "diverged":
         minibatch = estimate(drive.minibatch_losses, L0, problem.n_beta)
     result = result_from_drive(
-        "sgld",
+        "psgld" if isinstance(config, PSGLDConfig) else "sgld",
         drive,
         L0=L0,
         n_beta=problem.n_beta,

@@ -1,0 +1,112 @@
+"""The ``transfer`` subflow: each recommended configuration run on held-out problems.
+
+After validation, a study's recommended configuration (a per-problem study's or a
+recipe's) is run on every problem of the ``--holdout`` set, each against its own
+reference, on fresh seeds (the study's transfer seeds: odd like validation seeds, from
+their own sequence, never a search seed). Each run is a row of ``runs.parquet`` with
+``stage = transfer``, the source study's ``study_name`` and the held-out problem's pid;
+the leaderboard shows the mean relative error over the held-out problems beside the
+validated error.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.context import get_run_context
+
+from flows.recipe import recorder
+from flows.study import stall_guard, submitter
+from lambda_hat.recipes import Member, family_plans, judge_relative, recipe_space
+from lambda_hat.search_space import MethodSpace
+from lambda_hat.settings import Settings
+from lambda_hat.trials import RunOutcome, RunPlan, study_seeds
+from lambda_hat.validation import run_all
+
+
+def transfer_entries(
+    leaderboard: list[dict[str, Any]], spaces: dict[str, MethodSpace]
+) -> list[dict[str, Any]]:
+    """What each leaderboard row recommends, as a full method config (a recipe's in its
+    recipe space: SGLD's step size per nβ)."""
+    entries = []
+    for row in leaderboard:
+        if row["config_id"] is None:
+            continue  # no completed trial: nothing to transfer
+        space = spaces[row["method"]]
+        if row.get("kind") == "recipe":
+            space = recipe_space(space)
+        hyperparams = json.loads(row["params_json"])
+        entries.append(
+            {
+                "study_name": row["study_name"],
+                "method": row["method"],
+                "config": space.config(hyperparams).model_dump(mode="json"),
+                "hyperparams": hyperparams,
+            }
+        )
+    return entries
+
+
+@flow(name="transfer", flow_run_name="transfer-{set_name}")
+def transfer(
+    set_name: str,
+    specs: list[dict[str, Any]],
+    references: list[dict[str, Any]],
+    entries: list[dict[str, Any]],
+    seeds: int,
+    budget_sec: float,
+) -> int:
+    """Run every entry's configuration ``seeds`` times on every held-out problem; returns
+    the number of runs."""
+    logger = get_run_logger()
+    settings = Settings()
+    members = [
+        Member(ref["pid"], spec["name"], ref["llc_ref"], ref["se_ref"])
+        for spec, ref in zip(specs, references, strict=True)
+    ]
+    by_pid = {member.pid: member for member in members}
+    spec_of = {ref["pid"]: spec for spec, ref in zip(specs, references, strict=True)}
+    plans: list[RunPlan] = []
+    source: dict[str, str] = {}  # run id → the study whose recommendation it runs
+    for entry in entries:
+        mine = family_plans(
+            entry["config"], entry["hyperparams"], method=entry["method"], members=members,
+            seeds=study_seeds(entry["study_name"], seeds, "transfer"), budget_sec=budget_sec,
+            stage="transfer",
+        )  # fmt: skip
+        source.update({plan.run_id: entry["study_name"] for plan in mine})
+        plans += mine
+    logger.info(
+        "transfer to %s: %d recommended configurations × %d held-out problems × %d fresh "
+        "seeds (%d runs)",
+        set_name, len(entries), len(members), seeds, len(plans),
+    )  # fmt: skip
+    flow_run_id = str(get_run_context().flow_run.id)
+    records = {
+        entry["study_name"]: recorder(
+            settings,
+            by_pid,
+            {
+                "study_name": entry["study_name"],
+                "method": entry["method"],
+                "objective_kind": "relative",
+                "flow_run_id": flow_run_id,
+            },
+        )  # fmt: skip
+        for entry in entries
+    }
+
+    def record(run: RunOutcome) -> None:
+        records[source[run.plan.run_id]](run)
+
+    run_all(
+        plans,
+        submit=submitter(settings, lambda plan: spec_of[plan.pid]),
+        first_done=stall_guard(f"transfer to {set_name}", settings, budget_sec),
+        record=record,
+        judge=lambda plan, result: judge_relative(plan, result, by_pid[plan.pid]),
+    )
+    return len(plans)
