@@ -11,7 +11,13 @@ from pydantic import ValidationError
 from flows.arguments import parser
 from flows.cluster import ClusterError, check_cluster
 from lambda_hat.io import check_writable, read_json
-from lambda_hat.problems import SpecError, format_validation_error, load_problem_set
+from lambda_hat.problems import (
+    SpecError,
+    check_held_out,
+    format_validation_error,
+    load_problem_set,
+    set_name,
+)
 from lambda_hat.runners.hmc_reference import ReferenceConfig, reference_code_version
 from lambda_hat.search_space import SearchSpaceError, load_methods
 from lambda_hat.settings import Settings
@@ -28,6 +34,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         load_methods(args.methods_file)
         settings = Settings()
         check_fits(problem_set, settings.memory_limit_bytes(), args.problems)
+        if args.holdout is not None:
+            held_out = load_problem_set(args.holdout, "holdout")
+            check_fits(held_out, settings.memory_limit_bytes(), args.holdout)
+            check_held_out(problem_set, held_out)
         for name, value in settings.tuning.model_dump().items():  # the CLI's own wins
             if getattr(args, name) is None:
                 setattr(args, name, value)
@@ -76,20 +86,37 @@ def print_plan(args: argparse.Namespace) -> None:
         f"{args.validate_top_k} configurations × {args.validation_seeds} fresh seeds"
     )
     storage = _existing_storage(settings.storage_url())
-    for spec in problem_set.problems:
-        config = ReferenceConfig(num_warmup=args.reference_warmup, num_draws=args.reference_draws)
-        cached = _reference_cached(settings.artifacts_dir, spec.pid, config)
-        reference = (
-            "recompute (refresh)"
-            if args.refresh_references
-            else ("cached" if cached else "to compute")
-        )
-        memory = human(estimate(spec).total)
-        print(f"- {spec.name} ({spec.pid}): reference {reference}; memory ≈ {memory}")
+    if args.recipe:
+        print(f"recipe: one study per method across the {len(problem_set.problems)} problems")
         for method in args.methods:
+            name = f"recipe-{set_name(args.problems)}:{method}"
+            done = _finished(storage, name)
+            print(f"    study {name}: {done} finished, {max(args.n_trials - done, 0)} to run")
+    config = ReferenceConfig(num_warmup=args.reference_warmup, num_draws=args.reference_draws)
+    for spec in problem_set.problems:
+        _print_problem(spec, args, settings, config)
+        for method in [] if args.recipe else args.methods:
             done = _finished(storage, f"{spec.pid}:{method}")
             more = " (more than --n-trials: none will run)" if done > args.n_trials else ""
             print(
                 f"    study {spec.pid}:{method}: {done} finished, "
                 f"{max(args.n_trials - done, 0)} to run{more}"
             )
+    if args.holdout is not None:
+        held_out = load_problem_set(args.holdout, "holdout").problems
+        print(
+            f"transfer: each recommended configuration on the {len(held_out)} held-out "
+            f"problems of {args.holdout} × {args.validation_seeds} fresh seeds"
+        )
+        for spec in held_out:
+            _print_problem(spec, args, settings, config)
+
+
+def _print_problem(spec, args: argparse.Namespace, settings: Settings, config) -> None:
+    cached = _reference_cached(settings.artifacts_dir, spec.pid, config)
+    reference = (
+        "recompute (refresh)" if args.refresh_references else ("cached" if cached else "to compute")
+    )
+    print(
+        f"- {spec.name} ({spec.pid}): reference {reference}; memory ≈ {human(estimate(spec).total)}"
+    )

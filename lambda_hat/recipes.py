@@ -62,8 +62,11 @@ class Member:
 
 
 def study_name_for(set_name: str, method: str) -> str:
-    """>>> study_name_for("dln-family", "sgld")
-    'recipe-dln-family:sgld'"""
+    """The Optuna study of a recipe.
+
+    >>> study_name_for("dln-family", "sgld")
+    'recipe-dln-family:sgld'
+    """
     return f"recipe-{set_name}:{method}"
 
 

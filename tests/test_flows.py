@@ -238,6 +238,9 @@ def test_repeats_pruning_and_validation_through_the_flow(prefect_server, lambda_
     problems = lambda_hat_env / "problems.yaml"
     spec = load_problem_set("smoke").problems[0]
     problems.write_text(json.dumps({"problems": [spec.model_dump(mode="json")]}))
+    held_spec = load_problem_set("smoke").problems[1]
+    held = lambda_hat_env / "held.yaml"  # a held-out problem: the recommendation's transfer
+    held.write_text(json.dumps({"problems": [held_spec.model_dump(mode="json")]}))
     storage = Settings().storage_url()
     (lambda_hat_env / "results").mkdir(parents=True, exist_ok=True)
     name = f"{spec.pid}:sgld"
@@ -247,7 +250,7 @@ def test_repeats_pruning_and_validation_through_the_flow(prefect_server, lambda_
     run = {
         "problems": str(problems), "methods": ["sgld"], "n_trials": 4, "batch": 1,
         "methods_file": str(methods_file), "repeats": 3, "pruner": "wilcoxon",
-        "validate_top_k": 2, "validation_seeds": 3, **SMALL_REFERENCE,
+        "validate_top_k": 2, "validation_seeds": 3, "holdout": str(held), **SMALL_REFERENCE,
     }  # fmt: skip
     result = tune(**run)
 
@@ -296,6 +299,17 @@ def test_repeats_pruning_and_validation_through_the_flow(prefect_server, lambda_
     others = [sum(r["abs_error"] for r in v) / 3 for v in by_config.values()]
     assert board["validated_error_mean"] == pytest.approx(min(others))
     assert result["leaderboard"][0]["config_id"] == board["config_id"]
+    # The recommendation on the held-out problem: fresh seeds, its own reference.
+    transfer = [r for r in rows if r["stage"] == "transfer"]
+    assert {(r["pid"], r["config_id"], r["study_name"]) for r in transfer} == {
+        (held_spec.pid, board["config_id"], name)
+    }
+    assert len(transfer) == 3 and not {r["seed"] for r in transfer} & {r["seed"] for r in search}
+    assert not {r["seed"] for r in transfer} & {r["seed"] for r in validation}
+    assert board["transfer_rel_error_mean"] == pytest.approx(
+        sum(r["rel_error"] for r in transfer) / 3
+    )
+    assert transfer[0]["llc_ref"] != board["llc_ref"]
     assert_report(Path(result["report"]), spec.name)
     plotted = study_trials(rows, name)  # the study plot's points: every told trial
     assert [(t["number"], t["state"]) for t in plotted] == [

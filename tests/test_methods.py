@@ -192,7 +192,7 @@ def test_new_hyperparameter_values_do_not_recompile(problem):
         ("mclmc", {"num_chains": 0}, "mclmc.num_chains: Input should be greater than or equal"),
         ("vi", {"family": "lowrank"}, "vi.family: Input should be 'meanfield' or 'fullrank'"),
         ("vi", {"num_samples": 0}, "vi.num_samples: Input should be greater than or equal to 1"),
-        ("hmc", {}, "method: unknown method 'hmc' (allowed: sgld, mclmc, vi)"),
+        ("hmc", {}, "method: unknown method 'hmc' (allowed: sgld, psgld, mclmc, vi)"),
     ],
 )
 def test_invalid_configs_are_refused_in_one_line(problem, method, config, message, tmp_path):

@@ -38,7 +38,7 @@ def test_a_user_file_overrides_one_method(tmp_path):
 BAD = [
     ("methods: [", "malformed YAML"),
     ("other: {}", "expected a mapping with 'methods:'"),
-    ("methods:\n  nuts: {}", "methods.nuts: unknown method (allowed: mclmc, sgld, vi)"),
+    ("methods:\n  nuts: {}", "methods.nuts: unknown method (allowed: mclmc, psgld, sgld, vi)"),
     (
         "methods:\n  sgld:\n    space:\n      step_size: {type: float, low: 1.0e-2, high: 1.0e-5}",
         "methods.sgld.space.step_size.float: low must be below high",
