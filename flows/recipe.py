@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact
 from prefect.context import get_run_context
 
 from flows.campaign import current_slots
 from flows.checks import DEFAULT_REPEATS, DEFAULT_VALIDATE_TOP_K, DEFAULT_VALIDATION_SEEDS
+from flows.progress import StudyProgress
 from flows.records import run_row, write_rows
-from flows.study import stall_guard, submitter
+from flows.study import artifact_key, stall_guard, submitter
 from lambda_hat.recipe_file import write_recipe
 from lambda_hat.recipes import (
     Member,
@@ -35,7 +38,7 @@ from lambda_hat.recipes import (
 )
 from lambda_hat.search_space import MethodSpace
 from lambda_hat.settings import Settings
-from lambda_hat.storage import StorageRetry, finished_trials, open_study
+from lambda_hat.storage import StorageRetry, best_value, finished_trials, open_study
 from lambda_hat.trials import Outcome, RunOutcome, RunPlan, study_seeds
 from lambda_hat.tuning import make_pruner
 from lambda_hat.validation import run_all, top_configurations, trial_counts
@@ -111,15 +114,30 @@ def tune_recipe(
              run.result.get("started_at"), run.result.get("finished_at"))
         )  # fmt: skip
 
+    already = retry("counting", finished_trials, study)
+    progress = StudyProgress(
+        create_progress_artifact(
+            100.0 * min(already, n_trials) / n_trials,
+            key=artifact_key("progress", "recipe", set_name, method),
+            description=f"trials finished in study {name} ({len(members)} problems)",
+        ),
+        partial(retry, "reading the best value", best_value, study),
+    )
+
     def on_outcome(outcome: Outcome, done: int, total: int) -> None:
         trial = {"trial_state": outcome.state.name.lower(), "trial_objective": outcome.objective}
         for run in outcome.runs:
             record(run, trial)
-        shown = "pruned" if outcome.objective is None else f"{outcome.objective:.4g}"
+        told = outcome.objective if outcome.state.name == "COMPLETE" else None
+        best = progress.trial_done(100.0 * min(done, total) / total, told)
+        shown = (
+            f"{outcome.objective:.4g}" if told is not None
+            else outcome.reason or outcome.state.name.lower()
+        )  # fmt: skip
         logger.info(
-            "recipe %s %s: trial %d/%d after %d runs: mean relative error %s",
-            set_name, method, done, total, len(outcome.runs),
-            outcome.reason or shown,
+            "recipe %s %s: trial %d/%d (%d runs): mean relative error %s; best so far %s",
+            set_name, method, done, total, len(outcome.runs), shown,
+            "none" if best is None else f"{best:.4g}",
         )  # fmt: skip
 
     submit = submitter(settings, lambda plan: spec_of[plan.pid])
@@ -130,7 +148,12 @@ def tune_recipe(
         pruner=pruner, record=record_run, on_outcome=on_outcome, retry=retry,
         lease_sec=settings.budgets.lease_sec, slots=current_slots(), members=members,
     )  # fmt: skip
-    outcomes = driver.run(n_trials, batch=batch, submit=submit, first_done=first_done)
+    try:
+        outcomes = driver.run(n_trials, batch=batch, submit=submit, first_done=first_done)
+    except BaseException:
+        progress.close(send=False)
+        raise
+    progress.close()
     candidates = retry("ranking configurations", top_configurations, study, max(validate_top_k, 1))
     if candidates and validate_top_k > 0:
         fresh = study_seeds(name, validation_seeds, "validation")

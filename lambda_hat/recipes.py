@@ -8,8 +8,8 @@ pruner sees one step per problem (its mean relative error), so a configuration t
 on the first problems stops there; the Wilcoxon pruner pairs them with the best trial's
 errors on the same problems.
 
-Step sizes: SGLD's drift is (ε/2)·nβ·∇L, so a step size right at n = 1000 is about 8×
-too large at n = 10 000. In a recipe study SGLD's step size is tuned in units of 1/(nβ)
+Step sizes: SGLD's drift is (ε/2)·nβ·∇L (nβ = n / log n), so a step size right at
+n = 1000 is about 6× too large at n = 8000. In a recipe study SGLD's step size is tuned in units of 1/(nβ)
 (``step_size_scale: per_nbeta``), unless the methods file fixes ``step_size_scale``.
 pSGLD needs no scale (its preconditioner divides by the gradient's size) and MCLMC tunes
 its own step. ``benchmarks/recipes.py`` measures the choice.
@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,8 +47,9 @@ from lambda_hat.trials import (
 from lambda_hat.tuning import Driver, _OpenTrial, first_wave
 from lambda_hat.validation import Candidate
 
-# SGLD's step size in a recipe study, in units of 1/(nβ): ε·nβ from 1e-4 to 1 spans the
-# absolute 1e-6 … 1e-2 of a per-problem study at n = 500 … 2000 (nβ = 80 … 263).
+# SGLD's step size in a recipe study, in units of 1/(nβ): ε·nβ from 1e-4 to 1 covers about
+# the absolute 1e-6 … 1e-2 of a per-problem study at n = 500 … 2000 (nβ = 80 … 263; the
+# config allows at most 1).
 RECIPE_STEP_RANGE = (1.0e-4, 1.0)
 
 
@@ -197,7 +199,7 @@ class RecipeDriver(Driver):
             config, trial.params, method=self.method, members=self.members, seeds=seeds,
             budget_sec=self.budget_sec, stage="search", trial_number=trial.number,
         )  # fmt: skip
-        trial.set_user_attr("owner", self.owner.claim(_now()))
+        trial.set_user_attr("owner", self.owner.claim(time.time()))
         trial.set_user_attr("config_id", plans[0].config_id)
         trial.set_user_attr("run_ids", [plan.run_id for plan in plans])
         return _OpenTrial(trial, plans)
@@ -267,12 +269,6 @@ class RecipeDriver(Driver):
 def _plan_order(entry: _OpenTrial):
     order = {(plan.pid, plan.repeat): index for index, plan in enumerate(entry.plans)}
     return order.__getitem__
-
-
-def _now() -> float:
-    import time
-
-    return time.time()
 
 
 def recommend_recipe(

@@ -24,7 +24,7 @@ from lambda_hat.targets import build_problem
 from lambda_hat.trials import config_id_for, study_seeds
 from lambda_hat.tuning import make_pruner
 
-from .test_flows import SMALL_REFERENCE
+from .test_flows import SMALL_REFERENCE, artifact_keys
 
 MEMBERS = [
     Member("p_a", "a", 2.0, 0.01),
@@ -197,6 +197,7 @@ def test_recipe_flow_with_held_out_problems_and_its_recipe_file(prefect_server, 
     )
     assert board["n_transfer_problems"] == 1
     assert "transfer" in (lambda_hat_env / "artifacts" / "report" / "index.html").read_text()
+    assert artifact_keys("progress-recipe-tiny-family-sgld")
 
     # The recipe file: a methods file of fixed values that reproduces the runs.
     (path,) = result["recipes"]
