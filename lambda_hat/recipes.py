@@ -9,8 +9,9 @@ on the first problems stops there; the Wilcoxon pruner pairs them with the best 
 errors on the same problems.
 
 Step sizes: SGLD's drift is (ε/2)·nβ·∇L (nβ = n / log n), so a step size right at
-n = 1000 is about 6× too large at n = 8000. In a recipe study SGLD's step size is tuned in units of 1/(nβ)
-(``step_size_scale: per_nbeta``), unless the methods file fixes ``step_size_scale``.
+n = 1000 is about 6× too large at n = 8000. In a recipe study SGLD's step size is tuned
+in units of 1/(nβ) (``step_size_scale: per_nbeta``), unless the methods file fixes
+``step_size_scale``.
 pSGLD needs no scale (its preconditioner divides by the gradient's size) and MCLMC tunes
 its own step. ``benchmarks/recipes.py`` measures the choice.
 
