@@ -50,6 +50,14 @@ def refuse_untrusted(references: list[dict[str, Any]]) -> None:
         )
 
 
+def check_recipe_objective(objective: str, recipe: bool) -> None:
+    if recipe and objective != "abs":
+        raise ValueError(
+            f"objective: {objective!r} is for per-problem studies; a recipe's objective is "
+            "the mean relative error over problems (leave objective at 'abs')"
+        )
+
+
 def check_parameters(
     methods: list[str],
     spaces: dict,
@@ -60,8 +68,11 @@ def check_parameters(
     validate_top_k: int = DEFAULT_VALIDATE_TOP_K,
     validation_seeds: int = DEFAULT_VALIDATION_SEEDS,
     huber_k: float = 1.0,
+    objective: str = "abs",
+    recipe: bool = False,
 ) -> None:
     """Deployment runs get their parameters from the UI: refuse bad ones in one line."""
+    check_recipe_objective(objective, recipe)
     unknown = sorted(set(methods) - set(spaces))
     if unknown or not methods:
         raise ValueError(f"methods: unknown {unknown} (allowed: {', '.join(spaces)})")

@@ -9,6 +9,7 @@ import optuna
 from pydantic import ValidationError
 
 from flows.arguments import parser
+from flows.checks import check_recipe_objective
 from flows.cluster import ClusterError, check_cluster
 from lambda_hat.io import check_writable, read_json
 from lambda_hat.problems import (
@@ -34,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         load_methods(args.methods_file)
         settings = Settings()
         check_fits(problem_set, settings.memory_limit_bytes(), args.problems)
+        check_recipe_objective(args.objective, args.recipe)
         if args.holdout is not None:
             held_out = load_problem_set(args.holdout, "holdout")
             check_fits(held_out, settings.memory_limit_bytes(), args.holdout)

@@ -133,7 +133,7 @@ def tune(
     spaces = load_methods(methods_file)
     check_parameters(
         methods, spaces, n_trials, batch, repeats, pruner, validate_top_k, validation_seeds,
-        huber_k,
+        huber_k, objective, recipe,
     )  # fmt: skip
     # Fail before the references are computed, not after.
     check_writable(settings.results_dir, "results_dir")

@@ -143,7 +143,8 @@ def family_plans(
     stage: Stage,
     trial_number: int | None = None,
 ) -> list[RunPlan]:
-    """One run per (problem, seed), problem by problem; repeat k uses ``seeds[k]``."""
+    """One run per (problem, seed), problem by problem; repeat k uses ``seeds[k]`` (the
+    repeat is noted for search runs only, as in a per-problem study)."""
     space_config = MethodSpace(method=method, fixed=config).config({})
     config_id = config_id_for(method, config)
     return [
@@ -156,7 +157,7 @@ def family_plans(
             seed,
             budget_sec,
             stage,
-            repeat,
+            repeat if stage == "search" else None,
             trial_number,
             pid=member.pid,
         )

@@ -59,6 +59,8 @@ CASES = [
      "problems: no such file or preset 'nope.yaml'"),
     ("holdout: no such file or preset", ["--holdout", "nope.yaml"], {}, {},
      "holdout: no such file or preset 'nope.yaml'"),
+    ("recipe: huber objective", ["--recipe", "--objective", "huber"], {}, {},
+     "objective: 'huber' is for per-problem studies; a recipe's objective is the mean"),
     ("holdout: a tuning problem", ["--problems", "smoke", "--holdout", "smoke"], {}, {},
      "holdout: rrr_3_2_3_r1 is the tuning problem rrr_3_2_3_r1"),
     ("cli: unknown method", ["--methods", "nuts"], {}, {},
