@@ -2,6 +2,7 @@
 
     python flows/tune.py                       # the default preset, end to end
     python flows/tune.py --problems smoke --methods sgld vi --n-trials 6 --dry-run
+    python flows/tune.py --problems dln-family --recipe --holdout dln-family-holdout
 
 1. load and check the problem set, the methods' search spaces and the settings;
 2. start the trials cluster; each problem's reference is read from disk when cached, else
@@ -14,9 +15,14 @@
    on the study's common seeds, the pruner may stop a losing trial between repeats, at
    most ``batch`` trials are in flight; then its top-k configurations are validated on
    fresh seeds and the one with the lowest validated error is its recommendation;
-4. every finished run is a row of ``runs.parquet``; the leaderboard (validated error with
-   its 95 % interval, the search objective beside it) goes to ``leaderboard.parquet`` and
-   the Prefect artifacts; the plots and ``index.html`` to ``artifacts/report/``.
+   with ``--recipe``, one ``tune-recipe`` subflow per method instead (``flows/recipe.py``),
+   across all the problems once all their references are in;
+4. with ``--holdout``, every recommendation is run on the held-out problems on fresh seeds
+   (``flows/transfer.py``), their references computed beside the studies;
+5. every finished run is a row of ``runs.parquet``; the leaderboard (validated error with
+   its 95 % interval, the search objective and the transfer error beside it) goes to
+   ``leaderboard.parquet`` and the Prefect artifacts; the plots and ``index.html`` to
+   ``artifacts/report/``, each recipe to ``artifacts/recipes/<set>-<method>.yaml``.
 """
 
 from __future__ import annotations
