@@ -104,7 +104,7 @@ def leaderboard_line(row: dict[str, Any]) -> str:
     head = f"{row['problem_name']} {row['method']}: "
     if row["search_objective"] is None:
         return head + "no completed trial"
-    if row["validated_error_mean"] is None:
+    if row["validated_error_mean"] is None and row["validated_rel_error_mean"] is None:
         return head + (
             f"search objective {_num(row['search_objective'])} (not validated); "
             f"params {row['params_json']}"
