@@ -1,7 +1,7 @@
 """The value of a recipe, measured: one configuration tuned across the ``dln-family`` tuning
 set against the per-problem best configurations, both run on the held-out set.
 
-    .venv/bin/python benchmarks/recipes.py        # ~40 min on 2 cores (defaults below)
+    .venv/bin/python benchmarks/recipes.py        # ~35 min on 2 cores (defaults below)
 
 Three campaigns of the tune flow (local Prefect server, LocalCluster, SQLite Optuna), all
 with ``--holdout dln-family-holdout``:
@@ -17,13 +17,15 @@ with ``--holdout dln-family-holdout``:
 Every error is a mean relative error |llc_hat − llc_ref| / llc_ref over problems (mean
 over fresh seeds within a problem first) with a 95 % t interval for the seed noise with
 the problems fixed (``lambda_hat.recipes.family_error``). Results go to
-``benchmarks/results/recipes.json``; docs/benchmarks.md summarises them.
+``benchmarks/results/recipes.json`` and the recipes themselves (methods files with their
+evidence) to ``benchmarks/results/recipes/``; docs/benchmarks.md summarises them.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -111,10 +113,10 @@ def summary_table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", nargs="+", default=["sgld", "psgld", "mclmc"])
-    parser.add_argument("--n-trials", type=int, default=6)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--validate-top-k", type=int, default=2)
-    parser.add_argument("--validation-seeds", type=int, default=3)
+    parser.add_argument("--n-trials", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--validate-top-k", type=int, default=3)
+    parser.add_argument("--validation-seeds", type=int, default=5)
     parser.add_argument("--trial-sec", type=float, default=60.0)
     parser.add_argument("--reference-warmup", type=int, default=400)
     parser.add_argument("--reference-draws", type=int, default=1500)
@@ -148,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         recipe = tune(methods=args.methods, recipe=True, **common)
         seconds["recipe"] = time.perf_counter() - started
+        # The recipes themselves, kept with their evidence (the variant below would
+        # overwrite the SGLD one in the artifacts directory).
+        kept = Path(args.out).parent / "recipes"
+        kept.mkdir(parents=True, exist_ok=True)
+        for path in recipe.get("recipes", []):
+            shutil.copyfile(path, kept / Path(path).name)
         absolute = None
         if "sgld" in args.methods:
             # Its own Optuna storage (the study name is the same, the space is not).

@@ -31,6 +31,7 @@ from lambda_hat.recipe_file import write_recipe
 from lambda_hat.recipes import (
     Member,
     RecipeDriver,
+    family_error,
     family_plans,
     judge_relative,
     recipe_space,
@@ -125,7 +126,17 @@ def tune_recipe(
     )
 
     def on_outcome(outcome: Outcome, done: int, total: int) -> None:
-        trial = {"trial_state": outcome.state.name.lower(), "trial_objective": outcome.objective}
+        errors: dict[str, list[float]] = {}
+        for run in outcome.runs:
+            if run.objective is not None:
+                errors.setdefault(run.plan.pid, []).append(run.objective)
+        trial = {
+            "trial_state": outcome.state.name.lower(),
+            "trial_objective": outcome.objective,
+            "trial_objective_se": family_error(errors)["se"]
+            if outcome.objective is not None
+            else None,
+        }
         for run in outcome.runs:
             record(run, trial)
         told = outcome.objective if outcome.state.name == "COMPLETE" else None

@@ -200,8 +200,8 @@ def _recipes_html(
         label = f"{board['problem_name']}-{board['method']}"
         png = plots.study_progress(
             study_trials(runs, board["study_name"]), validated,
-            f"{board['problem_name']} · {board['method']} (mean relative error)",
-            out / f"study-{label}.png",
+            f"{board['problem_name']} · {board['method']}", out / f"study-{label}.png",
+            ylabel="mean relative error over problems (search objective)",
         )  # fmt: skip
         parts += [f"<h2>{html.escape(label)}</h2>", _image(png, f"recipe study {label}")]
     return parts

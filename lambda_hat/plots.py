@@ -50,6 +50,7 @@ def study_progress(
     validated: dict[str, Any] | None,
     title: str,
     path: Path | str,
+    ylabel: str = "|llc_hat − llc_ref| (search objective)",
 ) -> Path:
     """Objective per trial (± its SE over repeats; pruned trials hollow), the best so far,
     and the recommended configuration's validated error with its 95 % interval.
@@ -87,7 +88,7 @@ def study_progress(
             label=f"validated error, 95 % CI (n={validated.get('n')})",
         )  # fmt: skip
     axes.set_xlabel("trial number")
-    axes.set_ylabel("|llc_hat − llc_ref| (search objective)")
+    axes.set_ylabel(ylabel)
     axes.set_title(title)
     if axes.get_legend_handles_labels()[0]:
         axes.legend(fontsize="small")
