@@ -79,10 +79,16 @@ def _pct(value: float | None) -> str:
 
 
 def _interval(row: dict[str, Any], prefix: str) -> str:
+    failed = row.get("n_transfer_failed") if prefix.startswith("transfer") else None
     return (
         f"{_pct(row.get(prefix + '_mean'))} [{_pct(row.get(prefix + '_ci_low'))}, "
-        f"{_pct(row.get(prefix + '_ci_high'))}]"
+        f"{_pct(row.get(prefix + '_ci_high'))}]" + (f" ({failed} failed)" if failed else "")
     )
+
+
+def _failed(configs: list[dict[str, Any]]) -> str:
+    failed = sum(config.get("n_transfer_failed") or 0 for config in configs)
+    return f" ({failed} failed)" if failed else ""
 
 
 def summary_table(result: dict[str, Any]) -> str:
@@ -99,7 +105,8 @@ def summary_table(result: dict[str, Any]) -> str:
             f"{_pct(per['own_problem_rel_error_mean'])} | "
             f"{_pct(per['transfer_rel_error_mean_over_configs'])} "
             f"[{_pct(per['transfer_rel_error_best_config'])}, "
-            f"{_pct(per['transfer_rel_error_worst_config'])}] |"
+            f"{_pct(per['transfer_rel_error_worst_config'])}]"
+            f"{_failed(per['configs'])} |"
         )
     absolute = result.get("sgld_absolute_step_recipe")
     if absolute:
