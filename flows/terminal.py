@@ -245,6 +245,20 @@ def _watch(log_path: Path, main_thread: int) -> None:
     os._exit(128 + received)
 
 
+def exit_process(code: int) -> None:
+    """End the process with ``code``. After an interrupt the run's own cleanup is done (the
+    cluster and the server are stopped) but daemon threads of the studies and of Dask may
+    still be writing to the log: a normal interpreter shutdown then aborts ("could not
+    acquire lock ... at interpreter shutdown", exit -6), so the streams are flushed and the
+    process ends without finalisation."""
+    if not interrupted():
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr, _log):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()
+    os._exit(code)
+
+
 def watch_interrupts(log_path: Path) -> None:
     """Call first thing in ``main``, before any thread or child process exists."""
     signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
