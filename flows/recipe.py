@@ -12,7 +12,6 @@ first trial to its validated recipe.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -34,7 +33,8 @@ from lambda_hat.recipes import (
     family_error,
     family_plans,
     judge_relative,
-    recipe_space,
+    members_of,
+    recommended_config,
     study_name_for,
 )
 from lambda_hat.search_space import MethodSpace
@@ -84,10 +84,7 @@ def tune_recipe(
     logger = get_run_logger()
     settings = Settings()
     retry = StorageRetry(settings.budgets.storage_retry_sec)
-    members = [
-        Member(ref["pid"], spec["name"], ref["llc_ref"], ref["se_ref"])
-        for spec, ref in zip(specs, references, strict=True)
-    ]
+    members = members_of(specs, references)
     by_pid = {member.pid: member for member in members}
     spec_of = {ref["pid"]: spec for spec, ref in zip(specs, references, strict=True)}
     name = study_name_for(set_name, method)
@@ -214,8 +211,7 @@ def write_recipes(
     for row in leaderboard:
         if row.get("kind") != "recipe" or row["config_id"] is None:
             continue
-        hyperparams = json.loads(row["params_json"])
-        config = recipe_space(spaces[row["method"]]).config(hyperparams).model_dump(mode="json")
+        config = recommended_config(row, spaces)
         set_name = row["problem_name"].removeprefix("recipe-")
         path = write_recipe(
             out_dir / f"{set_name}-{row['method']}.yaml", row, config,

@@ -19,7 +19,7 @@ from prefect.context import get_run_context
 
 from flows.recipe import recorder
 from flows.study import stall_guard, submitter
-from lambda_hat.recipes import Member, family_plans, judge_relative, recipe_space
+from lambda_hat.recipes import family_plans, judge_relative, members_of, recommended_config
 from lambda_hat.search_space import MethodSpace
 from lambda_hat.settings import Settings
 from lambda_hat.trials import RunOutcome, RunPlan, study_seeds
@@ -29,25 +29,18 @@ from lambda_hat.validation import run_all
 def transfer_entries(
     leaderboard: list[dict[str, Any]], spaces: dict[str, MethodSpace]
 ) -> list[dict[str, Any]]:
-    """What each leaderboard row recommends, as a full method config (a recipe's in its
-    recipe space: SGLD's step size per nβ)."""
-    entries = []
-    for row in leaderboard:
-        if row["config_id"] is None:
-            continue  # no completed trial: nothing to transfer
-        space = spaces[row["method"]]
-        if row.get("kind") == "recipe":
-            space = recipe_space(space)
-        hyperparams = json.loads(row["params_json"])
-        entries.append(
-            {
-                "study_name": row["study_name"],
-                "method": row["method"],
-                "config": space.config(hyperparams).model_dump(mode="json"),
-                "hyperparams": hyperparams,
-            }
-        )
-    return entries
+    """What each leaderboard row recommends, as a full method config (rows without a
+    completed trial recommend nothing)."""
+    return [
+        {
+            "study_name": row["study_name"],
+            "method": row["method"],
+            "config": recommended_config(row, spaces),
+            "hyperparams": json.loads(row["params_json"]),
+        }
+        for row in leaderboard
+        if row["config_id"] is not None
+    ]
 
 
 @flow(name="transfer", flow_run_name="transfer-{set_name}")
@@ -63,10 +56,7 @@ def transfer(
     the number of runs."""
     logger = get_run_logger()
     settings = Settings()
-    members = [
-        Member(ref["pid"], spec["name"], ref["llc_ref"], ref["se_ref"])
-        for spec, ref in zip(specs, references, strict=True)
-    ]
+    members = members_of(specs, references)
     by_pid = {member.pid: member for member in members}
     spec_of = {ref["pid"]: spec for spec, ref in zip(specs, references, strict=True)}
     plans: list[RunPlan] = []

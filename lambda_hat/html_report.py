@@ -184,6 +184,15 @@ def _leaderboard_html(leaderboard: Sequence[dict[str, Any]]) -> str:
     )  # fmt: skip
 
 
+def _validated_band(board: dict[str, Any], prefix: str) -> dict[str, Any] | None:
+    """A leaderboard row's validated error (``prefix``: absolute or relative) for the
+    study plot's band, or None where it was not validated."""
+    if board.get(f"{prefix}_mean") is None:
+        return None
+    return {"mean": board[f"{prefix}_mean"], "ci_low": board[f"{prefix}_ci_low"],
+            "ci_high": board[f"{prefix}_ci_high"], "n": board["n_validation_runs"]}  # fmt: skip
+
+
 def _recipes_html(
     out: Path, runs: Sequence[dict[str, Any]], leaderboard: Sequence[dict[str, Any]]
 ) -> list[str]:
@@ -191,12 +200,7 @@ def _recipes_html(
     family error as a band."""
     parts = []
     for board in (b for b in leaderboard if b.get("kind") == "recipe"):
-        validated = None
-        if board.get("validated_rel_error_mean") is not None:
-            validated = {"mean": board["validated_rel_error_mean"],
-                         "ci_low": board["validated_rel_error_ci_low"],
-                         "ci_high": board["validated_rel_error_ci_high"],
-                         "n": board["n_validation_runs"]}  # fmt: skip
+        validated = _validated_band(board, "validated_rel_error")
         label = f"{board['problem_name']}-{board['method']}"
         png = plots.study_progress(
             study_trials(runs, board["study_name"]), validated,
@@ -250,14 +254,9 @@ def build_report(
             out / f"cost-{name}.png",
         )
         parts.append(_image(png, f"error against cost on {name}"))
-        for board in (b for b in leaderboard if b["pid"] == ref["pid"] and "llc_ref" in b):
+        for board in (b for b in leaderboard if b["pid"] == ref["pid"]):
             study = f"{ref['pid']}:{board['method']}"
-            validated = None
-            if board.get("validated_error_mean") is not None:
-                validated = {"mean": board["validated_error_mean"],
-                             "ci_low": board["validated_error_ci_low"],
-                             "ci_high": board["validated_error_ci_high"],
-                             "n": board["n_validation_runs"]}  # fmt: skip
+            validated = _validated_band(board, "validated_error")
             png = plots.study_progress(
                 study_trials(runs, study), validated, f"{name} · {board['method']}",
                 out / f"study-{name}-{board['method']}.png",

@@ -46,7 +46,7 @@ from lambda_hat.trials import (
     judge_run,
 )
 from lambda_hat.tuning import Driver, _OpenTrial, first_wave
-from lambda_hat.validation import Candidate
+from lambda_hat.validation import Candidate, candidate_fields, count_fields
 
 # SGLD's step size in a recipe study, in units of 1/(nβ): ε·nβ from 1e-4 to 1 covers about
 # the absolute 1e-6 … 1e-2 of a per-problem study at n = 500 … 2000 (nβ = 80 … 263; the
@@ -62,6 +62,23 @@ class Member:
     name: str
     llc_ref: float
     se_ref: float
+
+
+def members_of(specs: list[dict[str, Any]], references: list[dict[str, Any]]) -> list[Member]:
+    """The family's members from its specs and their references (in the same order)."""
+    return [
+        Member(ref["pid"], spec["name"], ref["llc_ref"], ref["se_ref"])
+        for spec, ref in zip(specs, references, strict=True)
+    ]
+
+
+def recommended_config(row: dict[str, Any], spaces: dict[str, MethodSpace]) -> dict[str, Any]:
+    """A leaderboard row's recommendation as a full method config (a recipe's in its
+    recipe space: SGLD's step size per nβ)."""
+    space = spaces[row["method"]]
+    if row.get("kind") == "recipe":
+        space = recipe_space(space)
+    return space.config(json.loads(row["params_json"])).model_dump(mode="json")
 
 
 def study_name_for(set_name: str, method: str) -> str:
@@ -330,11 +347,7 @@ def recipe_leaderboard_row(
         "problem_name": f"recipe-{set_name}",
         "pid": f"recipe-{set_name}",
         "method": method,
-        "config_id": candidate.config_id if candidate else None,
-        "params_json": json.dumps(candidate.hyperparams, sort_keys=True) if candidate else None,
-        "search_trial_number": candidate.trial_number if candidate else None,
-        "search_objective": candidate.search_objective if candidate else None,
-        "search_objective_se": candidate.search_objective_se if candidate else None,
+        **candidate_fields(candidate),
         "validated_rel_error_mean": validated.get("mean"),
         "validated_rel_error_ci_low": validated.get("ci_low"),
         "validated_rel_error_ci_high": validated.get("ci_high"),
@@ -342,9 +355,7 @@ def recipe_leaderboard_row(
         "n_validation_runs": validated.get("n_runs", 0),
         "n_validation_failed": best["failed"] if best else 0,
         "n_candidates": len(candidates),
-        "trials_done": counts.get("done", 0),
-        "trials_pruned": counts.get("pruned", 0),
-        "trials_failed": counts.get("failed", 0),
+        **count_fields(counts),
     }
 
 

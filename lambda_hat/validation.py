@@ -189,6 +189,26 @@ def recommend(
     )
 
 
+def candidate_fields(candidate: Candidate | None) -> dict[str, Any]:
+    """The leaderboard's columns for the recommended configuration (null without one)."""
+    return {
+        "config_id": candidate.config_id if candidate else None,
+        "params_json": json.dumps(candidate.hyperparams, sort_keys=True) if candidate else None,
+        "search_trial_number": candidate.trial_number if candidate else None,
+        "search_objective": candidate.search_objective if candidate else None,
+        "search_objective_se": candidate.search_objective_se if candidate else None,
+    }
+
+
+def count_fields(counts: dict[str, int]) -> dict[str, int]:
+    """The leaderboard's trial counts of a study."""
+    return {
+        "trials_done": counts.get("done", 0),
+        "trials_pruned": counts.get("pruned", 0),
+        "trials_failed": counts.get("failed", 0),
+    }
+
+
 def leaderboard_row(
     *,
     problem_name: str,
@@ -213,11 +233,7 @@ def leaderboard_row(
         "problem_name": problem_name,
         "pid": pid,
         "method": method,
-        "config_id": candidate.config_id if candidate else None,
-        "params_json": json.dumps(candidate.hyperparams, sort_keys=True) if candidate else None,
-        "search_trial_number": candidate.trial_number if candidate else None,
-        "search_objective": candidate.search_objective if candidate else None,
-        "search_objective_se": candidate.search_objective_se if candidate else None,
+        **candidate_fields(candidate),
         "validated_error_mean": validated.get("mean"),
         "validated_error_ci_low": validated.get("ci_low"),
         "validated_error_ci_high": validated.get("ci_high"),
@@ -233,9 +249,7 @@ def leaderboard_row(
         "n_candidates": len(candidates),
         "llc_ref": llc_ref,
         "se_ref": reference["se_ref"],
-        "trials_done": counts.get("done", 0),
-        "trials_pruned": counts.get("pruned", 0),
-        "trials_failed": counts.get("failed", 0),
+        **count_fields(counts),
     }
 
 
