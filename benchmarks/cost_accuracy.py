@@ -17,11 +17,11 @@ from pathlib import Path
 
 from lambda_hat.compile_cache import enable_compilation_cache
 from lambda_hat.io import atomic_write_json
-from lambda_hat.problems import load_problem_set
-from lambda_hat.runners.hmc_reference import ReferenceConfig
-from lambda_hat.runners.hmc_reference import run as run_reference
-from lambda_hat.runners.run_method import run_trial
-from lambda_hat.targets import build_problem
+from lambda_hat.problems.specs import load_problem_set
+from lambda_hat.problems.targets import build_problem
+from lambda_hat.samplers.configs import ReferenceConfig
+from lambda_hat.samplers.hmc_reference import run as run_reference
+from lambda_hat.samplers.run_method import run_trial
 
 STEPS = [250, 500, 1000, 2000, 4000, 8000]
 CONFIGS = {

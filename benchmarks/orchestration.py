@@ -90,7 +90,7 @@ def measure(spans: list[tuple[str, float, float]], workers: int, t0: float) -> d
 
 def _bare_run(spec: dict, config: dict, seed: int, results_dir: str, jax_cache: str) -> tuple:
     """One run in a pool process: the same problem cache and ``run_trial`` as a task."""
-    from lambda_hat.runners.run_method import run_trial
+    from lambda_hat.samplers.run_method import run_trial
     from tasks.worker import problem_for
 
     started = time.time()
@@ -136,7 +136,7 @@ def _kept(statuses: list[str]) -> dict[str, int]:
 
 
 def _smoke_specs(count: int) -> list[dict]:
-    from lambda_hat.problems import load_problem_set
+    from lambda_hat.problems.specs import load_problem_set
 
     base = load_problem_set("smoke").problems
     specs = []
@@ -158,7 +158,7 @@ def local_part(n_trials: int) -> dict[str, Any]:
     from flows import terminal
     from flows.reference import reference, storage_paths
     from flows.tune import tune
-    from lambda_hat.results import read_rows
+    from lambda_hat.results.tables import read_rows
     from lambda_hat.settings import Settings
 
     specs = _smoke_specs(2)
@@ -195,7 +195,7 @@ def local_part(n_trials: int) -> dict[str, Any]:
 
 
 def slurm_part(jobs: int, studies: int, n_trials: int) -> dict[str, Any]:
-    from lambda_hat.results import read_rows
+    from lambda_hat.results.tables import read_rows
     from tests.stack import real_stack, slurm_settings_env
 
     stack = real_stack(cpus=max(16, jobs), memory_mb=48000)

@@ -16,7 +16,7 @@ with ``--holdout dln-family-holdout``:
 
 Every error is a mean relative error |llc_hat − llc_ref| / llc_ref over problems (mean
 over fresh seeds within a problem first) with a 95 % t interval for the seed noise with
-the problems fixed (``lambda_hat.recipes.family_error``). Results go to
+the problems fixed (``lambda_hat.tuning.stats.family_error``). Results go to
 ``benchmarks/results/recipes.json`` and the recipes themselves (methods files with their
 evidence) to ``benchmarks/results/recipes/``; docs/benchmarks.md summarises them.
 """

@@ -27,10 +27,11 @@ import numpy as np
 
 from lambda_hat.compile_cache import enable_compilation_cache
 from lambda_hat.io import atomic_write_json
-from lambda_hat.posterior import Moments, log_density
-from lambda_hat.problems import ProblemSpec
-from lambda_hat.runners.hmc_reference import ReferenceConfig, run, sampled_data
-from lambda_hat.targets import OptimumError, build_problem
+from lambda_hat.problems.posterior import Moments, log_density
+from lambda_hat.problems.specs import ProblemSpec
+from lambda_hat.problems.targets import OptimumError, build_problem
+from lambda_hat.samplers.configs import ReferenceConfig
+from lambda_hat.samplers.hmc_reference import run, sampled_data
 
 # (name, model, true rank): RRR and DLN, d from 20 to ~500, several ranks.
 SUITE = [

@@ -1,4 +1,4 @@
-"""The HMC reference against the exact finite-n LLC (lambda_hat.exact) of small RRRs.
+"""The HMC reference against the exact finite-n LLC (lambda_hat.problems.exact) of small RRRs.
 
     .venv/bin/python benchmarks/reference_exact.py            # 72 cases, ~10 min on 2 cores
 
@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 
 from lambda_hat.compile_cache import enable_compilation_cache
-from lambda_hat.exact import exact_llc
 from lambda_hat.io import atomic_write_json
-from lambda_hat.problems import ProblemSpec
-from lambda_hat.runners.hmc_reference import ReferenceConfig
-from lambda_hat.runners.hmc_reference import run as run_reference
-from lambda_hat.targets import OptimumError, build_problem
+from lambda_hat.problems.exact import exact_llc
+from lambda_hat.problems.specs import ProblemSpec
+from lambda_hat.problems.targets import OptimumError, build_problem
+from lambda_hat.samplers.configs import ReferenceConfig
+from lambda_hat.samplers.hmc_reference import run as run_reference
 
 SHAPES = [(1, 2, 3), (2, 1, 3)]
 

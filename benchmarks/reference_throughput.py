@@ -21,9 +21,10 @@ from reference_accuracy import bare_grad_throughput
 
 from lambda_hat.compile_cache import enable_compilation_cache
 from lambda_hat.io import atomic_write_json
-from lambda_hat.problems import ProblemSpec
-from lambda_hat.runners.hmc_reference import ReferenceConfig, run
-from lambda_hat.targets import build_problem
+from lambda_hat.problems.specs import ProblemSpec
+from lambda_hat.problems.targets import build_problem
+from lambda_hat.samplers.configs import ReferenceConfig
+from lambda_hat.samplers.hmc_reference import run
 
 OUT = Path("benchmarks/results/reference_throughput.json")
 SPEC = {

@@ -5,7 +5,7 @@
 For a results table of 1 k, 10 k and 100 k rows (realistic rows: every column filled, two
 hyperparameters), the median over ``--repeats`` writes of
 
-* **part file** (``lambda_hat.results.append_rows``, what the flow does per run now): one
+* **part file** (``lambda_hat.results.tables.append_rows``, what the flow does per run now): one
   small Parquet file per write, whatever the size of the table;
 * **whole-file rewrite** (what it did before): read the table, merge the row, write it all
   again under the lock;
@@ -28,7 +28,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from lambda_hat.io import atomic_write_bytes
-from lambda_hat.results import _merge, _table, append_rows, compact, flatten_row, read_rows
+from lambda_hat.results.tables import _merge, _table, append_rows, compact, flatten_row, read_rows
 
 OUT = Path(__file__).parent / "results" / "results_writer.json"
 

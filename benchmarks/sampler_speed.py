@@ -29,12 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from lambda_hat.io import atomic_write_json
-from lambda_hat.models import unflatten
-from lambda_hat.posterior import LossData, empirical_loss
-from lambda_hat.problems import ProblemSpec
-from lambda_hat.runners import sgld
-from lambda_hat.runners.common import compile_count
-from lambda_hat.targets import build_problem
+from lambda_hat.problems.models import unflatten
+from lambda_hat.problems.posterior import LossData, empirical_loss
+from lambda_hat.problems.specs import ProblemSpec
+from lambda_hat.problems.targets import build_problem
+from lambda_hat.samplers import sgld
+from lambda_hat.samplers.common import compile_count
 
 NUM_CHAINS, NUM_DRAWS, BATCH = 4, 1000, 256
 

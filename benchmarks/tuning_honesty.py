@@ -40,15 +40,16 @@ import optuna
 
 from lambda_hat.compile_cache import enable_compilation_cache
 from lambda_hat.io import atomic_write_json
-from lambda_hat.problems import ProblemSpec, load_problem_set
-from lambda_hat.runners.hmc_reference import ReferenceConfig
-from lambda_hat.runners.hmc_reference import run as run_reference
-from lambda_hat.runners.run_method import run_trial
-from lambda_hat.search_space import load_methods
-from lambda_hat.storage import open_study
-from lambda_hat.targets import build_problem
-from lambda_hat.tuning import Driver, make_pruner
-from lambda_hat.validation import run_all, top_configurations, trial_counts, validation_plans
+from lambda_hat.problems.specs import ProblemSpec, load_problem_set
+from lambda_hat.problems.targets import build_problem
+from lambda_hat.samplers.configs import ReferenceConfig
+from lambda_hat.samplers.hmc_reference import run as run_reference
+from lambda_hat.samplers.run_method import run_trial
+from lambda_hat.tuning.driver import Driver, make_pruner
+from lambda_hat.tuning.kinds import Member, PerProblem
+from lambda_hat.tuning.search_space import load_methods
+from lambda_hat.tuning.storage import open_study
+from lambda_hat.tuning.validation import run_all, top_configurations, trial_counts, validation_plans
 
 BUDGET_SEC = 120.0
 
@@ -70,6 +71,11 @@ def first_done(futures):
     return next(iter(wait(futures, return_when=FIRST_COMPLETED).done))
 
 
+def judge_against(member: Member):
+    """``judge(plan, result)``: the run's |error| against the problem's reference."""
+    return lambda plan, result: PerProblem().judge(plan, result, member)
+
+
 def pipeline(pool, spec, method, ref, *, trials, repeats, pruner, fresh, tag) -> dict:
     """One search (``trials`` × ``repeats`` runs), then its best configuration on the
     fresh seeds. The fresh seeds are those of one shared study name, so both pipelines'
@@ -83,20 +89,18 @@ def pipeline(pool, spec, method, ref, *, trials, repeats, pruner, fresh, tag) ->
 
     started = time.perf_counter()
     runs = []
+    members = [Member(spec.pid, spec.name, ref.llc_ref, ref.se_ref)]
     driver = Driver(
-        study, space, pid=spec.pid, method=method, budget_sec=BUDGET_SEC,
-        llc_ref=ref.llc_ref, se_ref=ref.se_ref, repeats=repeats, pruner=pruner,
-        record=runs.append,
+        study, space, method=method, members=members, budget_sec=BUDGET_SEC,
+        repeats=repeats, pruner=pruner, record=runs.append,
     )  # fmt: skip
     driver.run(trials, batch=2, submit=submit, first_done=first_done)
     (best,) = top_configurations(study, 1)
     plans = validation_plans(
-        [best], space, study_name=f"{spec.pid}:{method}", pid=spec.pid, method=method,
+        [best], space, study_name=f"{spec.pid}:{method}", pids=[spec.pid], method=method,
         seeds=fresh, budget_sec=BUDGET_SEC,
     )  # fmt: skip
-    checked = run_all(
-        plans, submit=submit, first_done=first_done, llc_ref=ref.llc_ref, se_ref=ref.se_ref
-    )
+    checked = run_all(plans, submit=submit, first_done=first_done, judge=judge_against(members[0]))
     errors = [run.abs_error for run in checked if run.abs_error is not None]
     mean = statistics.fmean(errors) if errors else None
     se = statistics.stdev(errors) / len(errors) ** 0.5 if len(errors) > 1 else None
@@ -121,6 +125,7 @@ def race(pool, spec, method, ref, *, sampler: str, trials: int, fresh: int) -> d
     study = open_study("sqlite:///:memory:", name, 0, make_pruner("wilcoxon"))
     if sampler == "random":
         study.sampler = optuna.samplers.RandomSampler(seed=0)
+    members = [Member(spec.pid, spec.name, ref.llc_ref, ref.se_ref)]
     validated: dict[str, float | None] = {}
     curve: list[tuple[int, float | None]] = []
     runs: list = []
@@ -135,21 +140,19 @@ def race(pool, spec, method, ref, *, sampler: str, trials: int, fresh: int) -> d
             return
         if best[0].config_id not in validated:
             plans = validation_plans(
-                best, space, study_name=f"{spec.pid}:{method}", pid=spec.pid, method=method,
-                seeds=fresh, budget_sec=BUDGET_SEC,
+                best, space, study_name=f"{spec.pid}:{method}", pids=[spec.pid],
+                method=method, seeds=fresh, budget_sec=BUDGET_SEC,
             )  # fmt: skip
             checked = run_all(
-                plans, submit=submit, first_done=first_done, llc_ref=ref.llc_ref,
-                se_ref=ref.se_ref,
-            )  # fmt: skip
+                plans, submit=submit, first_done=first_done, judge=judge_against(members[0])
+            )
             errors = [run.abs_error for run in checked if run.abs_error is not None]
             validated[best[0].config_id] = statistics.fmean(errors) if errors else None
         curve.append((len(runs), validated[best[0].config_id]))
 
     driver = Driver(
-        study, space, pid=spec.pid, method=method, budget_sec=BUDGET_SEC,
-        llc_ref=ref.llc_ref, se_ref=ref.se_ref, repeats=3, pruner="wilcoxon",
-        record=runs.append, on_outcome=on_outcome,
+        study, space, method=method, members=members, budget_sec=BUDGET_SEC, repeats=3,
+        pruner="wilcoxon", record=runs.append, on_outcome=on_outcome,
     )  # fmt: skip
     driver.run(trials, batch=1, submit=submit, first_done=first_done)
     target = 2 * ref.se_ref

@@ -16,8 +16,8 @@ from flows.checks import (
     MAX_TRIALS,
 )
 from lambda_hat.arguments import DefaultsHelp, OneLineErrors, float_in, int_between
-from lambda_hat.problems import PRESETS
-from lambda_hat.runners.names import DEFAULT_METHODS, METHOD_NAMES
+from lambda_hat.problems.specs import PRESETS
+from lambda_hat.samplers.configs import DEFAULT_METHODS, METHOD_NAMES
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,5 +1,5 @@
 """Running a campaign's studies at once: each study's subflow in its own thread, all of
-them sharing the cluster's trial slots (``lambda_hat.slots``).
+them sharing the cluster's trial slots (``lambda_hat.tuning.slots``).
 
 The slots reach each study through a context variable, read by ``current_slots()``: a
 module-level function, so a flow that calls it can still be serialised (Prefect ships the
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
-from lambda_hat.slots import TrialSlots
+from lambda_hat.tuning.slots import TrialSlots
 
 # The campaign's trial slots, seen by every study's subflow (each runs in a thread that
 # copied this context); None when a tune-method subflow runs on its own.

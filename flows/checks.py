@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from lambda_hat.samplers.configs import DEFAULT_REFERENCE
 from lambda_hat.settings import TuningSettings
 
 # K = 3 repeats per trial, the top 3 configurations validated on 8 fresh seeds each: what
@@ -18,8 +19,8 @@ DEFAULT_VALIDATE_TOP_K = _TUNING.validate_top_k
 DEFAULT_VALIDATION_SEEDS = _TUNING.validation_seeds
 # The flows' HMC reference: 4 chains × (500 warmup + 2000 draws), NUTS at target_accept
 # 0.99 (docs/reference-accuracy.md says why).
-DEFAULT_REFERENCE_WARMUP = 500
-DEFAULT_REFERENCE_DRAWS = 2000
+DEFAULT_REFERENCE_WARMUP = DEFAULT_REFERENCE.num_warmup
+DEFAULT_REFERENCE_DRAWS = DEFAULT_REFERENCE.num_draws
 
 
 MAX_TRIALS = 100_000

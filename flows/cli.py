@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import optuna
 from pydantic import ValidationError
@@ -11,19 +12,20 @@ from pydantic import ValidationError
 from flows.arguments import parser
 from flows.checks import check_recipe_objective
 from flows.cluster import ClusterError, check_cluster
-from lambda_hat.io import check_writable, read_json
-from lambda_hat.problems import (
+from lambda_hat.io import check_writable
+from lambda_hat.problems.sizes import check_fits, estimate, human
+from lambda_hat.problems.specs import (
     SpecError,
     check_held_out,
     format_validation_error,
     load_problem_set,
     set_name,
 )
-from lambda_hat.runners.hmc_reference import ReferenceConfig, reference_code_version
-from lambda_hat.search_space import SearchSpaceError, load_methods
+from lambda_hat.reference.record import current_reference
+from lambda_hat.samplers.configs import ReferenceConfig
 from lambda_hat.settings import Settings
-from lambda_hat.sizes import check_fits, estimate, human
-from lambda_hat.storage import StorageError, check_storage, engine_kwargs, finished_trials
+from lambda_hat.tuning.search_space import SearchSpaceError, load_methods
+from lambda_hat.tuning.storage import StorageError, check_storage, engine_kwargs, finished_trials
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,9 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _reference_cached(artifacts_dir: Path, pid: str, config: ReferenceConfig) -> bool:
-    record = read_json(artifacts_dir / "problems" / pid / "ref.json")
-    return bool(record) and record.get("code_version") == reference_code_version(config)
+def _reference_cached(artifacts_dir: Path, spec: Any, config: ReferenceConfig) -> bool:
+    return current_reference(artifacts_dir, spec, config) is not None
 
 
 def _existing_storage(url: str) -> optuna.storages.RDBStorage | None:
@@ -115,7 +116,7 @@ def print_plan(args: argparse.Namespace) -> None:
 
 
 def _print_problem(spec, args: argparse.Namespace, settings: Settings, config) -> None:
-    cached = _reference_cached(settings.artifacts_dir, spec.pid, config)
+    cached = _reference_cached(settings.artifacts_dir, spec, config)
     reference = (
         "recompute (refresh)" if args.refresh_references else ("cached" if cached else "to compute")
     )

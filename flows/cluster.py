@@ -23,7 +23,7 @@ from prefect_dask import DaskTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lambda_hat.io import safe_load_yaml
-from lambda_hat.problems import format_validation_error
+from lambda_hat.problems.specs import format_validation_error
 from lambda_hat.settings import ClusterSettings
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,10 @@ from typing import Any
 import pyarrow as pa
 
 from lambda_hat.io import atomic_write_json
-from lambda_hat.results import append_rows
-from lambda_hat.tuning import Outcome, RunOutcome, summarize_runs
+from lambda_hat.results.tables import append_rows
+from lambda_hat.settings import Settings
+from lambda_hat.tuning.kinds import Member, StudyKind, member_of
+from lambda_hat.tuning.trials import Outcome, RunOutcome
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +41,33 @@ def run_row(run: RunOutcome, context: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def trial_fields(outcome: Outcome, llc_ref: float) -> dict[str, Any]:
+def trial_fields(outcome: Outcome, kind: StudyKind, members: list[Member]) -> dict[str, Any]:
     """The told trial's state and figures, for each of its runs' rows."""
-    summary = summarize_runs(outcome.runs, llc_ref)
+    summary = kind.summarize(outcome.runs, members)
     return {
         "trial_state": outcome.state.name.lower(),
         "trial_objective": outcome.objective,
         "trial_objective_se": summary["objective_se"],
-        "trial_llc_mean": summary["llc_hat_mean"],
-        "trial_llc_sd": summary["llc_hat_sd"],
-        "trial_bias": summary["bias"],
+        **summary["row"],
     }
+
+
+def recorder(settings: Settings, members: list[Member], context: dict[str, Any]):
+    """``record(*runs, extra=None)``: the runs' rows (each with its own problem's name and
+    reference, and the ``extra`` columns) written as one part of ``runs.parquet``."""
+    parquet = settings.results_dir.resolve() / "runs.parquet"
+    runs_dir = settings.artifacts_dir.resolve() / "runs"
+
+    def row(run: RunOutcome) -> dict[str, Any]:
+        member = member_of(members, run.plan.pid)
+        problem = {"pid": member.pid, "problem_name": member.name,
+                   "llc_ref": member.llc_ref, "se_ref": member.se_ref}  # fmt: skip
+        return run_row(run, {**context, **problem})
+
+    def record(*runs: RunOutcome, extra: dict[str, Any] | None = None) -> None:
+        write_rows([{**row(run), **(extra or {})} for run in runs], parquet, runs_dir)
+
+    return record
 
 
 class DiskFull(RuntimeError):

@@ -19,25 +19,15 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.futures import wait
 
-from flows.checks import DEFAULT_REFERENCE_DRAWS, DEFAULT_REFERENCE_WARMUP
 from flows.cluster import dask_cluster, runner_for
 from flows.logs import forward_library_logs
-from lambda_hat.io import read_json
-from lambda_hat.problems import ProblemSpec, load_problem_set
-from lambda_hat.runners.hmc_reference import ReferenceConfig, reference_code_version
+from lambda_hat.problems.sizes import check_fits
+from lambda_hat.problems.specs import ProblemSpec, load_problem_set
+from lambda_hat.reference.record import current_reference, read_reference, reference_dir
+from lambda_hat.samplers.configs import DEFAULT_REFERENCE, ReferenceConfig
 from lambda_hat.settings import Settings
-from lambda_hat.sizes import check_fits
 from tasks.reference import extend_reference, hmc_reference
 from tasks.report import build_report_task
-
-# What the flows use. Measured against the exact finite-n LLC of 72 small RRRs
-# (benchmarks/reference_exact.py): at target_accept 0.8 and 4 × (300 + 600) the reference
-# sat low (mean z −0.50, 89 % of |z| ≤ 2, up to 109 divergences); 0.99 removes the
-# divergences on the singular necks, and 2000 draws bring every relative error but one
-# within 3 % (mean z −0.24, 99 % of |z| ≤ 2). It costs about 4.5× the time of the old one.
-DEFAULT_REFERENCE = ReferenceConfig(
-    num_warmup=DEFAULT_REFERENCE_WARMUP, num_draws=DEFAULT_REFERENCE_DRAWS, target_accept=0.99
-)
 
 
 def storage_paths(settings: Settings) -> dict[str, str]:
@@ -55,13 +45,8 @@ def cached_reference(
 ) -> dict[str, Any] | None:
     """The problem's reference, read from its ``ref.json``, when it is current (same cache
     key: problem, sampling settings, code and library versions); else None."""
-    version = reference_code_version(ReferenceConfig.model_validate(config))
-    pid = ProblemSpec.model_validate(spec).pid
-    record = read_json(artifacts_dir / "problems" / pid / "ref.json")
-    current = isinstance(record, dict) and record.get("pid") == pid
-    if not (current and record.get("code_version") == version and "llc_ref" in record):
-        return None
-    return {**record, "cached": True}
+    record = current_reference(artifacts_dir, spec, ReferenceConfig.model_validate(config))
+    return None if record is None else {**record, "cached": True}
 
 
 def cached_references(
@@ -77,9 +62,8 @@ def _ref_json_intact(artifacts_dir: Path, spec: dict[str, Any]) -> bool:
     """A cached reference counts only while its ref.json is on disk and readable: a
     missing or truncated one (a crash, a full disk, a hand edit) is recomputed."""
     pid = ProblemSpec.model_validate(spec).pid
-    path = artifacts_dir / "problems" / pid / "ref.json"
-    record = read_json(path)
-    intact = isinstance(record, dict) and record.get("pid") == pid and "llc_ref" in record
+    path = reference_dir(artifacts_dir, pid) / "ref.json"
+    intact = read_reference(artifacts_dir, pid) is not None
     if path.exists() and not intact:
         get_run_logger().warning("%s is unreadable or incomplete; recomputing it", path)
     return intact

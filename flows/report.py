@@ -8,17 +8,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lambda_hat.recipes import recipe_leaderboard_row, transfer_fields
-from lambda_hat.results import LEADERBOARD_COLUMNS, read_rows
-from lambda_hat.validation import Candidate, leaderboard_row
+from lambda_hat.results.tables import LEADERBOARD_COLUMNS, read_rows
+from lambda_hat.tuning.kinds import Member, study_kind
+from lambda_hat.tuning.recipe_file import write_recipe
+from lambda_hat.tuning.recipes import recommended_config, transfer_fields
+from lambda_hat.tuning.search_space import MethodSpace
+from lambda_hat.tuning.validation import Candidate, leaderboard_row
 
 
-def build_leaderboard(
-    studies: list[dict[str, Any]], references: list[dict[str, Any]], parquet: Path
-) -> list[dict[str, Any]]:
+def build_leaderboard(studies: list[dict[str, Any]], parquet: Path) -> list[dict[str, Any]]:
     """One row per study, its validated (and transfer) figures computed from the Parquet
     rows."""
-    by_pid = {ref["pid"]: ref for ref in references}
     rows_on_disk = read_rows(parquet)
     validation = [row for row in rows_on_disk if row["stage"] == "validation"]
     transfer = [row for row in rows_on_disk if row["stage"] == "transfer"]
@@ -31,23 +31,18 @@ def build_leaderboard(
             for row in validation
             if row["study_name"] == study["study_name"] and row["config_id"] in ids
         ]
-        if study.get("kind") == "recipe":
-            row = recipe_leaderboard_row(
-                study_name=study["study_name"], set_name=study["set_name"],
-                method=study["method"], candidates=candidates, validation_rows=mine,
-                counts=study["counts"],
-            )  # fmt: skip
-        else:
-            row = leaderboard_row(
-                problem_name=study["problem_name"],
-                pid=study["pid"],
-                method=study["method"],
-                reference=by_pid[study["pid"]],
-                candidates=candidates,
-                validation_rows=mine,
-                counts=study["counts"],
-            )
-            row["study_name"] = study["study_name"]
+        row = leaderboard_row(
+            study_name=study["study_name"],
+            method=study["method"],
+            kind=study_kind(
+                study["kind"], objective=study.get("objective", "abs"),
+                huber_k=study.get("huber_k", 1.0), set_name=study.get("set_name"),
+            ),
+            members=[Member(**member) for member in study["members"]],
+            candidates=candidates,
+            validation_rows=mine,
+            counts=study["counts"],
+        )  # fmt: skip
         held_out = [
             r
             for r in transfer
@@ -193,3 +188,26 @@ def plots_markdown(index_html: str) -> str:
     lines = ["", "## Plots", "", f"Open `{index_html}` in a browser (self-contained, offline).", ""]
     lines += [f"- [`{name}`]({(folder / name).as_uri()})" for name in pngs]
     return "\n".join(lines) + "\n"
+
+
+def write_recipes(
+    leaderboard: list[dict[str, Any]],
+    studies: list[dict[str, Any]],
+    spaces: dict[str, MethodSpace],
+    out_dir: Path,
+    holdout: str | None,
+) -> list[str]:
+    """``<out_dir>/<set>-<method>.yaml`` for every recipe row with a recommendation."""
+    members = {study["study_name"]: study["members"] for study in studies}
+    paths = []
+    for row in leaderboard:
+        if row.get("kind") != "recipe" or row["config_id"] is None:
+            continue
+        config = recommended_config(row, spaces)
+        set_name = row["problem_name"].removeprefix("recipe-")
+        path = write_recipe(
+            out_dir / f"{set_name}-{row['method']}.yaml", row, config,
+            tuned_on=[m["name"] for m in members[row["study_name"]]], holdout=holdout,
+        )  # fmt: skip
+        paths.append(str(path))
+    return paths

@@ -1,12 +1,16 @@
-"""The ``tune-method`` subflow: one (problem, method) study, from its first trial to its
-validated recommendation.
+"""The ``tune-study`` subflow: one Optuna study of one method, from its first trial to its
+validated recommendation. A per-problem study (``<pid>:<method>``) and a recipe study
+(``recipe-<set>:<method>``, one configuration across every problem of a set) are the same
+flow over a family of one problem or of many; ``lambda_hat.tuning.kinds`` says what
+differs (how a run is judged, what the pruner sees, what a trial is told).
 
-1. open (or resume) the Optuna study ``<pid>:<method>`` and label it for the dashboard;
-2. run trials until it has ``n_trials`` finished: each trial is ``repeats`` runs on the
-   study's common seeds, the pruner may stop a losing trial between repeats, at most
-   ``batch`` trials are in flight (and no more than the campaign's share of the cluster);
-3. validate the top-k configurations on fresh seeds; every run is a row of
-   ``runs.parquet`` as soon as it finishes.
+1. open (or resume) the study and label it for the dashboard;
+2. run trials until it has ``n_trials`` finished: each trial is ``repeats`` runs on each
+   problem on the study's common seeds, the pruner may stop a losing trial between steps
+   (repeats, or problems for a recipe), at most ``batch`` trials are in flight (and no
+   more than the campaign's share of the cluster);
+3. validate the top-k configurations on fresh seeds on every problem; every run is a row
+   of ``runs.parquet`` (its own problem's pid and reference) as soon as it finishes.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import asdict
 from functools import partial
 from typing import Any, Literal
 
+import prefect.runtime
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact
 from prefect.context import get_run_context
@@ -30,15 +35,22 @@ from flows.checks import (
     StudyStalled,
 )
 from flows.progress import StudyProgress
-from flows.records import run_row, trial_fields, write_rows
+from flows.records import recorder, trial_fields
 from flows.reference import storage_paths
 from lambda_hat.io import read_json
-from lambda_hat.problems import ProblemSpec
-from lambda_hat.search_space import MethodSpace
+from lambda_hat.problems.specs import ProblemSpec
 from lambda_hat.settings import Settings
-from lambda_hat.storage import StorageRetry, best_value, finished_trials, open_study
-from lambda_hat.tuning import Driver, Outcome, RunOutcome, RunPlan, make_pruner
-from lambda_hat.validation import run_all, top_configurations, trial_counts, validation_plans
+from lambda_hat.tuning.driver import Driver, make_pruner
+from lambda_hat.tuning.kinds import StudyKind, member_of, members_of, study_kind
+from lambda_hat.tuning.search_space import MethodSpace
+from lambda_hat.tuning.storage import StorageRetry, best_value, finished_trials, open_study
+from lambda_hat.tuning.trials import Outcome, RunOutcome, RunPlan
+from lambda_hat.tuning.validation import (
+    run_all,
+    top_configurations,
+    trial_counts,
+    validation_plans,
+)
 from tasks.runs import run_method_task
 
 
@@ -51,25 +63,18 @@ def artifact_key(*parts: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower())
 
 
-def _describe(outcome: Outcome) -> str:
+def _describe(outcome: Outcome, kind: StudyKind) -> str:
     runs = len(outcome.runs)
     if outcome.state.name == "PRUNED":
-        return f"pruned after {runs} repeats"
+        return f"pruned after {runs} runs"
     if outcome.objective is None:
         return f"failed: {outcome.reason}"
-    return f"objective {outcome.objective:.4g} over {runs} repeats"
+    what = "mean relative error" if kind.name == "recipe" else "objective"
+    return f"{what} {outcome.objective:.4g} over {runs} runs"
 
 
-def _label_study(study, spec: dict[str, Any], method: str, reference: dict[str, Any]) -> None:
-    """What optuna-dashboard shows beside the study: which problem, which reference."""
-    labels = {
-        "problem_name": spec["name"],
-        "pid": reference["pid"],
-        "method": method,
-        "llc_ref": reference["llc_ref"],
-        "se_ref": reference["se_ref"],
-        "lambda_theory": reference.get("lambda_theory"),
-    }
+def _label_study(study, labels: dict[str, Any]) -> None:
+    """What optuna-dashboard shows beside the study: which problems, which references."""
     for key, value in labels.items():
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)
@@ -119,66 +124,77 @@ def stall_guard(what: str, settings: Settings, budget_sec: float):
     return first_done
 
 
-@flow(name="tune-method", flow_run_name="tune-{method}-{spec[name]}")
-def tune_method(
-    spec: dict[str, Any],
+def _study_run_name() -> str:
+    """``tune-<method>-<problem>`` or ``recipe-<method>-<set>``: the flow run's name."""
+    parameters = prefect.runtime.flow_run.parameters
+    if parameters.get("kind") == "recipe":
+        return f"recipe-{parameters['method']}-{parameters['set_name']}"
+    return f"tune-{parameters['method']}-{parameters['specs'][0]['name']}"
+
+
+@flow(name="tune-study", flow_run_name=_study_run_name)
+def tune_study(
+    specs: list[dict[str, Any]],
+    references: list[dict[str, Any]],
     method: str,
     space: dict[str, Any],
-    reference: dict[str, Any],
     n_trials: int,
     batch: int,
-    objective: Literal["abs", "huber"],
-    huber_k: float,
     budget_sec: float,
+    kind: Literal["problem", "recipe"] = "problem",
+    set_name: str | None = None,
+    objective: Literal["abs", "huber"] = "abs",
+    huber_k: float = 1.0,
     repeats: int = DEFAULT_REPEATS,
     pruner: Literal["wilcoxon", "median", "none"] = "wilcoxon",
     validate_top_k: int = DEFAULT_VALIDATE_TOP_K,
     validation_seeds: int = DEFAULT_VALIDATION_SEEDS,
 ) -> dict[str, Any]:
-    """One Optuna study, resumed if it exists, run until it has ``n_trials`` finished, then
-    its top-k configurations validated on fresh seeds. If no run finishes for
-    ``stall_sec``, the subflow fails and says so."""
+    """One Optuna study of ``method`` over ``specs`` (their ``references`` in the same
+    order; one problem, or a recipe's set ``set_name``), resumed if it exists, run until
+    it has ``n_trials`` finished, then its top-k configurations validated on fresh seeds
+    on every problem. If no run finishes for ``stall_sec``, the subflow fails and says so."""
     logger = get_run_logger()
     settings = Settings()
-    pid = ProblemSpec.model_validate(spec).pid
     retry = StorageRetry(settings.budgets.storage_retry_sec)
-    name = f"{pid}:{method}"
+    study_as = study_kind(kind, objective=objective, huber_k=huber_k, set_name=set_name)
+    members = members_of(specs, references)
+    label = study_as.label(members)
+    name = study_as.study_name(members, method)
     study = retry(
         "opening the study", open_study, settings.storage_url(), name, 0, make_pruner(pruner)
     )
-    retry("labelling the study", _label_study, study, spec, method, reference)
+    retry("labelling the study", _label_study, study, study_as.dashboard_labels(members, method))
     already = retry("counting", finished_trials, study)
     if already >= n_trials:
         logger.info(
             "%s %s: the study already has %d finished trials (n_trials %d): no new trial%s",
-            spec["name"], method, already, n_trials,
+            label, method, already, n_trials,
             "; validating its best configurations" if validate_top_k else "",
         )  # fmt: skip
     progress = StudyProgress(
         create_progress_artifact(
             100.0 * min(already, n_trials) / n_trials,
-            key=artifact_key("progress", spec["name"], method),
-            description=f"trials finished in study {name} ({spec['name']}, {method})",
+            key=artifact_key("progress", label, method),
+            description=f"trials finished in study {name} ({label}, {method}, "
+            f"{len(members)} problem{'s' if len(members) > 1 else ''})",
         ),
         partial(retry, "reading the best value", best_value, study),
     )
-    context = {
-        "study_name": name,
-        "pid": pid,
-        "problem_name": spec["name"],
-        "method": method,
-        "objective_kind": objective,
-        "llc_ref": reference["llc_ref"],
-        "se_ref": reference["se_ref"],
-        "flow_run_id": str(get_run_context().flow_run.id),
-    }
-    parquet = settings.results_dir.resolve() / "runs.parquet"
-    runs_dir = settings.artifacts_dir.resolve() / "runs"
+    record = recorder(
+        settings,
+        members,
+        {
+            "study_name": name,
+            "method": method,
+            "objective_kind": study_as.objective_kind,
+            "flow_run_id": str(get_run_context().flow_run.id),
+        },
+    )
     timeline: list[tuple] = []
-    submit = submitter(settings, lambda plan: spec)
 
-    def record(run: RunOutcome) -> None:
-        write_rows([run_row(run, context)], parquet, runs_dir)
+    def record_run(run: RunOutcome) -> None:
+        record(run)
         timeline.append(
             (run.plan.stage, run.plan.trial_number, run.plan.repeat,
              run.result.get("started_at"), run.result.get("finished_at"))
@@ -186,36 +202,24 @@ def tune_method(
 
     def on_outcome(outcome: Outcome, done: int, total: int) -> None:
         # The trial's figures go onto each of its runs' rows (rewritten, same run ids).
-        trial = trial_fields(outcome, reference["llc_ref"])
-        write_rows([{**run_row(run, context), **trial} for run in outcome.runs], parquet, runs_dir)
+        record(*outcome.runs, extra=trial_fields(outcome, study_as, members))
         told = outcome.objective if outcome.state.name == "COMPLETE" else None
         best = progress.trial_done(100.0 * min(done, total) / total, told)
         logger.info(
             "%s %s: trial %d/%d %s; best so far %s",
-            spec["name"], method, done, total, _describe(outcome),
+            label, method, done, total, _describe(outcome, study_as),
             "none" if best is None else f"{best:.4g}",
         )  # fmt: skip
 
-    driver = Driver(
-        study,
-        MethodSpace.model_validate(space),
-        pid=pid,
-        method=method,
-        budget_sec=budget_sec,
-        llc_ref=reference["llc_ref"],
-        se_ref=reference["se_ref"],
-        objective=objective,
-        huber_k=huber_k,
-        repeats=repeats,
-        pruner=pruner,
-        record=record,
-        on_outcome=on_outcome,
-        retry=retry,
-        lease_sec=settings.budgets.lease_sec,
-        slots=current_slots(),
-    )
+    spec_of = {member.pid: spec for member, spec in zip(members, specs, strict=True)}
+    submit = submitter(settings, lambda plan: spec_of[plan.pid])
     first_done = stall_guard(f"study {name}", settings, budget_sec)
-
+    driver = Driver(
+        study, MethodSpace.model_validate(space), method=method, members=members,
+        budget_sec=budget_sec, kind=study_as, repeats=repeats, pruner=pruner,
+        record=record_run, on_outcome=on_outcome, retry=retry,
+        lease_sec=settings.budgets.lease_sec, slots=current_slots(),
+    )  # fmt: skip
     try:
         outcomes = driver.run(n_trials, batch=batch, submit=submit, first_done=first_done)
     except BaseException:
@@ -229,35 +233,31 @@ def tune_method(
     )  # fmt: skip
     # With validation off the best search configuration is still the study's answer (the
     # leaderboard shows it as not validated).
-    ranked = max(validate_top_k, 1)
-    candidates = retry("ranking configurations", top_configurations, study, ranked)
+    candidates = retry("ranking configurations", top_configurations, study, max(validate_top_k, 1))
     if candidates and validate_top_k > 0:
         plans = validation_plans(
-            candidates,
-            driver.space,
-            study_name=name,
-            pid=pid,
-            method=method,
-            seeds=validation_seeds,
-            budget_sec=budget_sec,
-        )
+            candidates, driver.space, study_name=name, pids=list(spec_of), method=method,
+            seeds=validation_seeds, budget_sec=budget_sec,
+        )  # fmt: skip
         logger.info(
-            "%s %s: validating the top %d configurations on %d fresh seeds each (%d runs)",
-            spec["name"], method, len(candidates), validation_seeds, len(plans),
+            "%s %s: validating the top %d configurations on %d fresh seeds × %d problems "
+            "(%d runs)",
+            label, method, len(candidates), validation_seeds, len(members), len(plans),
         )  # fmt: skip
         run_all(
-            plans,
-            submit=submit,
-            first_done=first_done,
-            llc_ref=reference["llc_ref"],
-            se_ref=reference["se_ref"],
-            record=record,
-        )
+            plans, submit=submit, first_done=first_done, record=record_run,
+            judge=lambda plan, result: study_as.judge(plan, result, member_of(members, plan.pid)),
+        )  # fmt: skip
     return {
+        "kind": study_as.name,
+        "set_name": set_name,
         "study_name": name,
-        "pid": pid,
-        "problem_name": spec["name"],
+        "pid": study_as.pid(members),
+        "problem_name": label,
         "method": method,
+        "objective": objective,
+        "huber_k": huber_k,
+        "members": [asdict(member) for member in members],
         "trials_run_now": len(outcomes),
         "trials_finished": retry("counting", finished_trials, study),
         "counts": retry("counting", trial_counts, study),

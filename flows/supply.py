@@ -28,9 +28,9 @@ from prefect import get_run_logger
 
 from flows.cluster import dask_cluster, runner_for, shares_cluster
 from flows.reference import cached_reference, compute_references
-from lambda_hat.runners.hmc_reference import ReferenceConfig
+from lambda_hat.samplers.configs import ReferenceConfig
 from lambda_hat.settings import Settings
-from lambda_hat.slots import TrialSlots
+from lambda_hat.tuning.slots import TrialSlots
 
 
 class ReferenceSupply:

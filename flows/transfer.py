@@ -17,13 +17,15 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.context import get_run_context
 
-from flows.recipe import recorder
+from flows.records import recorder
 from flows.study import stall_guard, submitter
-from lambda_hat.recipes import family_plans, judge_relative, members_of, recommended_config
-from lambda_hat.search_space import MethodSpace
+from lambda_hat.samplers.configs import parse_method_config
 from lambda_hat.settings import Settings
-from lambda_hat.trials import RunOutcome, RunPlan, study_seeds
-from lambda_hat.validation import run_all
+from lambda_hat.tuning.kinds import Recipe, member_of, members_of
+from lambda_hat.tuning.recipes import recommended_config
+from lambda_hat.tuning.search_space import MethodSpace
+from lambda_hat.tuning.trials import RunOutcome, RunPlan, plan_runs, study_seeds
+from lambda_hat.tuning.validation import run_all
 
 
 def transfer_entries(
@@ -57,13 +59,14 @@ def transfer(
     logger = get_run_logger()
     settings = Settings()
     members = members_of(specs, references)
-    by_pid = {member.pid: member for member in members}
+    held_out = Recipe(set_name)  # judged as a recipe is: relative error on each problem
     spec_of = {ref["pid"]: spec for spec, ref in zip(specs, references, strict=True)}
     plans: list[RunPlan] = []
     source: dict[str, str] = {}  # run id → the study whose recommendation it runs
     for entry in entries:
-        mine = family_plans(
-            entry["config"], entry["hyperparams"], method=entry["method"], members=members,
+        mine = plan_runs(
+            parse_method_config(entry["method"], entry["config"]), entry["hyperparams"],
+            method=entry["method"], pids=list(spec_of),
             seeds=study_seeds(entry["study_name"], seeds, "transfer"), budget_sec=budget_sec,
             stage="transfer",
         )  # fmt: skip
@@ -78,11 +81,11 @@ def transfer(
     records = {
         entry["study_name"]: recorder(
             settings,
-            by_pid,
+            members,
             {
                 "study_name": entry["study_name"],
                 "method": entry["method"],
-                "objective_kind": "relative",
+                "objective_kind": held_out.objective_kind,
                 "flow_run_id": flow_run_id,
             },
         )  # fmt: skip
@@ -97,6 +100,6 @@ def transfer(
         submit=submitter(settings, lambda plan: spec_of[plan.pid]),
         first_done=stall_guard(f"transfer to {set_name}", settings, budget_sec),
         record=record,
-        judge=lambda plan, result: judge_relative(plan, result, by_pid[plan.pid]),
+        judge=lambda plan, result: held_out.judge(plan, result, member_of(members, plan.pid)),
     )
     return len(plans)

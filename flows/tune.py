@@ -9,14 +9,14 @@
    computed (a cached HMC task) on the reference cluster or, where the profile's two
    roles are alike, on the trials' cluster (``flows/supply.py``);
 3. each problem's studies start as soon as its own reference is in: every (problem,
-   method) study runs at once, a ``tune-method`` subflow each (``flows/study.py``), the
+   method) study runs at once, a ``tune-study`` subflow each (``flows/study.py``), the
    runs in flight over all of them capped at twice the cluster's capacity and shared
    fairly; a study is the Optuna study ``<pid>:<method>``: each trial is ``repeats`` runs
    on the study's common seeds, the pruner may stop a losing trial between repeats, at
    most ``batch`` trials are in flight; then its top-k configurations are validated on
    fresh seeds and the one with the lowest validated error is its recommendation;
-   with ``--recipe``, one ``tune-recipe`` subflow per method instead (``flows/recipe.py``),
-   across all the problems once all their references are in;
+   with ``--recipe``, one ``tune-study`` subflow per method over all the problems
+   instead (a recipe study, ``recipe-<set>:<method>``), once all their references are in;
 4. with ``--holdout``, every recommendation is run on the held-out problems on fresh seeds
    (``flows/transfer.py``), their references computed beside the studies;
 5. every finished run is a row of ``runs.parquet``; the leaderboard (validated error with
@@ -69,30 +69,29 @@ from flows.checks import (
 )
 from flows.cluster import ClusterError, capacity, dask_cluster, runner_for
 from flows.logs import forward_library_logs
-from flows.recipe import tune_recipe, write_recipes
 from flows.records import DiskFull
-from flows.reference import DEFAULT_REFERENCE, reference_table
+from flows.reference import reference_table
 from flows.report import (
     build_leaderboard,
     leaderboard_line,
     leaderboard_table,
     plots_markdown,
     report_markdown,
+    write_recipes,
 )
-from flows.study import tune_method
+from flows.study import tune_study
 from flows.supply import ReferenceSupply
 from flows.transfer import transfer, transfer_entries
 from lambda_hat.io import check_writable
-from lambda_hat.problems import check_held_out, load_problem_set, set_name
-from lambda_hat.recipes import recipe_space
-from lambda_hat.results import compact, write_leaderboard
-from lambda_hat.runners.hmc_reference import ReferenceConfig
-from lambda_hat.runners.names import DEFAULT_METHODS
-from lambda_hat.search_space import load_methods
+from lambda_hat.problems.sizes import check_fits
+from lambda_hat.problems.specs import check_held_out, load_problem_set, set_name
+from lambda_hat.results.tables import compact, write_leaderboard
+from lambda_hat.samplers.configs import DEFAULT_METHODS, DEFAULT_REFERENCE, ReferenceConfig
 from lambda_hat.settings import Settings
-from lambda_hat.sizes import check_fits
-from lambda_hat.slots import TrialSlots
-from lambda_hat.storage import (
+from lambda_hat.tuning.recipes import recipe_space
+from lambda_hat.tuning.search_space import load_methods
+from lambda_hat.tuning.slots import TrialSlots
+from lambda_hat.tuning.storage import (
     StorageError,
     StorageRetry,
     check_storage,
@@ -124,7 +123,7 @@ def tune(
     """Tune ``methods`` on ``problems`` (a preset or YAML path): ``n_trials`` trials per
     study of ``repeats`` runs each, then the ``validate_top_k`` best configurations
     rerun on ``validation_seeds`` fresh seeds each (0 turns validation off). With
-    ``recipe``, one study per method across all the problems (flows/recipe.py); with
+    ``recipe``, one study per method across all the problems (a recipe study); with
     ``holdout`` (a problem set), each recommended configuration is then run on its
     problems on ``validation_seeds`` fresh seeds (flows/transfer.py)."""
     forward_library_logs()
@@ -158,7 +157,7 @@ def tune(
               "repeats": repeats, "pruner": pruner, "validate_top_k": validate_top_k,
               "validation_seeds": validation_seeds}  # fmt: skip
     # Every study at once, on one cluster: the runs in flight over all of them are capped
-    # at the cluster's capacity and shared fairly (lambda_hat.slots). Each problem's
+    # at the cluster's capacity and shared fairly (lambda_hat.tuning.slots). Each problem's
     # studies start as soon as its own reference is in (flows/supply.py); the held-out
     # problems' references are computed beside them.
     supply = ReferenceSupply(specs + held_specs, config, refresh_references, settings)
@@ -172,7 +171,7 @@ def tune(
             "%d studies at once on %d workers; at most %d runs in flight over all of them",
             len(methods) * (1 if recipe else len(specs)), workers, slots.capacity,
         )  # fmt: skip
-        subflow = tune_method.with_options(task_runner=runner_for(address))
+        subflow = tune_study.with_options(task_runner=runner_for(address))
 
         def trusted(reference: dict[str, Any]) -> bool:
             if reference.get("quality") == "untrusted" and not allow_untrusted_references:
@@ -186,8 +185,9 @@ def tune(
                 return []
             calls = [
                 partial(
-                    subflow, specs[index], method, spaces[method].model_dump(mode="json"),
-                    reference, objective=objective, huber_k=huber_k, **tuning,
+                    subflow, [specs[index]], [reference], method,
+                    spaces[method].model_dump(mode="json"), objective=objective,
+                    huber_k=huber_k, **tuning,
                 )
                 for method in methods
             ]  # fmt: skip
@@ -199,12 +199,11 @@ def tune(
             family = [(s, r) for s, r in zip(specs, refs, strict=True) if trusted(r)]
             if not family:
                 return []
-            recipe_subflow = tune_recipe.with_options(task_runner=runner_for(address))
             calls = [
                 partial(
-                    recipe_subflow, set_name(problems), [s for s, _ in family],
-                    [r for _, r in family], method,
-                    recipe_space(spaces[method]).model_dump(mode="json"), **tuning,
+                    subflow, [s for s, _ in family], [r for _, r in family], method,
+                    recipe_space(spaces[method]).model_dump(mode="json"), kind="recipe",
+                    set_name=set_name(problems), **tuning,
                 )
                 for method in methods
             ]  # fmt: skip
@@ -219,8 +218,7 @@ def tune(
         studies = [study for group in groups for study in group]
         if held_specs and studies:
             # What each study recommends is known once its validation is in.
-            known = [ref for ref in supply.references() if ref is not None]
-            recommended = build_leaderboard(studies, known, parquet)
+            recommended = build_leaderboard(studies, parquet)
             held = [(s, r) for s, r in zip(held_specs, held_refs, strict=True) if trusted(r)]
             if held:
                 transfer.with_options(task_runner=runner_for(address))(
@@ -244,6 +242,8 @@ def tune(
             published["leaderboard"], studies, spaces,
             settings.artifacts_dir.resolve() / "recipes", holdout,
         )  # fmt: skip
+        for path in published["recipes"]:
+            logger.info("recipe: %s", path)
     if not allow_untrusted_references:
         refuse_untrusted(references)  # after the other problems' results are written
     logger.info(
@@ -267,7 +267,7 @@ def publish(
         return {"leaderboard": [], "report": None}
     # The runs' part files into one runs.parquet (rebuilt from row.json if it is corrupt).
     compact(results / "runs.parquet", rebuild_from=settings.artifacts_dir.resolve() / "runs")
-    rows = build_leaderboard(studies, references, results / "runs.parquet")
+    rows = build_leaderboard(studies, results / "runs.parquet")
     write_leaderboard(results / "leaderboard.parquet", rows)
     create_table_artifact(
         key="leaderboard",

@@ -1,7 +1,14 @@
-"""``python -m lambda_hat``: compute HMC references for a problem set and print a table.
+"""``python -m lambda_hat``: the user's command line beside the flows.
 
-Writes ``<artifacts>/problems/<pid>/{spec.yaml, ref.json}`` and caches trained optima
-under ``<results>/targets``. (The Prefect flows replace this as the main job later.)
+    python -m lambda_hat reference --problems smoke     # HMC references, a table
+    python -m lambda_hat compact                        # runs.parquet from its parts
+
+``reference`` computes the reference of every problem of a set with the flows' settings
+(unless told otherwise) and saves it where the flows look (``lambda_hat.reference.record``):
+a reference computed here is the flows' cached reference, and one the flows computed is
+shown here without sampling again (``--refresh`` recomputes). ``compact`` folds the part
+files of ``runs.parquet`` into it, as every tune run does at its end. Neither imports
+Prefect; JAX loads only when a reference is sampled.
 """
 
 from __future__ import annotations
@@ -9,41 +16,57 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import uuid
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
-from lambda_hat.arguments import OneLineErrors
-from lambda_hat.compile_cache import enable_compilation_cache
-from lambda_hat.io import atomic_write_bytes
-from lambda_hat.problems import PRESETS, SpecError, format_validation_error, load_problem_set
-from lambda_hat.runners.hmc_reference import BudgetError, ReferenceConfig, ReferenceResult, run
+from lambda_hat.arguments import DefaultsHelp, OneLineErrors
+from lambda_hat.problems.specs import PRESETS, SpecError, format_validation_error
+from lambda_hat.reference.record import ReferenceResult, current_reference, write_reference
+from lambda_hat.samplers.configs import DEFAULT_REFERENCE, ReferenceConfig
 from lambda_hat.settings import Settings
-from lambda_hat.sizes import check_fits
-from lambda_hat.targets import OptimumError, build_problem
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = OneLineErrors(
         prog="python -m lambda_hat",
-        description="Compute HMC reference LLCs and compare them with closed-form values.",
+        description="lambda_hat's command line: references and results beside the flows.",
     )
-    parser.add_argument(
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    ref = commands.add_parser(
+        "reference",
+        help="compute (or show the cached) HMC reference LLC of each problem of a set",
+        formatter_class=DefaultsHelp,
+    )
+    ref.error = parser.error  # (one line, as for the top-level arguments)
+    ref.add_argument(
         "--problems", default="default", help=f"a YAML file or a preset ({', '.join(PRESETS)})"
     )
-    parser.add_argument("--algorithm", choices=["nuts", "hmc"], default="nuts")
-    parser.add_argument("--num-chains", type=int, default=4)
-    parser.add_argument("--num-warmup", type=int, default=500)
-    parser.add_argument("--num-draws", type=int, default=1000, help="kept draws per chain")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--budget-sec", type=float, default=None, help="per problem")
-    parser.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"))
-    parser.add_argument("--results-dir", type=Path, default=Path("results"))
+    ref.add_argument("--algorithm", choices=["nuts", "hmc"], default=DEFAULT_REFERENCE.algorithm)
+    ref.add_argument("--num-chains", type=int, default=DEFAULT_REFERENCE.num_chains)
+    ref.add_argument("--num-warmup", type=int, default=DEFAULT_REFERENCE.num_warmup)
+    ref.add_argument(
+        "--num-draws", type=int, default=DEFAULT_REFERENCE.num_draws, help="kept draws per chain"
+    )
+    ref.add_argument("--seed", type=int, default=DEFAULT_REFERENCE.seed)
+    ref.add_argument("--budget-sec", type=float, default=None, help="per problem")
+    ref.add_argument("--refresh", action="store_true", help="recompute references that are cached")
+    compact = commands.add_parser(
+        "compact", help="fold runs.parquet's part files into it (rebuilt if damaged)"
+    )
+    compact.error = parser.error
+    for sub in (ref, compact):
+        sub.add_argument(
+            "--artifacts-dir", type=Path, default=None, help="default: LAMBDA_HAT_ARTIFACTS_DIR"
+        )
+        sub.add_argument(
+            "--results-dir", type=Path, default=None, help="default: LAMBDA_HAT_RESULTS_DIR"
+        )
     return parser
 
 
-def _row(name: str, result: ReferenceResult) -> str:
+def _row(name: str, result: ReferenceResult, cached: bool) -> str:
     theory = f"{result.lambda_theory:8.3f}" if result.lambda_theory is not None else "       -"
     if result.lambda_theory:
         rel = f"{100 * (result.llc_ref - result.lambda_theory) / result.lambda_theory:+6.1f}%"
@@ -55,6 +78,7 @@ def _row(name: str, result: ReferenceResult) -> str:
         f"{result.rhat:6.3f} {result.divergences:>5} {result.runtime_sec:8.1f} "
         f"{result.quality}"
         + (f" ({'; '.join(result.quality_reasons)})" if result.quality_reasons else "")
+        + (" (cached)" if cached else "")
     )
 
 
@@ -64,20 +88,29 @@ HEADER = (
 )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _dirs(args: argparse.Namespace) -> tuple[Path, Path]:
+    settings = Settings()
+    return (
+        args.artifacts_dir or settings.artifacts_dir,
+        args.results_dir or settings.results_dir,
+    )
+
+
+def reference(args: argparse.Namespace) -> int:
+    from lambda_hat.problems.sizes import check_fits
+    from lambda_hat.problems.specs import load_problem_set
+
     try:
         problem_set = load_problem_set(args.problems)
         check_fits(problem_set, Settings().memory_limit_bytes(), args.problems)
         config = ReferenceConfig(
-            algorithm=args.algorithm,
-            num_chains=args.num_chains,
-            num_warmup=args.num_warmup,
-            num_draws=args.num_draws,
-            seed=args.seed,
-        )
-        if args.budget_sec is not None and args.budget_sec <= 0:
+            **{**DEFAULT_REFERENCE.model_dump(), "algorithm": args.algorithm,
+               "num_chains": args.num_chains, "num_warmup": args.num_warmup,
+               "num_draws": args.num_draws, "seed": args.seed},
+        )  # fmt: skip
+        if args.budget_sec is not None and not args.budget_sec > 0:
             raise SpecError(f"--budget-sec: must be > 0, got {args.budget_sec:g}")
+        artifacts_dir, results_dir = _dirs(args)
     except SpecError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -85,39 +118,64 @@ def main(argv: list[str] | None = None) -> int:
         what = "settings (LAMBDA_HAT_*)" if error.title == "Settings" else "reference config"
         print(f"error: {what}: {format_validation_error(error)}", file=sys.stderr)
         return 2
-
-    enable_compilation_cache()
     print(HEADER, flush=True)
     for spec in problem_set.problems:
-        try:
-            problem = build_problem(spec, cache_dir=args.results_dir / "targets")
-        except OptimumError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-        folder = args.artifacts_dir / "problems" / problem.pid
-        atomic_write_bytes(
-            folder / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json")).encode()
-        )
-        started = time.perf_counter()
-
-        def progress(
-            done: int, total: int, name: str = spec.name, started: float = started
-        ) -> None:
-            elapsed = time.perf_counter() - started
-            print(f"  {name}: {done}/{total} draws per chain ({elapsed:.1f} s)", file=sys.stderr)
-
-        print(
-            f"  {spec.name}: d={problem.d}, n={problem.n}: compiling and adapting "
-            f"({config.num_warmup} warmup steps per chain)...",
-            file=sys.stderr,
-            flush=True,
-        )
-        try:
-            result = run(
-                problem, config, budget_sec=args.budget_sec, out_dir=folder, progress=progress
-            )
-        except BudgetError as error:
-            print(f"error: {spec.name}: {error}", file=sys.stderr)
-            return 1
-        print(_row(spec.name, result), flush=True)
+        cached = None if args.refresh else current_reference(artifacts_dir, spec, config)
+        if cached is not None:
+            print(_row(spec.name, ReferenceResult.model_validate(cached), True), flush=True)
+            continue
+        code = _compute(spec, config, args.budget_sec, artifacts_dir, results_dir)
+        if code:
+            return code
     return 0
+
+
+def _compute(spec, config: ReferenceConfig, budget_sec, artifacts_dir: Path, results_dir: Path):
+    from lambda_hat.compile_cache import enable_compilation_cache
+    from lambda_hat.problems.targets import OptimumError, build_problem
+    from lambda_hat.samplers.hmc_reference import BudgetError, run
+
+    enable_compilation_cache()
+    try:
+        problem = build_problem(spec, cache_dir=results_dir / "targets")
+    except OptimumError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    started = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        elapsed = time.perf_counter() - started
+        print(f"  {spec.name}: {done}/{total} draws per chain ({elapsed:.1f} s)", file=sys.stderr)
+
+    print(
+        f"  {spec.name}: d={problem.d}, n={problem.n}: compiling and adapting "
+        f"({config.num_warmup} warmup steps per chain)...",
+        file=sys.stderr,
+        flush=True,
+    )
+    computed_at = time.time()
+    try:
+        result = run(problem, config, budget_sec=budget_sec, progress=progress)
+    except BudgetError as error:
+        print(f"error: {spec.name}: {error}", file=sys.stderr)
+        return 1
+    write_reference(
+        artifacts_dir, spec, result, hmc_run_id=uuid.uuid4().hex, computed_at=computed_at
+    )
+    print(_row(spec.name, result, False), flush=True)
+    return 0
+
+
+def compact(args: argparse.Namespace) -> int:
+    from lambda_hat.results.tables import compact as compact_runs
+
+    artifacts_dir, results_dir = _dirs(args)
+    target = results_dir / "runs.parquet"
+    rows = compact_runs(target, rebuild_from=artifacts_dir / "runs")
+    print(f"{target}: {rows} rows")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return {"reference": reference, "compact": compact}[args.command](args)

@@ -136,7 +136,7 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.results_dir / 'optuna.db').resolve()}"
 
     def memory_limit_bytes(self) -> int:
-        from lambda_hat.sizes import default_limit_bytes
+        from lambda_hat.problems.sizes import default_limit_bytes
 
         if self.memory_limit_gb is None:
             return default_limit_bytes()

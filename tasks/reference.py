@@ -14,15 +14,21 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import yaml
 from filelock import FileLock
 from prefect import task
 from prefect.context import TaskRunContext
 
-from lambda_hat.io import atomic_write_bytes, atomic_write_json, read_json
-from lambda_hat.problems import ProblemSpec
-from lambda_hat.reference_pool import batches_of, next_seed, pool
-from lambda_hat.runners.hmc_reference import ReferenceConfig, reference_code_version, run
+from lambda_hat.problems.specs import ProblemSpec
+from lambda_hat.reference.pool import batches_of, next_seed, pool
+from lambda_hat.reference.record import (
+    read_reference,
+    reference_code_version,
+    reference_dir,
+    save_record,
+    write_reference,
+)
+from lambda_hat.samplers.configs import ReferenceConfig
+from lambda_hat.samplers.hmc_reference import run
 from tasks.worker import problem_for, worker_info
 
 
@@ -53,25 +59,13 @@ def hmc_reference(
     ``<artifacts_dir>/problems/<pid>/{spec.yaml, ref.json, convergence.json}``; returns
     ref.json's fields plus ``hmc_run_id`` (new for every computation, so a cache hit is
     recognisable) and where it ran."""
-    problem_spec = ProblemSpec.model_validate(spec)
     problem = problem_for(spec, results_dir, jax_cache_dir)
-    out_dir = Path(artifacts_dir) / "problems" / problem.pid
-    atomic_write_bytes(
-        out_dir / "spec.yaml", yaml.safe_dump(problem_spec.model_dump(mode="json")).encode()
-    )
     started = time.time()
     result = run(problem, ReferenceConfig.model_validate(config), budget_sec=budget_sec)
-    record = {
-        **result.model_dump(mode="json"),
-        "name": problem_spec.name,
-        "hmc_run_id": uuid.uuid4().hex,
-        "computed_at": started,
-        **worker_info(),
-    }
-    if result.convergence is not None:  # the report plots it; small (≤ 400 points a chain)
-        atomic_write_json(out_dir / "convergence.json", result.convergence)
-    atomic_write_json(out_dir / "ref.json", record)
-    return record
+    return write_reference(
+        Path(artifacts_dir), ProblemSpec.model_validate(spec), result,
+        hmc_run_id=uuid.uuid4().hex, computed_at=started, **worker_info(),
+    )  # fmt: skip
 
 
 @task(name="extend-reference", task_run_name="extend-reference-{spec[name]}", retries=2)
@@ -84,22 +78,22 @@ def extend_reference(
     budget_sec: float | None = None,
 ) -> dict[str, Any]:
     """One more batch of chains (same settings, a seed no batch has used) pooled into the
-    problem's ref.json (``lambda_hat.reference_pool``): with k equal batches its SE is the
+    problem's ref.json (``lambda_hat.reference.pool``): with k equal batches its SE is the
     first's over √k. The read, pool and write hold a file lock: two extensions at once
     both land, and one that sampled a seed already pooled is dropped, not counted twice."""
     problem = problem_for(spec, results_dir, jax_cache_dir)
-    path = Path(artifacts_dir) / "problems" / problem.pid / "ref.json"
+    path = reference_dir(Path(artifacts_dir), problem.pid) / "ref.json"
     base = ReferenceConfig.model_validate(config)
-    seed = next_seed(read_json(path), base.seed)
+    seed = next_seed(read_reference(Path(artifacts_dir), problem.pid), base.seed)
     started = time.time()
     extra = run(problem, base.model_copy(update={"seed": seed}), budget_sec=budget_sec)
     with FileLock(f"{path}.lock"):
-        current = read_json(path)
+        current = read_reference(Path(artifacts_dir), problem.pid)
         if seed in {batch["seed"] for batch in batches_of(current, base.seed)}:
             # Another extension sampled this seed meanwhile: the same draws (same settings,
             # same seed), so pooling them again would fake precision.
             return current
         record = pool(current, extra.model_dump(mode="json"), seed)
         record.update(hmc_run_id=uuid.uuid4().hex, extended_at=started, **worker_info())
-        atomic_write_json(path, record)
+        save_record(Path(artifacts_dir), record)
     return record

@@ -7,9 +7,9 @@ from typing import Any
 
 from prefect import task
 
-from lambda_hat.html_report import build_report
 from lambda_hat.io import read_json
-from lambda_hat.results import read_rows
+from lambda_hat.results.report import build_report
+from lambda_hat.results.tables import read_rows
 
 
 @task(name="build-report")

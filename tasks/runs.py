@@ -17,7 +17,8 @@ from prefect.context import TaskRunContext
 
 from lambda_hat.ids import validate_id
 from lambda_hat.io import atomic_write_json
-from lambda_hat.runners.run_method import method_code_version, method_of, run_trial
+from lambda_hat.samplers.configs import config_type_of, method_code_version
+from lambda_hat.samplers.run_method import run_trial
 from tasks.worker import problem_for, worker_info
 
 
@@ -50,7 +51,7 @@ def run_method_task(
     ``manifest.json`` (what was asked) and ``metrics.json`` (what came out)."""
     started = time.time()
     problem = problem_for(spec, results_dir, jax_cache_dir)
-    method_of(method)  # a known method name: it becomes a path component
+    config_type_of(method)  # a known method name: it becomes a path component
     out_dir = Path(artifacts_dir) / "runs" / problem.pid / method / validate_id(run_id)
     where = worker_info()
     manifest = {

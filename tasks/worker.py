@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from lambda_hat.compile_cache import enable_compilation_cache
-from lambda_hat.problems import ProblemSpec
-from lambda_hat.targets import Problem, build_problem
+from lambda_hat.problems.specs import ProblemSpec
+from lambda_hat.problems.targets import Problem, build_problem
 
 
 @lru_cache(maxsize=1)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lambda_hat.compile_cache import enable_compilation_cache
-from lambda_hat.problems import ProblemSpec
+from lambda_hat.problems.specs import ProblemSpec
 
 enable_compilation_cache()
 

@@ -18,8 +18,8 @@ import optuna
 import psycopg
 from optuna.trial import TrialState
 
-from lambda_hat.results import read_rows
-from lambda_hat.storage import counted, finished_trials
+from lambda_hat.results.tables import read_rows
+from lambda_hat.tuning.storage import counted, finished_trials
 from tests.stack import REPO, slurm_settings_env, write_one_problem
 
 PROFILE = """

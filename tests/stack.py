@@ -58,7 +58,7 @@ def slurm_settings_env(stack: dict[str, str], tmp: Path) -> dict[str, str]:
 def write_one_problem(tmp: Path, name: str, data_seed: int) -> str:
     """``tmp/problems.yaml`` with the first smoke problem renamed and reseeded (so each
     campaign has its own pid, hence its own study); returns the pid."""
-    from lambda_hat.problems import load_problem_set
+    from lambda_hat.problems.specs import load_problem_set
 
     spec = load_problem_set("smoke").problems[0].model_dump(mode="json")
     spec.update(name=name, seed=data_seed)

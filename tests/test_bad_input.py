@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from flows.tune import main as tune_main
-from lambda_hat.problems import load_problem_set
+from lambda_hat.problems.specs import load_problem_set
 
 GOOD_PROBLEM = load_problem_set("smoke").problems[0].model_dump(mode="json")
 GOOD_DLN = load_problem_set("smoke").problems[1].model_dump(mode="json")

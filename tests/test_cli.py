@@ -22,7 +22,10 @@ def run_cli(*args, cwd):
 
 
 def test_main_command_prints_a_table_and_writes_artifacts(tmp_path):
-    done = run_cli("--problems", "smoke", "--num-warmup", "100", "--num-draws", "100", cwd=tmp_path)
+    done = run_cli(
+        "reference", "--problems", "smoke", "--num-warmup", "100", "--num-draws", "100",
+        cwd=tmp_path,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert lines[0].split()[:3] == ["problem", "pid", "d"]
@@ -49,7 +52,7 @@ def test_bad_input_exits_non_zero_with_one_line_and_writes_nothing(tmp_path):
         (("--num-draws", "many"), "argument --num-draws: invalid int value"),
     ]
     for args, message in cases:
-        done = run_cli(*args, cwd=tmp_path)
+        done = run_cli("reference", *args, cwd=tmp_path)
         assert done.returncode == 2, args
         assert message in done.stderr, (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -58,4 +61,45 @@ def test_bad_input_exits_non_zero_with_one_line_and_writes_nothing(tmp_path):
 
 def test_help_works(tmp_path):
     done = run_cli("--help", cwd=tmp_path)
+    assert done.returncode == 0 and "reference" in done.stdout and "compact" in done.stdout
+    done = run_cli("reference", "--help", cwd=tmp_path)
     assert done.returncode == 0 and "--problems" in done.stdout
+
+
+def test_a_reference_from_the_cli_is_the_flows_cached_reference(prefect_server, lambda_hat_env):
+    """``python -m lambda_hat reference`` writes the ref.json the tune flow reads as its
+    cached reference (one writer, one cache key): the flow samples no reference and tunes
+    against the command's llc_ref; the command then shows it as cached."""
+    from flows.tune import tune
+    from lambda_hat.results.tables import read_rows
+
+    from .test_flows import FAST_METHODS
+
+    small = ("--num-warmup", "100", "--num-draws", "200")
+    done = run_cli("reference", "--problems", "smoke", *small, cwd=lambda_hat_env)
+    assert done.returncode == 0, done.stderr
+    written = {
+        ref["pid"]: ref
+        for ref in (
+            json.loads(path.read_text())
+            for path in (lambda_hat_env / "artifacts" / "problems").glob("p_*/ref.json")
+        )
+    }
+    assert len(written) == 2 and all(ref["name"] for ref in written.values())
+    methods_file = lambda_hat_env / "methods.yaml"
+    methods_file.write_text(FAST_METHODS)
+    result = tune(
+        problems="smoke", methods=["sgld"], n_trials=1, repeats=1, pruner="none",
+        validate_top_k=0, methods_file=str(methods_file), reference_warmup=100,
+        reference_draws=200,
+    )  # fmt: skip
+    assert len(result["references"]) == 2
+    for ref in result["references"]:
+        assert ref["cached"], ref["name"]
+        assert ref["hmc_run_id"] == written[ref["pid"]]["hmc_run_id"]  # not recomputed
+    rows = read_rows(lambda_hat_env / "results" / "runs.parquet")
+    assert rows and all(row["llc_ref"] == written[row["pid"]]["llc_ref"] for row in rows)
+    again = run_cli("reference", "--problems", "smoke", *small, cwd=lambda_hat_env)
+    assert again.returncode == 0, again.stderr
+    assert [line.endswith("(cached)") for line in again.stdout.splitlines()[1:]] == [True] * 2
+    assert "draws per chain" not in again.stderr  # nothing sampled

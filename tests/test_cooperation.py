@@ -13,10 +13,10 @@ import sys
 import optuna
 from optuna.trial import TrialState
 
-from lambda_hat.problems import load_problem_set
-from lambda_hat.reaping import owner_id
+from lambda_hat.problems.specs import load_problem_set
 from lambda_hat.settings import Settings
-from lambda_hat.storage import counted, finished_trials
+from lambda_hat.tuning.reaping import owner_id
+from lambda_hat.tuning.storage import counted, finished_trials
 
 from .conftest import REPO
 

@@ -10,8 +10,8 @@ import optuna
 
 from flows.reference import reference
 from flows.tune import tune
-from lambda_hat.problems import load_problem_set
-from lambda_hat.results import read_rows
+from lambda_hat.problems.specs import load_problem_set
+from lambda_hat.results.tables import read_rows
 from lambda_hat.settings import Settings
 
 from .test_flows import FAST_METHODS, SMALL_REFERENCE

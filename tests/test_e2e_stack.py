@@ -14,7 +14,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from lambda_hat.results import read_rows
+from lambda_hat.results.tables import read_rows
 
 from .stack import PASSWORD, PREFECT, PROFILE, REPO, sh, skip_without_stack, slurm_settings_env
 

@@ -1,11 +1,11 @@
-"""The exact finite-n LLC oracle (lambda_hat.exact) against brute-force quadrature over
+"""The exact finite-n LLC oracle (lambda_hat.problems.exact) against brute-force quadrature over
 every parameter, on tiny cases where brute force is affordable."""
 
 import numpy as np
 import pytest
 
-from lambda_hat.exact import Grid, exact_llc, regular_llc, rrr_llc
-from lambda_hat.targets import build_problem
+from lambda_hat.problems.exact import Grid, exact_llc, regular_llc, rrr_llc
+from lambda_hat.problems.targets import build_problem
 
 from .conftest import make_spec
 
@@ -79,9 +79,9 @@ def test_oracle_converges_on_a_realistic_case_and_sits_off_lambda():
     problem = build_problem(spec)
     value = exact_llc(problem)
     assert value is not None
-    from lambda_hat.exact import rrr_llc_converged
-    from lambda_hat.models import unflatten
-    from lambda_hat.posterior import moments_of
+    from lambda_hat.problems.exact import rrr_llc_converged
+    from lambda_hat.problems.models import unflatten
+    from lambda_hat.problems.posterior import moments_of
 
     moments = moments_of(problem.data)
     (a, _), (b, _) = unflatten(problem.w_star, problem.arch.layers)
@@ -103,8 +103,8 @@ def test_no_oracle_for_shapes_it_cannot_integrate():
     ("shape", "rank", "n"), [((1, 2, 3), 0, 500), ((1, 2, 3), 1, 2000), ((2, 1, 3), 0, 1000)]
 )
 def test_the_default_reference_agrees_with_the_oracle_within_its_error_bar(shape, rank, n):
-    from flows.reference import DEFAULT_REFERENCE
-    from lambda_hat.runners.hmc_reference import run
+    from lambda_hat.samplers.configs import DEFAULT_REFERENCE
+    from lambda_hat.samplers.hmc_reference import run
 
     m, h, n_out = shape
     problem = build_problem(
@@ -125,7 +125,7 @@ def test_the_two_quadratures_agree_on_the_scalar_chain_ab_x():
     # f = ab·x: the RRR oracle (B in closed form, A on Gauss–Legendre panels) and the
     # scalar-chain quadrature (b in closed form, a on a uniform grid) are different
     # computations of one number.
-    from lambda_hat.exact import scalar_chain_llc
+    from lambda_hat.problems.exact import scalar_chain_llc
 
     problem = build_problem(make_spec(model={"family": "dln", "widths": [1, 1, 1]}))
     assert exact_llc(problem) == pytest.approx(scalar_chain_llc(problem, 20001), rel=1e-7)

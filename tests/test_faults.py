@@ -14,9 +14,9 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from lambda_hat.results import read_rows
-from lambda_hat.runners.common import FINISH_SEC
-from lambda_hat.storage import counted, finished_trials
+from lambda_hat.results.tables import read_rows
+from lambda_hat.samplers.common import FINISH_SEC
+from lambda_hat.tuning.storage import counted, finished_trials
 
 from .load import run_load_campaign
 from .stack import PASSWORD, REPO, sh, skip_without_stack, slurm_settings_env, write_one_problem

@@ -18,12 +18,12 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.reference import reference
 from flows.tune import tune
-from lambda_hat.html_report import study_trials
-from lambda_hat.problems import load_problem_set
-from lambda_hat.results import COLUMNS, flatten_row, parts_dir, read_rows, run_records
+from lambda_hat.problems.sizes import estimate, human
+from lambda_hat.problems.specs import load_problem_set
+from lambda_hat.results.report import study_trials
+from lambda_hat.results.tables import COLUMNS, flatten_row, parts_dir, read_rows, run_records
 from lambda_hat.settings import Settings
-from lambda_hat.sizes import estimate, human
-from lambda_hat.tuning import study_seeds
+from lambda_hat.tuning.driver import study_seeds
 
 from .conftest import REPO
 
@@ -504,9 +504,9 @@ def test_the_study_subflow_pickles():
     not pickle (once, the campaign's ContextVar) breaks every run."""
     import cloudpickle
 
-    from flows.tune import tune_method
+    from flows.tune import tune_study
 
-    assert cloudpickle.loads(cloudpickle.dumps(tune_method)).name == "tune-method"
+    assert cloudpickle.loads(cloudpickle.dumps(tune_study)).name == "tune-study"
 
 
 def test_a_slow_reference_delays_only_its_own_studies(prefect_server, lambda_hat_env):

@@ -11,8 +11,8 @@ import optuna
 import pytest
 
 from flows.records import DiskFull, write_rows
-from lambda_hat.results import compact, read_rows
-from lambda_hat.storage import StorageError, StorageRetry
+from lambda_hat.results.tables import compact, read_rows
+from lambda_hat.tuning.storage import StorageError, StorageRetry
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 import pytest
 
 from lambda_hat import ids
-from lambda_hat.problems import ProblemSpec
+from lambda_hat.problems.specs import ProblemSpec
 
 from .conftest import make_spec
 

@@ -13,13 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lambda_hat.posterior import LossData, empirical_loss
-from lambda_hat.runners import sgld
-from lambda_hat.runners.common import FINISH_SEC, compile_count
-from lambda_hat.runners.hmc_reference import ReferenceConfig
-from lambda_hat.runners.hmc_reference import run as run_reference
-from lambda_hat.runners.run_method import MethodConfigError, run_id_for, run_trial
-from lambda_hat.targets import build_problem
+from lambda_hat.problems.posterior import LossData, empirical_loss
+from lambda_hat.problems.targets import build_problem
+from lambda_hat.samplers import sgld
+from lambda_hat.samplers.common import FINISH_SEC, compile_count
+from lambda_hat.samplers.configs import MethodConfigError, ReferenceConfig, run_id_for
+from lambda_hat.samplers.hmc_reference import run as run_reference
+from lambda_hat.samplers.run_method import run_trial
 
 from .conftest import make_spec
 

@@ -5,9 +5,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lambda_hat.posterior import Moments, empirical_loss, is_linear, log_density, moments_of
-from lambda_hat.runners.hmc_reference import ReferenceConfig, sampled_data
-from lambda_hat.targets import build_problem
+from lambda_hat.problems.posterior import (
+    Moments,
+    empirical_loss,
+    is_linear,
+    log_density,
+    moments_of,
+)
+from lambda_hat.problems.targets import build_problem
+from lambda_hat.samplers.configs import ReferenceConfig
+from lambda_hat.samplers.hmc_reference import sampled_data
 
 from .conftest import make_spec
 

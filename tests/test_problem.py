@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from lambda_hat.data import make_dataset
-from lambda_hat.estimator import llc_from_losses
-from lambda_hat.targets import OptimumError, build_problem
+from lambda_hat.problems.data import make_dataset
+from lambda_hat.problems.targets import OptimumError, build_problem
+from lambda_hat.samplers.estimator import llc_from_losses
 
 from .conftest import make_spec
 

@@ -13,16 +13,18 @@ import pytest
 import yaml
 
 from flows.tune import tune
-from lambda_hat.problems import SpecError, check_held_out, load_problem_set
-from lambda_hat.recipes import Member, RecipeDriver, family_error, recipe_space
-from lambda_hat.results import read_rows
-from lambda_hat.runners.run_method import run_trial
-from lambda_hat.search_space import MethodSpace, load_methods
+from lambda_hat.problems.specs import SpecError, check_held_out, load_problem_set
+from lambda_hat.problems.targets import build_problem
+from lambda_hat.results.tables import read_rows
+from lambda_hat.samplers.run_method import run_trial
 from lambda_hat.settings import Settings
-from lambda_hat.storage import open_study
-from lambda_hat.targets import build_problem
-from lambda_hat.trials import config_id_for, study_seeds
-from lambda_hat.tuning import make_pruner
+from lambda_hat.tuning.driver import Driver, make_pruner
+from lambda_hat.tuning.kinds import Member, Recipe
+from lambda_hat.tuning.recipes import recipe_space
+from lambda_hat.tuning.search_space import MethodSpace, load_methods
+from lambda_hat.tuning.stats import family_error
+from lambda_hat.tuning.storage import open_study
+from lambda_hat.tuning.trials import config_id_for, study_seeds
 
 from .test_flows import SMALL_REFERENCE, artifact_keys
 
@@ -49,9 +51,9 @@ def _fake_run(plan):
 def _drive(study, n_trials, pruner="none"):
     first = lambda futures: next(iter(wait(futures, return_when=FIRST_COMPLETED).done))  # noqa: E731
     with ThreadPoolExecutor(2) as pool:
-        driver = RecipeDriver(
-            study, SPACE, pid="recipe-demo", method="sgld", budget_sec=1.0, llc_ref=math.nan,
-            se_ref=math.nan, repeats=2, pruner=pruner, members=MEMBERS,
+        driver = Driver(
+            study, SPACE, method="sgld", members=MEMBERS, budget_sec=1.0,
+            kind=Recipe("demo"), repeats=2, pruner=pruner,
         )  # fmt: skip
         return driver.run(
             n_trials, batch=1, submit=lambda plan: pool.submit(_fake_run, plan), first_done=first

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from lambda_hat.exact import scalar_chain_llc
-from lambda_hat.runners.hmc_reference import ReferenceConfig, ReferenceResult, run
-from lambda_hat.targets import build_problem
+from lambda_hat.problems.exact import scalar_chain_llc
+from lambda_hat.problems.targets import build_problem
+from lambda_hat.reference.record import ReferenceResult, write_reference
+from lambda_hat.samplers.configs import ReferenceConfig
+from lambda_hat.samplers.hmc_reference import run
 
 from .conftest import make_spec
 
@@ -103,7 +105,8 @@ def test_budget_is_respected_and_the_result_is_still_valid(tiny_spec, tmp_path):
     short_warmup = FAST.model_copy(update={"num_warmup": 100})
     run(problem, short_warmup)
     long_run = short_warmup.model_copy(update={"num_draws": 1_000_000})
-    result = run(problem, long_run, budget_sec=3.0, out_dir=tmp_path)
+    result = run(problem, long_run, budget_sec=3.0)
+    write_reference(tmp_path, tiny_spec, result)
     # Checked with the run's own clock, not a wall-clock constant that a loaded machine
     # breaks: it started no chunk that its slowest chunk so far said would end past the
     # budget, and the budget cut the sampling after many chunks.
@@ -112,14 +115,17 @@ def test_budget_is_respected_and_the_result_is_still_valid(tiny_spec, tmp_path):
     assert result.budget_exhausted
     assert 0 < result.n_draws < 4 * 1_000_000
     assert math.isfinite(result.llc_ref) and result.se_ref > 0
-    saved = json.loads((tmp_path / "ref.json").read_text())
+    folder = tmp_path / "problems" / result.pid
+    saved = json.loads((folder / "ref.json").read_text())
     assert ReferenceResult.model_validate(saved).model_dump() == result.model_dump()
-    assert not list(tmp_path.glob("*.tmp"))
+    assert saved["name"] == tiny_spec.name and (folder / "spec.yaml").exists()
+    assert not list(folder.glob("*.tmp"))
 
 
 def test_ref_json_has_every_contract_field(tiny_spec, tmp_path):
-    result = run(build_problem(tiny_spec), FAST, out_dir=tmp_path)
-    saved = json.loads((tmp_path / "ref.json").read_text())
+    result = run(build_problem(tiny_spec), FAST)
+    write_reference(tmp_path, tiny_spec, result)
+    saved = json.loads((tmp_path / "problems" / result.pid / "ref.json").read_text())
     for field in [
         "llc_ref",
         "se_ref",
@@ -201,13 +207,15 @@ def test_a_starved_reference_is_untrusted_and_a_sound_one_is_not(tiny_spec, tmp_
     assert starved.quality == "untrusted", starved.quality_reasons
     assert any("ESS" in reason for reason in starved.quality_reasons)
     # What the flows use (a higher target acceptance than FAST: fewer divergences).
-    from flows.reference import DEFAULT_REFERENCE
+    from lambda_hat.samplers.configs import DEFAULT_REFERENCE
 
-    sound = run(problem, DEFAULT_REFERENCE, out_dir=tmp_path)
+    sound = run(problem, DEFAULT_REFERENCE)
     assert sound.quality in ("trusted", "warn"), sound.quality_reasons
-    saved = json.loads((tmp_path / "ref.json").read_text())
+    write_reference(tmp_path, tiny_spec, sound)
+    folder = tmp_path / "problems" / sound.pid
+    saved = json.loads((folder / "ref.json").read_text())
     assert saved["quality"] == sound.quality and "convergence" not in saved
-    evidence = json.loads((tmp_path / "convergence.json").read_text())
+    evidence = json.loads((folder / "convergence.json").read_text())
     assert len(evidence["trace"]) == DEFAULT_REFERENCE.num_chains
     assert evidence["running_mean"][-1] == pytest.approx(sound.llc_ref)
     assert evidence["grad_evals"] == sorted(evidence["grad_evals"])
@@ -217,16 +225,17 @@ def test_a_starved_reference_is_untrusted_and_a_sound_one_is_not(tiny_spec, tmp_
 def test_the_reference_key_changes_with_the_numerical_libraries(monkeypatch):
     """A new JAX, jaxlib or BlackJAX recomputes the references (the nightly refresh then
     computes only what is missing or stale); the same versions give the same key."""
-    from lambda_hat.runners import hmc_reference
+    from lambda_hat.reference import record
+    from lambda_hat.samplers.configs import ReferenceConfig
 
-    config = hmc_reference.ReferenceConfig()
-    today = hmc_reference.reference_code_version(config)
-    assert hmc_reference.reference_code_version(config) == today
-    versions = hmc_reference.library_versions()
+    config = ReferenceConfig()
+    today = record.reference_code_version(config)
+    assert record.reference_code_version(config) == today
+    versions = record.library_versions()
     for name in ("jax", "jaxlib", "blackjax"):
         bumped = {**versions, name: versions[name] + ".post1"}
-        monkeypatch.setattr(hmc_reference, "library_versions", lambda bumped=bumped: bumped)
-        assert hmc_reference.reference_code_version(config) != today, name
+        monkeypatch.setattr(record, "library_versions", lambda bumped=bumped: bumped)
+        assert record.reference_code_version(config) != today, name
 
 
 def test_references_are_looked_up_only_when_every_one_is_current(tmp_path):
@@ -234,19 +243,20 @@ def test_references_are_looked_up_only_when_every_one_is_current(tmp_path):
     the flow computes them on the reference cluster (the cached ones as cache hits)."""
     from flows.reference import cached_references
     from lambda_hat.io import atomic_write_json
-    from lambda_hat.problems import load_problem_set
-    from lambda_hat.runners.hmc_reference import ReferenceConfig, reference_code_version
+    from lambda_hat.problems.specs import load_problem_set
+    from lambda_hat.reference.record import reference_code_version
+    from lambda_hat.samplers.configs import ReferenceConfig
 
     config = ReferenceConfig(num_warmup=100, num_draws=200)
     specs = [spec.model_dump(mode="json") for spec in load_problem_set("smoke").problems]
     pids = [spec.pid for spec in load_problem_set("smoke").problems]
     version = reference_code_version(config)
     for pid in pids:
-        record = {"pid": pid, "llc_ref": 3.0, "se_ref": 0.1, "code_version": version}
+        record = {"pid": pid, "name": "x", "llc_ref": 3.0, "se_ref": 0.1, "code_version": version}
         atomic_write_json(tmp_path / "problems" / pid / "ref.json", record)
     found = cached_references(specs, config.model_dump(mode="json"), tmp_path)
     assert [ref["pid"] for ref in found] == pids and all(ref["cached"] for ref in found)
-    stale = {"pid": pids[1], "llc_ref": 3.0, "se_ref": 0.1, "code_version": "0.0.1+old"}
+    stale = {"pid": pids[1], "name": "x", "llc_ref": 3.0, "se_ref": 0.1, "code_version": "old"}
     atomic_write_json(tmp_path / "problems" / pids[1] / "ref.json", stale)
     assert cached_references(specs, config.model_dump(mode="json"), tmp_path) is None
     (tmp_path / "problems" / pids[1] / "ref.json").unlink()
@@ -254,7 +264,7 @@ def test_references_are_looked_up_only_when_every_one_is_current(tmp_path):
 
 
 def test_pooled_batches_weight_by_draws_and_flag_disagreement():
-    from lambda_hat.reference_pool import next_seed, pool
+    from lambda_hat.reference.pool import next_seed, pool
 
     base = {
         "llc_ref": 2.0, "se_ref": 0.1, "n_chains": 4, "n_draws": 2000, "ess": 800.0,

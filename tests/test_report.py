@@ -7,13 +7,13 @@ import re
 
 import pytest
 
-from lambda_hat.html_report import (
+from lambda_hat.results.plots import pareto_front
+from lambda_hat.results.report import (
     build_report,
     calibration_points,
     problem_configs,
     study_trials,
 )
-from lambda_hat.plots import pareto_front
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

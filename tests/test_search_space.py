@@ -3,7 +3,7 @@
 import optuna
 import pytest
 
-from lambda_hat.search_space import SearchSpaceError, load_methods
+from lambda_hat.tuning.search_space import SearchSpaceError, load_methods
 
 
 def test_defaults_cover_every_method_and_suggest_valid_configs():

@@ -8,10 +8,10 @@ import re
 import pytest
 
 from lambda_hat.ids import validate_id
-from lambda_hat.problems import SpecError, load_problem_set
-from lambda_hat.runners.run_method import MethodConfigError
+from lambda_hat.problems.specs import SpecError, load_problem_set
+from lambda_hat.samplers.configs import MethodConfigError
 from lambda_hat.settings import Settings
-from lambda_hat.storage import StorageError, check_storage
+from lambda_hat.tuning.storage import StorageError, check_storage
 from tasks.reference import hmc_reference
 from tasks.runs import run_method_task
 

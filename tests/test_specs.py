@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from lambda_hat.problems import SpecError, load_problem_set, parse_problem_set
+from lambda_hat.problems.specs import SpecError, load_problem_set, parse_problem_set
 
 GOOD = {
     "name": "ok",

@@ -18,8 +18,8 @@ import optuna
 import psutil
 from optuna.trial import TrialState
 
-from lambda_hat.problems import load_problem_set
-from lambda_hat.storage import finished_trials
+from lambda_hat.problems.specs import load_problem_set
+from lambda_hat.tuning.storage import finished_trials
 
 from .conftest import REPO
 

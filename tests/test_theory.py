@@ -3,7 +3,7 @@ from itertools import pairwise
 
 import pytest
 
-from lambda_hat import theory
+from lambda_hat.problems import theory
 
 
 @pytest.mark.parametrize(

@@ -14,14 +14,16 @@ import pytest
 import sqlalchemy.exc
 from optuna.trial import TrialState
 
-from lambda_hat.reaping import Owner
-from lambda_hat.results import append_rows, read_rows
-from lambda_hat.search_space import load_methods
+from lambda_hat.results.tables import append_rows, read_rows
 from lambda_hat.settings import Settings, mask_url
-from lambda_hat.slots import TrialSlots
-from lambda_hat.storage import StorageError, StorageRetry, finished_trials, open_study
-from lambda_hat.tuning import MAX_ATTEMPTS, Driver, make_pruner, objective_value, study_seeds
-from lambda_hat.validation import trial_counts
+from lambda_hat.tuning.driver import Driver, make_pruner
+from lambda_hat.tuning.kinds import Member
+from lambda_hat.tuning.reaping import Owner
+from lambda_hat.tuning.search_space import load_methods
+from lambda_hat.tuning.slots import TrialSlots
+from lambda_hat.tuning.storage import StorageError, StorageRetry, finished_trials, open_study
+from lambda_hat.tuning.trials import MAX_ATTEMPTS, objective_value, study_seeds
+from lambda_hat.tuning.validation import trial_counts
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -30,13 +32,11 @@ def first_done(futures):
     return next(iter(wait(futures, return_when=FIRST_COMPLETED).done))
 
 
-def make_driver(study, **overrides):
+def make_driver(study, pid="p_test", **overrides):
     options = {
-        "pid": "p_test",
+        "members": [Member(pid, "test", 3.0, 0.1)],
         "method": "sgld",
         "budget_sec": 10.0,
-        "llc_ref": 3.0,
-        "se_ref": 0.1,
         **overrides,
     }
     return Driver(study, load_methods()["sgld"], **options)

@@ -8,10 +8,11 @@ import optuna
 import pytest
 from scipy import stats
 
-from lambda_hat.search_space import load_methods
-from lambda_hat.storage import open_study
-from lambda_hat.tuning import study_seeds
-from lambda_hat.validation import (
+from lambda_hat.tuning.kinds import Member, PerProblem
+from lambda_hat.tuning.search_space import load_methods
+from lambda_hat.tuning.storage import open_study
+from lambda_hat.tuning.trials import study_seeds
+from lambda_hat.tuning.validation import (
     leaderboard_row,
     run_all,
     top_configurations,
@@ -22,6 +23,8 @@ from lambda_hat.validation import (
 from .test_tuning import first_done, make_driver, noisy_llc
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+MEMBER = Member("p_test", "test", 3.0, 0.1)
 
 
 def test_validation_reruns_the_top_k_on_fresh_seeds_and_the_row_matches_the_records(tmp_path):
@@ -38,12 +41,12 @@ def test_validation_reruns_the_top_k_on_fresh_seeds_and_the_row_matches_the_reco
         )
         candidates = top_configurations(study, 3)
         plans = validation_plans(
-            candidates, space, study_name="p_test:sgld", pid="p_test", method="sgld",
+            candidates, space, study_name="p_test:sgld", pids=["p_test"], method="sgld",
             seeds=5, budget_sec=10.0,
         )  # fmt: skip
         outcomes = run_all(
-            plans, submit=submit, first_done=first_done, llc_ref=3.0, se_ref=0.1,
-            record=records.append,
+            plans, submit=submit, first_done=first_done, record=records.append,
+            judge=lambda plan, result: PerProblem().judge(plan, result, MEMBER),
         )  # fmt: skip
     assert len({c.config_id for c in candidates}) == 3
     assert candidates[0].hyperparams == best  # noisy_llc: the smallest step is best
@@ -60,10 +63,10 @@ def test_validation_reruns_the_top_k_on_fresh_seeds_and_the_row_matches_the_reco
         for r in records
     ]
     row = leaderboard_row(
-        problem_name="test", pid="p_test", method="sgld",
-        reference={"llc_ref": 3.0, "se_ref": 0.1}, candidates=candidates,
-        validation_rows=rows, counts=trial_counts(study),
+        study_name="p_test:sgld", method="sgld", kind=PerProblem(), members=[MEMBER],
+        candidates=candidates, validation_rows=rows, counts=trial_counts(study),
     )  # fmt: skip
+    assert row["problem_name"] == "test" and row["pid"] == "p_test" and row["kind"] == "problem"
     # The recommended configuration has the lowest validated error, as the rows give it.
     by_config = {}
     for r in rows:
@@ -86,8 +89,7 @@ def test_no_complete_trial_means_no_candidate_and_an_empty_row(tmp_path):
     study = open_study(f"sqlite:///{tmp_path}/o.db", "p_test:sgld")
     assert top_configurations(study, 3) == []
     row = leaderboard_row(
-        problem_name="test", pid="p_test", method="sgld",
-        reference={"llc_ref": 3.0, "se_ref": 0.1}, candidates=[], validation_rows=[],
-        counts={},
+        study_name="p_test:sgld", method="sgld", kind=PerProblem(), members=[MEMBER],
+        candidates=[], validation_rows=[], counts={},
     )  # fmt: skip
     assert row["config_id"] is None and row["validated_error_mean"] is None

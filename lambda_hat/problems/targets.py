@@ -1,0 +1,251 @@
+"""Build a problem: data, trained optimum w*, L0 = L_n(w*), and the closed-form λ if any.
+
+w* is trained once in float64 (Adam, then L-BFGS to polish the gradient to ``grad_tol``)
+and saved as ``<cache_dir>/<pid>/target.npz`` + ``meta.json``; later builds reuse it.
+Linear networks train, and are checked, on the data's second moments (the same loss at a
+cost independent of n: a Hessian at n = 1e6 would otherwise hold d copies of the data).
+
+>>> from lambda_hat.problems.specs import ProblemSpec
+>>> spec = ProblemSpec.model_validate({"name": "doc", "model": {"family": "rrr",
+...     "m_in": 2, "hidden": 1, "n_out": 2}, "teacher": {"rank": 1}, "data": {"n": 100}})
+>>> problem = build_problem(spec)
+>>> problem.d, bool(problem.grad_norm < 1e-8)
+(4, True)
+"""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lambda_hat import __version__
+from lambda_hat.io import atomic_write_json, atomic_write_npz, read_json
+from lambda_hat.problems import theory
+from lambda_hat.problems.data import make_dataset
+from lambda_hat.problems.models import activation_of, model_layers, num_params, random_params
+from lambda_hat.problems.posterior import (
+    Arch,
+    LossData,
+    Moments,
+    PosteriorParams,
+    empirical_loss,
+    inverse_temperature,
+    is_linear,
+    moments_of,
+)
+from lambda_hat.problems.specs import OptimumSpec, ProblemSpec
+
+log = logging.getLogger(__name__)
+
+
+class OptimumError(RuntimeError):
+    """Training did not reach a w* with a near-zero gradient."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Everything an estimator needs: the posterior's data, constants and w*."""
+
+    spec: ProblemSpec
+    pid: str
+    arch: Arch
+    data: LossData
+    w_star: jax.Array
+    L0: float
+    grad_norm: float
+    hessian_min_eig: float | None  # relative to the largest; None when d is too large
+    beta: float
+    lambda_theory: theory.LearningCoefficient | None
+
+    @property
+    def n(self) -> int:
+        return self.spec.data.n
+
+    @property
+    def d(self) -> int:
+        return int(self.w_star.shape[0])
+
+    @property
+    def gamma(self) -> float:
+        return self.spec.posterior.gamma
+
+    @property
+    def n_beta(self) -> float:
+        return self.n * self.beta
+
+    def posterior_params(self) -> PosteriorParams:
+        return PosteriorParams(self.w_star, jnp.float64(self.n_beta), jnp.float64(self.gamma))
+
+
+def closed_form(spec: ProblemSpec) -> theory.LearningCoefficient | None:
+    """λ for linear families; None for MLPs (no closed form in general)."""
+    if spec.model.family == "rrr":
+        m = spec.model
+        return theory.rrr(m.m_in, m.hidden, m.n_out, spec.teacher.rank)
+    if spec.model.family == "dln":
+        return theory.dln(spec.widths, spec.teacher.rank)
+    return None
+
+
+@partial(jax.jit, static_argnames=("arch", "steps", "lr"))
+def _adam(w: jax.Array, data: LossData | Moments, arch: Arch, steps: int, lr: float) -> jax.Array:
+    optimizer = optax.adam(lr)
+    grad_fn = jax.grad(empirical_loss)
+
+    def step(carry, _):
+        w, opt_state = carry
+        updates, opt_state = optimizer.update(grad_fn(w, data, arch), opt_state)
+        return (optax.apply_updates(w, updates), opt_state), None
+
+    (w, _), _ = jax.lax.scan(step, (w, optimizer.init(w)), None, length=steps)
+    return w
+
+
+@partial(jax.jit, static_argnames=("arch", "steps"))
+def _lbfgs(w: jax.Array, data: LossData | Moments, arch: Arch, steps: int) -> jax.Array:
+    optimizer = optax.lbfgs()
+    loss = partial(empirical_loss, data=data, arch=arch)
+    value_and_grad = optax.value_and_grad_from_state(loss)
+
+    def step(carry, _):
+        w, state = carry
+        value, grad = value_and_grad(w, state=state)
+        updates, state = optimizer.update(grad, state, w, value=value, grad=grad, value_fn=loss)
+        return (optax.apply_updates(w, updates), state), None
+
+    (w, _), _ = jax.lax.scan(step, (w, optimizer.init(w)), None, length=steps)
+    return w
+
+
+def _grad_norm(w: jax.Array, data: LossData | Moments, arch: Arch) -> float:
+    return float(jnp.linalg.norm(jax.grad(empirical_loss)(w, data, arch)))
+
+
+def train_optimum(
+    w0: np.ndarray, data: LossData | Moments, arch: Arch, opt: OptimumSpec
+) -> jax.Array:
+    """Adam to get near a minimum, then L-BFGS (in rounds) until ‖∇L_n‖ < grad_tol."""
+    w = jnp.asarray(w0)
+    if opt.adam_steps:
+        w = _adam(w, data, arch, opt.adam_steps, opt.adam_lr)
+    rounds = 0
+    while opt.lbfgs_steps and _grad_norm(w, data, arch) > opt.grad_tol and rounds < 5:
+        w = _lbfgs(w, data, arch, opt.lbfgs_steps)
+        rounds += 1
+    return w
+
+
+def _initial_point(spec: ProblemSpec, teacher: np.ndarray, arch: Arch) -> np.ndarray:
+    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 1]))
+    if spec.optimum.init == "random":
+        return random_params(rng, arch.layers, 1.0)
+    return teacher + spec.optimum.init_jitter * rng.normal(size=teacher.shape)
+
+
+def hessian_min_eigenvalue(
+    w: jax.Array, data: LossData | Moments, arch: Arch, max_dim: int = 1000
+) -> float | None:
+    """Smallest Hessian eigenvalue of L_n at w relative to the largest (None if d > max_dim
+    on data rows, whose dense Hessian's forward pass holds d tangents of the whole dataset,
+    or d > 4·max_dim on second moments).
+
+    A gradient norm near zero does not make a minimum: a teacher whose factors are exactly
+    rank r sits on a saddle of L_n (the noise-fitting directions need several factors to
+    move at once). Third-order saddles stay invisible here; ``init_jitter`` is the only
+    defence against those.
+    """
+    # On moments the tangents are cheap; the dense eigensolve (d³) is the limit left.
+    if w.shape[0] > (4 * max_dim if isinstance(data, Moments) else max_dim):
+        return None
+    eigenvalues = np.linalg.eigvalsh(np.asarray(jax.hessian(empirical_loss)(w, data, arch)))
+    return float(eigenvalues[0] / max(abs(eigenvalues[-1]), 1e-300))
+
+
+def build_problem(spec: ProblemSpec, cache_dir: Path | None = None) -> Problem:
+    """Data, w*, L0 for ``spec``; w* is loaded from ``cache_dir`` when saved there before."""
+    pid = spec.pid
+    dataset = make_dataset(spec)
+    arch = Arch(model_layers(spec), activation_of(spec))
+    data = LossData(
+        jnp.asarray(dataset.x), jnp.asarray(dataset.y), jnp.float64(spec.data.noise_sigma)
+    )
+    fit_data = moments_of(data) if is_linear(arch) else data
+    w_star = _load_target(cache_dir, pid) if cache_dir else None
+    trained = w_star is None
+    if trained:
+        w_star = train_optimum(
+            _initial_point(spec, dataset.teacher, arch), fit_data, arch, spec.optimum
+        )
+    grad_norm = _grad_norm(w_star, fit_data, arch)
+    if not np.isfinite(grad_norm) or grad_norm > spec.optimum.max_grad_norm:
+        raise OptimumError(
+            f"problem {spec.name} ({pid}): w* gradient norm {grad_norm:.3g} exceeds "
+            f"optimum.max_grad_norm={spec.optimum.max_grad_norm:g}; raise optimum.adam_steps/"
+            "lbfgs_steps or loosen max_grad_norm"
+        )
+    min_eig = hessian_min_eigenvalue(w_star, fit_data, arch)
+    if min_eig is not None and min_eig < -spec.optimum.saddle_tol:
+        raise OptimumError(
+            f"problem {spec.name} ({pid}): w* is a saddle point (relative Hessian eigenvalue "
+            f"{min_eig:.3g} < -optimum.saddle_tol={spec.optimum.saddle_tol:g}); "
+            "raise optimum.init_jitter or use optimum.init: random"
+        )
+    L0 = float(empirical_loss(w_star, fit_data, arch))
+    assert num_params(arch.layers) == w_star.shape[0]
+    problem = Problem(
+        spec=spec,
+        pid=pid,
+        arch=arch,
+        data=data,
+        w_star=jnp.asarray(w_star),
+        L0=L0,
+        grad_norm=grad_norm,
+        hessian_min_eig=min_eig,
+        beta=inverse_temperature(spec.data.n, spec.posterior.beta0),
+        lambda_theory=closed_form(spec),
+    )
+    if cache_dir and trained:
+        _save_target(cache_dir, problem)
+    return problem
+
+
+def _target_dir(cache_dir: Path, pid: str) -> Path:
+    return Path(cache_dir) / pid
+
+
+def _load_target(cache_dir: Path, pid: str) -> jax.Array | None:
+    folder = _target_dir(cache_dir, pid)
+    meta = read_json(folder / "meta.json")
+    if not meta or meta.get("pid") != pid:
+        return None
+    try:
+        with np.load(folder / "target.npz", allow_pickle=False) as saved:
+            w = np.asarray(saved["w_star"], dtype=np.float64)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        log.warning("target for %s unreadable (%s); retraining", pid, error)
+        return None
+    return jnp.asarray(w) if w.shape == (meta.get("d"),) else None
+
+
+def _save_target(cache_dir: Path, problem: Problem) -> None:
+    folder = _target_dir(cache_dir, problem.pid)
+    atomic_write_npz(folder / "target.npz", w_star=np.asarray(problem.w_star))
+    atomic_write_json(
+        folder / "meta.json",
+        {
+            "pid": problem.pid,
+            "d": problem.d,
+            "L0": problem.L0,
+            "grad_norm": problem.grad_norm,
+            "lambda_version": __version__,
+            "spec": problem.spec.model_dump(mode="json"),
+        },
+    )

@@ -1,0 +1,1 @@
+"""Results: runs.parquet and leaderboard.parquet, the plots and the HTML report."""

@@ -1,0 +1,340 @@
+"""The trusted reference: BlackJAX NUTS (or HMC) on the localized tempered posterior.
+
+Every chain starts at w* and runs its own window adaptation (vmapped), then samples in
+fixed-length compiled chunks so a wall-clock budget can end the run between chunks with
+the draws it has. float64 throughout. For linear networks (dln, rrr) L_n is evaluated from
+the data's second moments (``posterior.Moments``): the same posterior, with gradients whose
+cost does not grow with n.
+
+>>> from lambda_hat.problems.specs import ProblemSpec
+>>> from lambda_hat.problems.targets import build_problem
+>>> spec = ProblemSpec.model_validate({"name": "doc", "model": {"family": "dln",
+...     "widths": [2, 2]}, "teacher": {"rank": 2}, "data": {"n": 200}})
+>>> result = run(build_problem(spec), ReferenceConfig(num_warmup=100, num_draws=200))
+>>> abs(result.llc_ref - 2.0) < 0.5   # regular model, d = 4: λ = d/2 = 2
+True
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import lru_cache, partial
+from typing import Any, NamedTuple
+
+import blackjax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from blackjax.adaptation.base import get_filter_adapt_info_fn
+
+from lambda_hat.problems.posterior import (
+    Arch,
+    LossData,
+    Moments,
+    PosteriorParams,
+    empirical_loss,
+    is_linear,
+    log_density,
+    moments_of,
+)
+from lambda_hat.problems.targets import Problem
+from lambda_hat.reference.quality import convergence_evidence, judge
+from lambda_hat.reference.record import ReferenceResult, reference_code_version
+from lambda_hat.samplers.configs import ReferenceConfig
+from lambda_hat.samplers.estimator import compiled_diagnostics, llc_from_losses
+
+
+class BudgetError(RuntimeError):
+    """The budget ended before a single draw could be kept."""
+
+
+class _Static(NamedTuple):
+    """The compile-time part of a run: one compiled warmup and chunk per distinct value."""
+
+    arch: Arch
+    algorithm: str
+    num_chains: int
+    num_warmup: int
+    chunk_size: int
+    thinning: int
+    target_accept: float
+    dense_mass: bool
+    max_num_doublings: int
+    num_integration_steps: int
+
+
+def _algorithm(static: _Static) -> tuple[Any, dict[str, Any]]:
+    if static.algorithm == "nuts":
+        return blackjax.nuts, {"max_num_doublings": static.max_num_doublings}
+    return blackjax.hmc, {"num_integration_steps": static.num_integration_steps}
+
+
+def _logdensity(data: LossData | Moments, post: PosteriorParams, arch: Arch) -> Callable:
+    return partial(log_density, data=data, post=post, arch=arch)
+
+
+def _warmup(keys, positions, data, post, static: _Static):
+    """Per-chain window adaptation (vmapped): each chain gets its own step size and mass."""
+    algorithm, extra = _algorithm(static)
+    adaptation = blackjax.window_adaptation(
+        algorithm,
+        _logdensity(data, post, static.arch),
+        target_acceptance_rate=static.target_accept,
+        is_mass_matrix_diagonal=not static.dense_mass,
+        adaptation_info_fn=get_filter_adapt_info_fn(info_keys={"num_integration_steps"}),
+        **extra,
+    )
+
+    def one_chain(key, position):
+        (result, info) = adaptation.run(key, position, num_steps=static.num_warmup)
+        grads = jnp.sum(_integration_steps(info.info, static))
+        return result.state, result.parameters, grads
+
+    return jax.vmap(one_chain)(keys, positions)
+
+
+def _integration_steps(info, static: _Static) -> jax.Array:
+    if static.algorithm == "nuts":
+        return info.num_integration_steps
+    return jnp.full(info.num_integration_steps.shape, static.num_integration_steps)
+
+
+def _sample_chunk(keys, states, parameters, data, post, static: _Static):
+    """``chunk_size`` kept draws per chain; returns L_n at each kept draw and counters."""
+    algorithm, extra = _algorithm(static)
+    logdensity = _logdensity(data, post, static.arch)
+
+    def one_chain(key, state, params):
+        kernel = algorithm(logdensity, params["step_size"], params["inverse_mass_matrix"], **extra)
+
+        def step(state, key):
+            state, info = kernel.step(key, state)
+            return state, (info.is_divergent, info.acceptance_rate, info.num_integration_steps)
+
+        def kept_draw(state, key):
+            state, (divergent, accept, grads) = jax.lax.scan(
+                step, state, jax.random.split(key, static.thinning)
+            )
+            # L_n from the log density: no extra forward pass per draw.
+            prior = 0.5 * post.gamma * jnp.sum((state.position - post.w_star) ** 2)
+            loss = -(state.logdensity + prior) / post.n_beta
+            return state, (loss, divergent.sum(), accept.mean(), grads.sum())
+
+        state, (losses, divergent, accept, grads) = jax.lax.scan(
+            kept_draw, state, jax.random.split(key, static.chunk_size)
+        )
+        return state, losses, divergent.sum(), accept.mean(), grads  # grads per kept draw
+
+    return jax.vmap(one_chain)(keys, states, parameters)
+
+
+def sampled_data(problem: Problem, config: ReferenceConfig) -> LossData | Moments:
+    """What the log density reads: the second moments where they suffice, else the rows."""
+    if config.sufficient_statistics and is_linear(problem.arch):
+        return moments_of(problem.data)
+    return problem.data
+
+
+@lru_cache(maxsize=32)
+def _compiled(
+    static: _Static,
+    kind: type[LossData | Moments],
+    data_shapes: tuple[tuple[int, ...], ...],
+    d: int,
+):
+    """Ahead-of-time compiled warmup and chunk for one (data kind and shapes, static config)."""
+    f64 = jnp.float64
+    key_spec = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), static.num_chains))
+    data = kind(*(jax.ShapeDtypeStruct(shape, f64) for shape in data_shapes))
+    post = PosteriorParams(
+        jax.ShapeDtypeStruct((d,), f64),
+        jax.ShapeDtypeStruct((), f64),
+        jax.ShapeDtypeStruct((), f64),
+    )
+    positions = jax.ShapeDtypeStruct((static.num_chains, d), f64)
+    warmup = jax.jit(_warmup, static_argnames="static")
+    warmup = warmup.lower(key_spec, positions, data, post, static=static).compile()
+    states, parameters, _ = warmup.out_info  # the chunk starts where the warmup ends
+    chunk = jax.jit(_sample_chunk, static_argnames="static")
+    chunk = chunk.lower(key_spec, states, parameters, data, post, static=static).compile()
+    return warmup, chunk
+
+
+class _Tally(NamedTuple):
+    losses: np.ndarray  # (chains, kept draws) of L_n
+    divergences: int
+    acceptance: float
+    grad_evals: int
+    budget_exhausted: bool
+    slowest_chunk_sec: float
+    ended_at: float
+    grads: np.ndarray  # (chains, kept draws): gradient evaluations behind each kept draw
+    decision_margin_sec: float | None  # min over chunk starts of deadline − start − slowest
+
+
+class _ChunkedSampler:
+    """Runs compiled chunks until ``num_draws`` are kept or the next chunk would miss the
+    deadline (judged by the slowest chunk so far)."""
+
+    def __init__(self, chunk, parameters, data, post, config: ReferenceConfig, static: _Static):
+        self.chunk, self.parameters, self.data, self.post = chunk, parameters, data, post
+        self.config, self.static = config, static
+
+    def sample(self, states, key, *, deadline, first_chunk_sec, progress) -> _Tally | None:
+        config, size = self.config, self.static.chunk_size
+        losses, divergences, acceptance, grad_evals, grads_drawn = [], 0, [], 0, []
+        slowest, kept, exhausted, margin = first_chunk_sec, 0, False, float("inf")
+        while kept < config.num_draws:
+            chunk_start = time.perf_counter()  # one reading for the check and the record
+            if deadline is not None and chunk_start + slowest > deadline:
+                exhausted = True
+                break
+            if deadline is not None:  # never negative: what the run's clock said at the start
+                margin = min(margin, deadline - chunk_start - slowest)
+            key, key_chunk = jax.random.split(key)
+            keys = jax.random.split(key_chunk, config.num_chains)
+            outputs = self.chunk(keys, states, self.parameters, self.data, self.post)  # async
+            if deadline is not None:
+                # Any chunk may be the last under a budget: compile the diagnostics for the
+                # trace it completes while it runs, so stopping never waits for a compile.
+                compiled_diagnostics((config.num_chains, min(kept + size, config.num_draws)))
+            states, chunk_losses, divergent, accept, grads = jax.block_until_ready(outputs)
+            slowest = max(slowest, time.perf_counter() - chunk_start)
+            losses.append(np.asarray(chunk_losses))
+            divergences += int(np.sum(divergent))
+            acceptance.append(np.asarray(accept))
+            grad_evals += int(np.sum(grads))
+            grads_drawn.append(np.asarray(grads))
+            kept += size
+            if progress:
+                progress(min(kept, config.num_draws), config.num_draws)
+        if not losses:
+            return None
+        trace = np.concatenate(losses, axis=1)[:, : config.num_draws]
+        return _Tally(
+            trace,
+            divergences,
+            float(np.mean(acceptance)),
+            grad_evals,
+            exhausted,
+            slowest,
+            time.perf_counter(),
+            np.concatenate(grads_drawn, axis=1)[:, : config.num_draws],
+            None if deadline is None else margin,
+        )
+
+
+def _static(problem: Problem, config: ReferenceConfig) -> _Static:
+    return _Static(
+        arch=problem.arch,
+        algorithm=config.algorithm,
+        num_chains=config.num_chains,
+        num_warmup=config.num_warmup,
+        chunk_size=min(config.chunk_size, config.num_draws),
+        thinning=config.thinning,
+        target_accept=config.target_accept,
+        dense_mass=config.mass_matrix == "dense",
+        max_num_doublings=config.max_num_doublings,
+        num_integration_steps=config.num_integration_steps,
+    )
+
+
+def run(
+    problem: Problem,
+    config: ReferenceConfig | None = None,
+    *,
+    budget_sec: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ReferenceResult:
+    """Sample the posterior of ``problem`` and estimate its LLC.
+
+    ``budget_sec`` bounds the wall-clock time of the whole call (compile, warmup, sampling,
+    diagnostics): sampling stops before a chunk that would end past it, and the result says
+    ``budget_exhausted``. The warmup is one compiled call and cannot be interrupted; if it
+    alone uses up the budget, ``BudgetError`` says so.
+    Writes no file: ``lambda_hat.reference.record.write_reference`` saves the result.
+    ``progress(kept_draws_per_chain, num_draws)`` is called after every chunk.
+    """
+    config = config or ReferenceConfig()
+    start = time.perf_counter()
+    static = _static(problem, config)
+    data = sampled_data(problem, config)
+    warmup, chunk = _compiled(static, type(data), tuple(a.shape for a in data), problem.d)
+    post = problem.posterior_params()
+    # L0 from the same expression as the draws' L_n (they differ by rounding only).
+    loss_at_w_star = float(empirical_loss(problem.w_star, data, problem.arch))
+    key_warmup, key_sample = jax.random.split(jax.random.key(config.seed))
+    positions = jnp.tile(problem.w_star, (config.num_chains, 1))
+    keys = jax.random.split(key_warmup, config.num_chains)
+    warmup_start = time.perf_counter()
+    states, parameters, warmup_grads = jax.block_until_ready(warmup(keys, positions, data, post))
+    # Until a chunk has been timed, predict its cost from the warmup's time per transition
+    # (pessimistic: early warmup uses small steps and long trajectories).
+    per_transition = (time.perf_counter() - warmup_start) / config.num_warmup
+    sampler = _ChunkedSampler(chunk, parameters, data, post, config, static)
+    tally = sampler.sample(
+        states,
+        key_sample,
+        deadline=None if budget_sec is None else start + budget_sec,
+        first_chunk_sec=per_transition * static.chunk_size * static.thinning,
+        progress=progress,
+    )
+    if tally is None:
+        raise BudgetError(
+            f"budget_sec={budget_sec:g} ended before the first draw "
+            f"(compile + warmup took {time.perf_counter() - start:.1f} s); "
+            "raise it or lower num_warmup"
+        )
+    estimate = llc_from_losses(tally.losses, loss_at_w_star, problem.n_beta)
+    half = config.num_chains // 2
+    first = llc_from_losses(tally.losses[:half], loss_at_w_star, problem.n_beta)
+    second = llc_from_losses(tally.losses[half:], loss_at_w_star, problem.n_beta)
+    quality, reasons = judge(
+        rhat=estimate.rhat,
+        ess=estimate.ess,
+        divergences=tally.divergences,
+        transitions=int(tally.losses.size) * config.thinning,
+        budget_exhausted=tally.budget_exhausted,
+        halves=(first.llc, first.se, second.llc, second.se),
+    )
+    evidence = convergence_evidence(
+        problem.n_beta * (tally.losses - loss_at_w_star),
+        tally.grads,
+        np.asarray(warmup_grads),
+        estimate.se,
+    )
+    theory = problem.lambda_theory
+    result = ReferenceResult(
+        pid=problem.pid,
+        llc_ref=estimate.llc,
+        se_ref=estimate.se,
+        ess=estimate.ess,
+        rhat=estimate.rhat,
+        n_draws=estimate.n_draws,
+        n_chains=config.num_chains,
+        divergences=tally.divergences,
+        acceptance=tally.acceptance,
+        grad_evals=int(np.sum(warmup_grads)) + tally.grad_evals,
+        runtime_sec=time.perf_counter() - start,
+        L0=problem.L0,
+        n=problem.n,
+        beta=problem.beta,
+        gamma=problem.gamma,
+        d=problem.d,
+        w_star_grad_norm=problem.grad_norm,
+        w_star_hessian_min_eig=problem.hessian_min_eig,
+        budget_exhausted=tally.budget_exhausted,
+        code_version=reference_code_version(config),
+        lambda_theory=float(theory.lam) if theory else None,
+        lambda_multiplicity=theory.multiplicity if theory else None,
+        algorithm=config.algorithm,
+        step_size_mean=float(np.mean(parameters["step_size"])),
+        slowest_chunk_sec=tally.slowest_chunk_sec,
+        finish_sec=time.perf_counter() - tally.ended_at,
+        decision_margin_sec=tally.decision_margin_sec,
+        quality=quality,
+        quality_reasons=reasons,
+        convergence=evidence,
+    )
+    return result

@@ -1,0 +1,252 @@
+"""SGLD (and RMSProp-preconditioned pSGLD) on the localized tempered posterior.
+
+One step, with a minibatch B of the data and ε_t = η0·(1 + t/t0)^(−p):
+
+    g  = −nβ·∇L_B(w) − γ·(w − w*)                         (unbiased for ∇log π)
+    w ← w + (ε_t/2)·G·g + √(ε_t·G)·ξ,   ξ ~ N(0, I)
+
+with G = 1 (plain SGLD, the same update as BlackJAX's ``sgld`` and devinterp's SGLD) or
+G = 1/(δ + √V), V ← αV + (1−α)g² (pSGLD, Li et al. 2016, without the Γ correction). The
+step is written here rather than taken from ``blackjax.sgld`` because we need the
+minibatch loss from the same forward pass (the free minibatch LLC estimate) and the
+preconditioner, which BlackJAX 1.7 lacks; ``tests/test_methods.py`` checks the plain
+step against BlackJAX's.
+
+Minibatches are drawn with replacement. The LLC comes from the full-data L_n at each kept
+draw (``llc_estimator="full_batch"``), or from the minibatch losses of the steps in
+between (``"minibatch"``, devinterp's default, cheaper and noisier); both are reported.
+
+>>> from lambda_hat.problems.specs import ProblemSpec
+>>> from lambda_hat.problems.targets import build_problem
+>>> spec = ProblemSpec.model_validate({"name": "doc", "model": {"family": "dln",
+...     "widths": [2, 2]}, "teacher": {"rank": 2}, "data": {"n": 200}})
+>>> result = run(build_problem(spec), SGLDConfig(step_size=1e-3, num_steps=2000,
+...     batch_size=50, thinning=5))
+>>> result.status, abs(result.llc_hat - 2.0) < 0.6   # regular, d = 4: λ = 2
+('ok', True)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from functools import lru_cache, partial
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lambda_hat.problems.posterior import Arch, LossData, PosteriorParams, empirical_loss
+from lambda_hat.problems.targets import Problem
+from lambda_hat.samplers.common import (
+    FORWARD_COST,
+    ChunkLoop,
+    ChunkOut,
+    Cost,
+    MethodResult,
+    Shape,
+    cast_problem,
+    count_compile,
+    data_spec,
+    estimate,
+    result_from_drive,
+    scalars,
+    shape_of,
+)
+from lambda_hat.samplers.configs import PSGLDConfig, SGLDConfig
+
+
+class _Static(NamedTuple):
+    arch: Arch
+    num_chains: int
+    batch_size: int
+    rmsprop: bool
+    full_batch: bool
+    precision: str
+    chunk_draws: int
+
+
+class _Chain(NamedTuple):
+    w: jax.Array
+    v: jax.Array  # RMSProp second moment (unused without the preconditioner)
+    t: jax.Array  # step counter, for the decay
+
+
+def _step(chain: _Chain, key, data: LossData, post: PosteriorParams, hp, static: _Static):
+    key_batch, key_noise = jax.random.split(key)
+    index = jax.random.randint(key_batch, (static.batch_size,), 0, data.x.shape[0])
+    batch = LossData(data.x[index], data.y[index], data.sigma)
+    loss, grad = jax.value_and_grad(empirical_loss)(chain.w, batch, static.arch)
+    g = -post.n_beta * grad - post.gamma * (chain.w - post.w_star)
+    eps = hp["step_size"] * (1.0 + chain.t / hp["decay_t0"]) ** (-hp["decay_exponent"])
+    v = chain.v
+    if static.rmsprop:
+        v = hp["rmsprop_alpha"] * v + (1.0 - hp["rmsprop_alpha"]) * g**2
+        precond = 1.0 / (hp["rmsprop_delta"] + jnp.sqrt(v))
+    else:
+        precond = jnp.ones_like(chain.w)
+    noise = jax.random.normal(key_noise, chain.w.shape, chain.w.dtype)
+    w = chain.w + 0.5 * eps * precond * g + jnp.sqrt(eps * precond) * noise
+    return _Chain(w, v, chain.t + 1), loss
+
+
+def _kept_draw(chain: _Chain, key, data, post, hp, static: _Static):
+    """``thinning`` steps (a traced count), then the loss at the draw."""
+
+    def body(i, carry):
+        chain, loss_sum = carry
+        chain, loss = _step(chain, jax.random.fold_in(key, i), data, post, hp, static)
+        return chain, loss_sum + loss
+
+    zero = jnp.zeros((), chain.w.dtype)
+    chain, loss_sum = jax.lax.fori_loop(0, hp["thinning"], body, (chain, zero))
+    minibatch_loss = loss_sum / hp["thinning"]
+    full = static.full_batch
+    loss = empirical_loss(chain.w, data, static.arch) if full else minibatch_loss
+    return chain, (loss, minibatch_loss)
+
+
+def _chunk(chains: _Chain, keys, data, post, hp, static: _Static):
+    def one_chain(chain, key):
+        draw = partial(_kept_draw, data=data, post=post, hp=hp, static=static)
+        return jax.lax.scan(draw, chain, jax.random.split(key, static.chunk_draws))
+
+    chains, (losses, minibatch) = jax.vmap(one_chain)(chains, keys)
+    bad = jnp.zeros(losses.shape[0], losses.dtype)  # SGLD has no rejection: NaNs show in L_n
+    return chains, ChunkOut(losses, bad, minibatch)
+
+
+def _init(data, post, hp, static: _Static):
+    """Every chain at w*, V from the full-data gradient there, and L0 in this precision."""
+    loss0, grad0 = jax.value_and_grad(empirical_loss)(post.w_star, data, static.arch)
+    g0 = -post.n_beta * grad0
+    chain = _Chain(post.w_star, g0**2, jnp.zeros((), post.w_star.dtype))
+    chains = jax.tree.map(lambda a: jnp.broadcast_to(a, (static.num_chains, *a.shape)), chain)
+    return chains, loss0
+
+
+HP_NAMES = ("step_size", "decay_exponent", "decay_t0", "rmsprop_alpha", "rmsprop_delta")
+
+
+def _hp(config: SGLDConfig, n_beta: float = 1.0) -> dict[str, jax.Array]:
+    values = {name: getattr(config, name) for name in HP_NAMES}
+    if config.step_size_scale == "per_nbeta":
+        # The drift is (η/2)·nβ·∇L: with η = step_size/(nβ) the step in w no longer grows
+        # with n, so a step size tuned on small problems holds on larger ones.
+        values["step_size"] = config.step_size / n_beta
+    values = scalars(values, config.precision)
+    values["thinning"] = jnp.asarray(config.thinning, jnp.int32)
+    return values
+
+
+@lru_cache(maxsize=32)
+def _compiled(static: _Static, shape: Shape):
+    """Ahead-of-time compiled init and chunk for one (problem shape, static config)."""
+    count_compile()
+    data, post = data_spec(shape, static.precision)
+    hp = jax.eval_shape(lambda: _hp(SGLDConfig(precision=static.precision)))
+    init = jax.jit(_init, static_argnames="static").lower(data, post, hp, static=static).compile()
+    chains, _ = init.out_info
+    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), static.num_chains))
+    chunk = jax.jit(_chunk, static_argnames="static")
+    chunk = chunk.lower(chains, keys, data, post, hp, static=static).compile()
+    return init, chunk
+
+
+def _static(problem: Problem, config: SGLDConfig) -> _Static:
+    return _Static(
+        arch=problem.arch,
+        num_chains=config.num_chains,
+        batch_size=min(config.batch_size, problem.n),
+        rmsprop=config.preconditioner == "rmsprop",
+        full_batch=config.llc_estimator == "full_batch",
+        precision=config.precision,
+        chunk_draws=config.chunk_draws,
+    )
+
+
+class _Schedule(NamedTuple):
+    burn_chunks: int
+    keep_draws: int
+    sample_chunks: int
+    steps_per_chunk: int
+
+
+def _schedule(config: SGLDConfig) -> _Schedule:
+    """Burn-in is rounded to whole chunks; the last sampling chunk may run past
+    ``num_steps`` by less than one chunk (its extra draws are dropped)."""
+    steps_per_chunk = config.chunk_draws * config.thinning
+    burn_steps = round(config.burn_in_frac * config.num_steps)
+    burn_chunks = round(burn_steps / steps_per_chunk)
+    keep_draws = max((config.num_steps - burn_chunks * steps_per_chunk) // config.thinning, 1)
+    sample_chunks = math.ceil(keep_draws / config.chunk_draws)
+    return _Schedule(burn_chunks, keep_draws, sample_chunks, steps_per_chunk)
+
+
+def _cost(config: SGLDConfig, static: _Static, n: int, chunks: int) -> Cost:
+    steps = chunks * config.chunk_draws * config.thinning * config.num_chains
+    equiv = steps * static.batch_size / n
+    if static.full_batch:
+        equiv += chunks * config.chunk_draws * config.num_chains * FORWARD_COST
+    return Cost(steps, equiv)
+
+
+def run(
+    problem: Problem,
+    config: SGLDConfig | None = None,
+    *,
+    seed: int = 0,
+    budget_sec: float | None = None,
+    out_dir: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> MethodResult:
+    """Run SGLD chains from w* and estimate the LLC; ``metrics.json`` goes to ``out_dir``."""
+    config = config or SGLDConfig()
+    started = time.perf_counter()
+    static = _static(problem, config)
+    init, chunk = _compiled(static, shape_of(problem))
+    data, post = cast_problem(problem, config.precision)
+    hp = _hp(config, problem.n_beta)
+    chains, L0 = init(data, post, hp)
+    L0 = float(L0)
+    schedule = _schedule(config)
+    loop = ChunkLoop(
+        lambda state, keys: chunk(state, keys, data, post, hp),
+        num_chains=config.num_chains,
+        L0=L0,
+        n_beta=problem.n_beta,
+        d=problem.d,
+    )
+    drive = loop.run(
+        chains,
+        jax.random.key(seed),
+        num_chunks=schedule.burn_chunks + schedule.sample_chunks,
+        discard=schedule.burn_chunks,
+        keep_draws=schedule.keep_draws,
+        deadline=None if budget_sec is None else started + budget_sec,
+        progress=progress,
+    )
+    minibatch = {"llc": None}
+    if drive.minibatch_losses is not None and drive.status != "diverged":
+        minibatch = estimate(drive.minibatch_losses, L0, problem.n_beta)
+    result = result_from_drive(
+        "psgld" if isinstance(config, PSGLDConfig) else "sgld",
+        drive,
+        L0=L0,
+        n_beta=problem.n_beta,
+        cost=_cost(config, static, problem.n, drive.chunks_done),
+        started=started,
+        seed=seed,
+        num_chains=config.num_chains,
+        diagnostics={
+            "llc_estimator": config.llc_estimator,
+            "llc_minibatch": minibatch["llc"],
+            "burn_in_steps": schedule.burn_chunks * schedule.steps_per_chunk,
+            "L0_run_precision": L0,
+        },
+    )
+    if out_dir is not None:
+        result.write(out_dir)
+    return result
