@@ -189,12 +189,77 @@ def divergence_reason(
 FINISH_SEC = 0.5
 
 
-class ChunkLoop:
-    """Runs ``chunk(state, key) -> (state, ChunkOut)`` until done, diverged, or out of time.
+class Driven(NamedTuple):
+    """What ``drive_chunks`` returns: the chunks' outputs (all of them, in order), how many
+    ran, why it stopped, the last state, and the loop's own timing."""
 
-    The first ``discard`` chunks are burn-in (checked, not kept). A chunk starts only if
-    the slowest chunk so far would still end ``FINISH_SEC`` before ``deadline``.
+    outputs: list[Any]
+    chunks_done: int
+    status: Status
+    reason: str | None
+    state: Any
+    timing: dict[str, float]
+
+
+def drive_chunks(
+    chunk: Callable[[Any, jax.Array], tuple[Any, Any]],
+    state: Any,
+    key: jax.Array,
+    *,
+    num_chains: int,
+    num_chunks: int,
+    deadline: float | None,
+    first_chunk_sec: float = 0.0,
+    while_running: Callable[[int, Any], None] | None = None,
+    check: Callable[[int, Any], str | None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Driven:
+    """The one budgeted chunk loop of every sampler, the HMC reference's included.
+
+    ``chunk(state, keys) -> (state, output)`` is one compiled call (``keys``: one per
+    chain). A chunk starts only if the slowest chunk so far (``first_chunk_sec`` before
+    any was timed) would still end ``FINISH_SEC`` before ``deadline``; otherwise the run
+    stops as ``budget_exhausted``. ``while_running(index, output)`` is called while a
+    chunk computes (its output's shapes are known: compile what stopping after it would
+    need); ``check(index, output)``
+    returns a reason to stop the run as ``diverged``, or None.
     """
+    outputs: list[Any] = []
+    slowest = first_chunk_sec
+    timing: dict[str, float] = {"slowest_chunk_sec": 0.0}
+
+    def stop(done: int, status: Status, reason: str | None) -> Driven:
+        return Driven(outputs, done, status, reason, state, {**timing, "loop_ended_at":
+                      time.perf_counter()})  # fmt: skip
+
+    for index in range(num_chunks):
+        started = time.perf_counter()  # one reading for the check and the record
+        if deadline is not None and started + slowest + FINISH_SEC > deadline:
+            return stop(index, "budget_exhausted", None)
+        if deadline is not None:  # what the run's own clock said when it chose to go on
+            margin = deadline - started - slowest
+            timing["decision_margin_sec"] = min(timing.get("decision_margin_sec", margin), margin)
+        key, sub = jax.random.split(key)
+        state, output = chunk(state, jax.random.split(sub, num_chains))  # dispatched
+        if while_running is not None:
+            while_running(index, output)
+        state, output = jax.block_until_ready((state, output))
+        slowest = max(slowest, time.perf_counter() - started)
+        timing["slowest_chunk_sec"] = slowest
+        outputs.append(output)
+        reason = None if check is None else check(index, output)
+        if reason is not None:
+            return stop(index + 1, "diverged", f"chunk {index}: {reason}")
+        if progress is not None:
+            progress(index + 1, num_chunks)
+    return stop(num_chunks, "ok", None)
+
+
+class ChunkLoop:
+    """The cheap methods' use of ``drive_chunks``: chunks return a ``ChunkOut``, the
+    first ``discard`` chunks are burn-in (checked, not kept), and a chunk whose losses
+    are non-finite or exploding, or whose sampler rejected too many steps, ends the run
+    as diverged."""
 
     def __init__(self, chunk: Callable, *, num_chains: int, L0: float, n_beta: float, d: int):
         self.chunk, self.num_chains = chunk, num_chains
@@ -212,48 +277,29 @@ class ChunkLoop:
         progress: Callable[[int, int], None] | None = None,
         max_bad_fraction: float = 0.5,
     ) -> Drive:
-        kept: list[np.ndarray] = []
-        self._minibatch: list[np.ndarray] = []
-        slowest, done = 0.0, 0
-        self._timing = {"slowest_chunk_sec": 0.0}
-        for index in range(num_chunks):
-            started = time.perf_counter()  # one reading for the check and the record
-            if deadline is not None and started + slowest + FINISH_SEC > deadline:
-                return self._finish(kept, done, "budget_exhausted", None, state, keep_draws)
-            if deadline is not None:  # what the run's own clock said when it chose to go on
-                margin = deadline - started - slowest
-                self._timing["decision_margin_sec"] = min(
-                    self._timing.get("decision_margin_sec", margin), margin
-                )
-            key, sub = jax.random.split(key)
-            state, out = self.chunk(state, jax.random.split(sub, self.num_chains))
-            losses = np.asarray(out.losses)
+        def while_running(index: int, out: ChunkOut) -> None:
             if index == discard and deadline is not None and keep_draws >= 4:
                 # The run may stop after any kept chunk: compile the diagnostics for the
                 # first possible trace shape now, so stopping never waits for a compile.
-                compiled_diagnostics((self.num_chains, min(losses.shape[1], keep_draws)))
-            slowest = max(slowest, time.perf_counter() - started)
-            self._timing["slowest_chunk_sec"] = slowest
-            done += 1
-            reason = self._divergence(losses, np.asarray(out.bad_fraction), max_bad_fraction)
-            if reason is not None:
-                return self._finish(kept, done, "diverged", f"chunk {index}: {reason}", state, 0)
-            if index >= discard:
-                kept.append(losses)
-                if out.minibatch_losses is not None:
-                    self._minibatch.append(np.asarray(out.minibatch_losses))
-            if progress is not None:
-                progress(done, num_chunks)
-        return self._finish(kept, done, "ok", None, state, keep_draws)
+                compiled_diagnostics((self.num_chains, min(out.losses.shape[1], keep_draws)))
 
-    def _divergence(self, losses: np.ndarray, bad: np.ndarray, max_bad: float) -> str | None:
-        return divergence_reason(losses, bad, self.L0, self.n_beta, self.limit, max_bad)
+        def check(index: int, out: ChunkOut) -> str | None:
+            losses, bad = np.asarray(out.losses), np.asarray(out.bad_fraction)
+            return divergence_reason(losses, bad, self.L0, self.n_beta, self.limit,
+                                     max_bad_fraction)  # fmt: skip
 
-    def _finish(self, kept, done, status, reason, state, keep_draws) -> Drive:
-        losses = self._join(kept, keep_draws)
-        minibatch = self._join(self._minibatch, keep_draws) if self._minibatch else None
-        timing = {**self._timing, "loop_ended_at": time.perf_counter()}
-        return Drive(losses, done, status, reason, state, minibatch, timing)
+        driven = drive_chunks(
+            self.chunk, state, key, num_chains=self.num_chains, num_chunks=num_chunks,
+            deadline=deadline, while_running=while_running, check=check, progress=progress,
+        )  # fmt: skip
+        kept = [] if driven.status == "diverged" else driven.outputs[discard:]
+        keep = 0 if driven.status == "diverged" else keep_draws
+        losses = self._join([np.asarray(out.losses) for out in kept], keep)
+        minibatch = [np.asarray(o.minibatch_losses) for o in kept if o.minibatch_losses is not None]
+        return Drive(
+            losses, driven.chunks_done, driven.status, driven.reason, driven.state,
+            self._join(minibatch, keep) if minibatch else None, driven.timing,
+        )  # fmt: skip
 
     def _join(self, parts: list[np.ndarray], keep_draws: int) -> np.ndarray:
         if not parts:

@@ -41,6 +41,7 @@ from lambda_hat.problems.posterior import (
 from lambda_hat.problems.targets import Problem
 from lambda_hat.reference.quality import convergence_evidence, judge
 from lambda_hat.reference.record import ReferenceResult, reference_code_version
+from lambda_hat.samplers.common import drive_chunks
 from lambda_hat.samplers.configs import ReferenceConfig
 from lambda_hat.samplers.estimator import compiled_diagnostics, llc_from_losses
 
@@ -173,56 +174,48 @@ class _Tally(NamedTuple):
     decision_margin_sec: float | None  # min over chunk starts of deadline − start − slowest
 
 
-class _ChunkedSampler:
-    """Runs compiled chunks until ``num_draws`` are kept or the next chunk would miss the
-    deadline (judged by the slowest chunk so far)."""
+def _sample(
+    chunk, states, parameters, data, post, key, config: ReferenceConfig, static: _Static, *,
+    deadline: float | None, first_chunk_sec: float, progress,
+) -> _Tally | None:  # fmt: skip
+    """Compiled chunks of ``chunk_size`` draws until ``num_draws`` are kept or the budget
+    ends (``common.drive_chunks``, the loop every sampler shares)."""
+    size = static.chunk_size
+    num_chunks = -(-config.num_draws // size)
 
-    def __init__(self, chunk, parameters, data, post, config: ReferenceConfig, static: _Static):
-        self.chunk, self.parameters, self.data, self.post = chunk, parameters, data, post
-        self.config, self.static = config, static
+    def run_chunk(states, keys):
+        states, *out = chunk(keys, states, parameters, data, post)
+        return states, tuple(out)
 
-    def sample(self, states, key, *, deadline, first_chunk_sec, progress) -> _Tally | None:
-        config, size = self.config, self.static.chunk_size
-        losses, divergences, acceptance, grad_evals, grads_drawn = [], 0, [], 0, []
-        slowest, kept, exhausted, margin = first_chunk_sec, 0, False, float("inf")
-        while kept < config.num_draws:
-            chunk_start = time.perf_counter()  # one reading for the check and the record
-            if deadline is not None and chunk_start + slowest > deadline:
-                exhausted = True
-                break
-            if deadline is not None:  # never negative: what the run's clock said at the start
-                margin = min(margin, deadline - chunk_start - slowest)
-            key, key_chunk = jax.random.split(key)
-            keys = jax.random.split(key_chunk, config.num_chains)
-            outputs = self.chunk(keys, states, self.parameters, self.data, self.post)  # async
-            if deadline is not None:
-                # Any chunk may be the last under a budget: compile the diagnostics for the
-                # trace it completes while it runs, so stopping never waits for a compile.
-                compiled_diagnostics((config.num_chains, min(kept + size, config.num_draws)))
-            states, chunk_losses, divergent, accept, grads = jax.block_until_ready(outputs)
-            slowest = max(slowest, time.perf_counter() - chunk_start)
-            losses.append(np.asarray(chunk_losses))
-            divergences += int(np.sum(divergent))
-            acceptance.append(np.asarray(accept))
-            grad_evals += int(np.sum(grads))
-            grads_drawn.append(np.asarray(grads))
-            kept += size
-            if progress:
-                progress(min(kept, config.num_draws), config.num_draws)
-        if not losses:
-            return None
-        trace = np.concatenate(losses, axis=1)[:, : config.num_draws]
-        return _Tally(
-            trace,
-            divergences,
-            float(np.mean(acceptance)),
-            grad_evals,
-            exhausted,
-            slowest,
-            time.perf_counter(),
-            np.concatenate(grads_drawn, axis=1)[:, : config.num_draws],
-            None if deadline is None else margin,
-        )
+    def while_running(index: int, out) -> None:
+        if deadline is not None:
+            # Any chunk may be the last under a budget: compile the diagnostics for the
+            # trace it completes while it runs, so stopping never waits for a compile.
+            compiled_diagnostics((config.num_chains, min((index + 1) * size, config.num_draws)))
+
+    driven = drive_chunks(
+        run_chunk, states, key, num_chains=config.num_chains, num_chunks=num_chunks,
+        deadline=deadline, first_chunk_sec=first_chunk_sec, while_running=while_running,
+        progress=progress and (lambda done, _: progress(min(done * size, config.num_draws),
+                                                        config.num_draws)),
+    )  # fmt: skip
+    if not driven.outputs:
+        return None
+    losses, divergent, accept, grads = (
+        [np.asarray(output[part]) for output in driven.outputs] for part in range(4)
+    )
+    join = lambda parts: np.concatenate(parts, axis=1)[:, : config.num_draws]  # noqa: E731
+    return _Tally(
+        join(losses),
+        sum(int(np.sum(part)) for part in divergent),
+        float(np.mean(accept)),
+        sum(int(np.sum(part)) for part in grads),
+        driven.status == "budget_exhausted",
+        driven.timing["slowest_chunk_sec"],
+        driven.timing["loop_ended_at"],
+        join(grads),
+        driven.timing.get("decision_margin_sec"),
+    )
 
 
 def _static(problem: Problem, config: ReferenceConfig) -> _Static:
@@ -272,10 +265,15 @@ def run(
     # Until a chunk has been timed, predict its cost from the warmup's time per transition
     # (pessimistic: early warmup uses small steps and long trajectories).
     per_transition = (time.perf_counter() - warmup_start) / config.num_warmup
-    sampler = _ChunkedSampler(chunk, parameters, data, post, config, static)
-    tally = sampler.sample(
+    tally = _sample(
+        chunk,
         states,
+        parameters,
+        data,
+        post,
         key_sample,
+        config,
+        static,
         deadline=None if budget_sec is None else start + budget_sec,
         first_chunk_sec=per_transition * static.chunk_size * static.thinning,
         progress=progress,

@@ -21,7 +21,6 @@ import math
 import time
 from collections.abc import Callable
 from functools import lru_cache, partial
-from pathlib import Path
 from typing import NamedTuple
 
 import blackjax
@@ -184,7 +183,6 @@ def run(
     *,
     seed: int = 0,
     budget_sec: float | None = None,
-    out_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> MethodResult:
     """Tune (or not), then run MCLMC chains from w* and estimate the LLC."""
@@ -237,6 +235,4 @@ def run(
             "tuning_steps": int(jnp.sum(tune_steps)),
         },
     )
-    if out_dir is not None:
-        result.write(out_dir)
     return result

@@ -32,7 +32,6 @@ import math
 import time
 from collections.abc import Callable
 from functools import lru_cache, partial
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -199,10 +198,9 @@ def run(
     *,
     seed: int = 0,
     budget_sec: float | None = None,
-    out_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> MethodResult:
-    """Run SGLD chains from w* and estimate the LLC; ``metrics.json`` goes to ``out_dir``."""
+    """Run SGLD chains from w* and estimate the LLC."""
     config = config or SGLDConfig()
     started = time.perf_counter()
     static = _static(problem, config)
@@ -247,6 +245,4 @@ def run(
             "L0_run_precision": L0,
         },
     )
-    if out_dir is not None:
-        result.write(out_dir)
     return result

@@ -22,7 +22,6 @@ import math
 import time
 from collections.abc import Callable
 from functools import lru_cache, partial
-from pathlib import Path
 from typing import NamedTuple
 
 import blackjax
@@ -163,7 +162,6 @@ def run(
     *,
     seed: int = 0,
     budget_sec: float | None = None,
-    out_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> MethodResult:
     """Fit q from w*, then estimate the LLC from draws of q."""
@@ -215,8 +213,6 @@ def run(
         num_chains=config.num_chains,
         diagnostics={"family": config.family, "optimizer_steps": steps // config.num_chains},
     )
-    if out_dir is not None:
-        result.write(out_dir)
     return result
 
 
