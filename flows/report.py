@@ -8,45 +8,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lambda_hat.results.tables import LEADERBOARD_COLUMNS, read_rows
-from lambda_hat.tuning.kinds import Member, study_kind
+from lambda_hat.results.tables import LEADERBOARD_COLUMNS
 from lambda_hat.tuning.recipe_file import write_recipe
 from lambda_hat.tuning.recipes import recommended_config, transfer_fields
 from lambda_hat.tuning.search_space import MethodSpace
-from lambda_hat.tuning.validation import Candidate, leaderboard_row
+from lambda_hat.tuning.validation import StudyResult
 
 
-def build_leaderboard(studies: list[dict[str, Any]], parquet: Path) -> list[dict[str, Any]]:
-    """One row per study, its validated (and transfer) figures computed from the Parquet
-    rows."""
-    rows_on_disk = read_rows(parquet)
-    validation = [row for row in rows_on_disk if row["stage"] == "validation"]
-    transfer = [row for row in rows_on_disk if row["stage"] == "transfer"]
+def build_leaderboard(
+    studies: list[StudyResult], transfer_rows: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """One row per study: the row each study built from its validation runs, with the
+    transfer figures of its recommendation on held-out problems (``transfer_rows``, each
+    with its source ``study_name``) beside it. Nothing is read back from disk."""
     rows = []
     for study in studies:
-        candidates = [Candidate(**c) for c in study["candidates"]]
-        ids = {c.config_id for c in candidates}
-        mine = [
-            row
-            for row in validation
-            if row["study_name"] == study["study_name"] and row["config_id"] in ids
-        ]
-        row = leaderboard_row(
-            study_name=study["study_name"],
-            method=study["method"],
-            kind=study_kind(
-                study["kind"], objective=study.get("objective", "abs"),
-                huber_k=study.get("huber_k", 1.0), set_name=study.get("set_name"),
-            ),
-            members=[Member(**member) for member in study["members"]],
-            candidates=candidates,
-            validation_rows=mine,
-            counts=study["counts"],
-        )  # fmt: skip
+        row = dict(study.leaderboard_row)
         held_out = [
             r
-            for r in transfer
-            if r["study_name"] == study["study_name"] and r["config_id"] == row["config_id"]
+            for r in transfer_rows or []
+            if r["study_name"] == study.study_name and r["config_id"] == row["config_id"]
         ]
         if held_out:
             row.update(transfer_fields(held_out))
@@ -192,13 +173,13 @@ def plots_markdown(index_html: str) -> str:
 
 def write_recipes(
     leaderboard: list[dict[str, Any]],
-    studies: list[dict[str, Any]],
+    studies: list[StudyResult],
     spaces: dict[str, MethodSpace],
     out_dir: Path,
     holdout: str | None,
 ) -> list[str]:
     """``<out_dir>/<set>-<method>.yaml`` for every recipe row with a recommendation."""
-    members = {study["study_name"]: study["members"] for study in studies}
+    members = {study.study_name: study.members for study in studies}
     paths = []
     for row in leaderboard:
         if row.get("kind") != "recipe" or row["config_id"] is None:
@@ -207,7 +188,7 @@ def write_recipes(
         set_name = row["problem_name"].removeprefix("recipe-")
         path = write_recipe(
             out_dir / f"{set_name}-{row['method']}.yaml", row, config,
-            tuned_on=[m["name"] for m in members[row["study_name"]]], holdout=holdout,
+            tuned_on=[m.name for m in members[row["study_name"]]], holdout=holdout,
         )  # fmt: skip
         paths.append(str(path))
     return paths

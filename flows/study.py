@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import asdict
 from functools import partial
 from typing import Any, Literal
 
@@ -46,6 +45,9 @@ from lambda_hat.tuning.search_space import MethodSpace
 from lambda_hat.tuning.storage import StorageRetry, best_value, finished_trials, open_study
 from lambda_hat.tuning.trials import Outcome, RunOutcome, RunPlan
 from lambda_hat.tuning.validation import (
+    StudyResult,
+    judged_rows,
+    leaderboard_row,
     run_all,
     top_configurations,
     trial_counts,
@@ -149,7 +151,7 @@ def tune_study(
     pruner: Literal["wilcoxon", "median", "none"] = "wilcoxon",
     validate_top_k: int = DEFAULT_VALIDATE_TOP_K,
     validation_seeds: int = DEFAULT_VALIDATION_SEEDS,
-) -> dict[str, Any]:
+) -> StudyResult:
     """One Optuna study of ``method`` over ``specs`` (their ``references`` in the same
     order; one problem, or a recipe's set ``set_name``), resumed if it exists, run until
     it has ``n_trials`` finished, then its top-k configurations validated on fresh seeds
@@ -234,6 +236,7 @@ def tune_study(
     # With validation off the best search configuration is still the study's answer (the
     # leaderboard shows it as not validated).
     candidates = retry("ranking configurations", top_configurations, study, max(validate_top_k, 1))
+    validated: list[RunOutcome] = []
     if candidates and validate_top_k > 0:
         plans = validation_plans(
             candidates, driver.space, study_name=name, pids=list(spec_of), method=method,
@@ -244,24 +247,31 @@ def tune_study(
             "(%d runs)",
             label, method, len(candidates), validation_seeds, len(members), len(plans),
         )  # fmt: skip
-        run_all(
+        validated = run_all(
             plans, submit=submit, first_done=first_done, record=record_run,
             judge=lambda plan, result: study_as.judge(plan, result, member_of(members, plan.pid)),
         )  # fmt: skip
-    return {
-        "kind": study_as.name,
-        "set_name": set_name,
-        "study_name": name,
-        "pid": study_as.pid(members),
-        "problem_name": label,
-        "method": method,
-        "objective": objective,
-        "huber_k": huber_k,
-        "members": [asdict(member) for member in members],
-        "trials_run_now": len(outcomes),
-        "trials_finished": retry("counting", finished_trials, study),
-        "counts": retry("counting", trial_counts, study),
-        "candidates": [asdict(candidate) for candidate in candidates],
-        "ask_submit_sec": driver.ask_submit_sec,
-        "timeline": timeline,
-    }
+    counts = retry("counting", trial_counts, study)
+    return StudyResult(
+        study_name=name,
+        kind=study_as.name,
+        method=method,
+        pid=study_as.pid(members),
+        problem_name=label,
+        members=members,
+        candidates=candidates,
+        counts=counts,
+        trials_run_now=len(outcomes),
+        trials_finished=retry("counting", finished_trials, study),
+        leaderboard_row=leaderboard_row(
+            study_name=name,
+            method=method,
+            kind=study_as,
+            members=members,
+            candidates=candidates,
+            validation_rows=judged_rows(validated, members),
+            counts=counts,
+        ),  # fmt: skip
+        ask_submit_sec=driver.ask_submit_sec,
+        timeline=timeline,
+    )

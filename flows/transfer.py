@@ -25,7 +25,7 @@ from lambda_hat.tuning.kinds import Recipe, member_of, members_of
 from lambda_hat.tuning.recipes import recommended_config
 from lambda_hat.tuning.search_space import MethodSpace
 from lambda_hat.tuning.trials import RunOutcome, RunPlan, plan_runs, study_seeds
-from lambda_hat.tuning.validation import run_all
+from lambda_hat.tuning.validation import judged_rows, run_all
 
 
 def transfer_entries(
@@ -53,9 +53,9 @@ def transfer(
     entries: list[dict[str, Any]],
     seeds: int,
     budget_sec: float,
-) -> int:
+) -> list[dict[str, Any]]:
     """Run every entry's configuration ``seeds`` times on every held-out problem; returns
-    the number of runs."""
+    each run's judged figures with the study whose recommendation it ran."""
     logger = get_run_logger()
     settings = Settings()
     members = members_of(specs, references)
@@ -95,11 +95,14 @@ def transfer(
     def record(run: RunOutcome) -> None:
         records[source[run.plan.run_id]](run)
 
-    run_all(
+    outcomes = run_all(
         plans,
         submit=submitter(settings, lambda plan: spec_of[plan.pid]),
         first_done=stall_guard(f"transfer to {set_name}", settings, budget_sec),
         record=record,
         judge=lambda plan, result: held_out.judge(plan, result, member_of(members, plan.pid)),
     )
-    return len(plans)
+    return [
+        {**row, "study_name": source[run.plan.run_id]}
+        for run, row in zip(outcomes, judged_rows(outcomes, members), strict=True)
+    ]

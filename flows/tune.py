@@ -97,6 +97,7 @@ from lambda_hat.tuning.storage import (
     check_storage,
     init_storage,
 )
+from lambda_hat.tuning.validation import StudyResult
 from tasks.report import build_report_task
 
 
@@ -145,7 +146,6 @@ def tune(
     check_writable(settings.artifacts_dir, "artifacts_dir")
     settings.results_dir.mkdir(parents=True, exist_ok=True)  # the default SQLite file lives there
     check_storage(settings.storage_url())
-    parquet = settings.results_dir.resolve() / "runs.parquet"
     retry = StorageRetry(settings.budgets.storage_retry_sec)
     retry("creating the storage", init_storage, settings.storage_url())
     specs = [spec.model_dump(mode="json") for spec in problem_set.problems]
@@ -216,15 +216,15 @@ def tune(
         work = [recipes] if recipe else [partial(studies_of, i) for i in range(len(specs))]
         *groups, held_refs = all_at_once([*work, held_out_references], slots)
         studies = [study for group in groups for study in group]
+        transfer_rows: list[dict[str, Any]] = []
         if held_specs and studies:
             # What each study recommends is known once its validation is in.
-            recommended = build_leaderboard(studies, parquet)
             held = [(s, r) for s, r in zip(held_specs, held_refs, strict=True) if trusted(r)]
             if held:
-                transfer.with_options(task_runner=runner_for(address))(
+                transfer_rows = transfer.with_options(task_runner=runner_for(address))(
                     set_name(holdout), [s for s, _ in held], [r for _, r in held],
-                    transfer_entries(recommended, spaces), validation_seeds,
-                    settings.budgets.trial_sec,
+                    transfer_entries([s.leaderboard_row for s in studies], spaces),
+                    validation_seeds, settings.budgets.trial_sec,
                 )  # fmt: skip
     references = [ref for ref in supply.references() if ref is not None]
     create_table_artifact(
@@ -235,8 +235,9 @@ def tune(
         + ", with their quality verdicts",
     )
     published = publish(
-        studies, references, settings, problems, methods, time.perf_counter() - started
-    )
+        studies, transfer_rows, references, settings, problems, methods,
+        time.perf_counter() - started,
+    )  # fmt: skip
     if recipe and published["leaderboard"]:
         published["recipes"] = write_recipes(
             published["leaderboard"], studies, spaces,
@@ -254,7 +255,8 @@ def tune(
 
 
 def publish(
-    studies: list[dict[str, Any]],
+    studies: list[StudyResult],
+    transfer_rows: list[dict[str, Any]],
     references: list[dict[str, Any]],
     settings: Settings,
     problems: str,
@@ -267,7 +269,7 @@ def publish(
         return {"leaderboard": [], "report": None}
     # The runs' part files into one runs.parquet (rebuilt from row.json if it is corrupt).
     compact(results / "runs.parquet", rebuild_from=settings.artifacts_dir.resolve() / "runs")
-    rows = build_leaderboard(studies, results / "runs.parquet")
+    rows = build_leaderboard(studies, transfer_rows)
     write_leaderboard(results / "leaderboard.parquet", rows)
     create_table_artifact(
         key="leaderboard",

@@ -150,7 +150,7 @@ def test_tune_end_to_end_then_resume(prefect_server, lambda_hat_env):
 
     # Resume: the same studies to 6 trials run exactly 2 new trials each.
     resumed = tune(n_trials=6, methods_file=str(methods_file), **run)
-    assert [study["trials_run_now"] for study in resumed["studies"]] == [2, 2, 2, 2]
+    assert [study.trials_run_now for study in resumed["studies"]] == [2, 2, 2, 2]
     assert all(ref["cached"] for ref in resumed["references"])
     storage = Settings().storage_url()
     for pid in pids:
@@ -195,7 +195,7 @@ def test_a_new_run_starts_as_soon_as_one_finishes(prefect_server, lambda_hat_env
     assert entry["config_id"] and entry["validated_error_mean"] is None
     assert entry["search_objective"] is not None
     # (stage, trial number, repeat, started, finished), by trial number
-    timeline = sorted(t[1:] for t in result["studies"][0]["timeline"])
+    timeline = sorted(t[1:] for t in result["studies"][0].timeline)
     (_, _, long_start, long_end), (_, _, _, short_end) = timeline[0], timeline[1]
     assert long_end - long_start > 2.0, timeline  # the long trial really is long
     third_start = timeline[2][2]
@@ -325,7 +325,7 @@ def test_repeats_pruning_and_validation_through_the_flow(prefect_server, lambda_
 
     # Rerunning the same command recomputes nothing and adds no row.
     again = tune(**run)
-    assert again["studies"][0]["trials_run_now"] == 0
+    assert again["studies"][0].trials_run_now == 0
     assert len(read_rows(parquet)) == len(rows)
 
 
@@ -486,7 +486,7 @@ def test_the_studies_of_a_campaign_run_at_the_same_time(prefect_server, lambda_h
         pruner="none", validate_top_k=0, methods_file=str(methods_file), **SMALL_REFERENCE,
     )  # fmt: skip
     spans = {
-        study["method"]: [(start, end) for *_, start, end in study["timeline"]]
+        study.method: [(start, end) for *_, start, end in study.timeline]
         for study in result["studies"]
     }
     assert all(len(runs) == 3 for runs in spans.values()), spans
@@ -531,10 +531,10 @@ def test_a_slow_reference_delays_only_its_own_studies(prefect_server, lambda_hat
     )  # fmt: skip
     ended = {ref["name"]: ref["computed_at"] + ref["runtime_sec"] for ref in result["references"]}
     first_start = {
-        study["problem_name"]: min(start for *_, start, _ in study["timeline"])
+        study.problem_name: min(start for *_, start, _ in study.timeline)
         for study in result["studies"]
     }
     assert first_start[fast["name"]] >= ended[fast["name"]]
     assert first_start[fast["name"]] < ended["slow_mlp"], (first_start, ended)
     assert first_start["slow_mlp"] >= ended["slow_mlp"]
-    assert all(len(study["timeline"]) == 2 for study in result["studies"])
+    assert all(len(study.timeline) == 2 for study in result["studies"])

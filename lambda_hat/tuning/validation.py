@@ -16,14 +16,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from lambda_hat.tuning.driver import FirstDone, Submit
-from lambda_hat.tuning.kinds import Member, StudyKind
+from lambda_hat.tuning.kinds import Member, StudyKind, member_of
 from lambda_hat.tuning.search_space import MethodSpace
 from lambda_hat.tuning.storage import counted
 from lambda_hat.tuning.trials import RunOutcome, RunPlan, plan_runs, resolve, study_seeds
@@ -193,6 +193,47 @@ def leaderboard_row(
         "n_candidates": len(candidates),
         **count_fields(counts),
     }
+
+
+def judged_rows(runs: list[RunOutcome], members: list[Member]) -> list[dict[str, Any]]:
+    """What the recommendation reads of each run, as its ``runs.parquet`` row holds it:
+    the leaderboard is built from the outcomes in hand, not read back from disk."""
+    return [
+        {
+            "config_id": run.plan.config_id,
+            "pid": run.plan.pid,
+            "llc_hat": run.result.get("llc_hat"),
+            "abs_error": run.abs_error,
+            "rel_error": (
+                None
+                if run.abs_error is None
+                else run.abs_error / abs(member_of(members, run.plan.pid).llc_ref)
+            ),
+        }
+        for run in runs
+    ]
+
+
+@dataclass
+class StudyResult:
+    """What a finished study hands back to its campaign: its family, its top
+    configurations, its leaderboard row (built once, here, from the validation runs in
+    hand) and its run timeline."""
+
+    study_name: str
+    kind: str  # "problem" or "recipe"
+    method: str
+    pid: str  # a recipe's: "recipe-<set>"
+    problem_name: str
+    members: list[Member]
+    candidates: list[Candidate]
+    counts: dict[str, int]
+    trials_run_now: int
+    trials_finished: int
+    leaderboard_row: dict[str, Any]
+    ask_submit_sec: list[float] = field(default_factory=list)
+    # (stage, trial number, repeat, started_at, finished_at) of each run of this campaign
+    timeline: list[tuple] = field(default_factory=list)
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
