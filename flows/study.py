@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from contextlib import contextmanager
 from functools import partial
 from typing import Any, Literal
 
@@ -40,7 +41,7 @@ from lambda_hat.io import read_json
 from lambda_hat.problems.specs import ProblemSpec
 from lambda_hat.settings import Settings
 from lambda_hat.tuning.driver import Driver, make_pruner
-from lambda_hat.tuning.kinds import StudyKind, member_of, members_of, study_kind
+from lambda_hat.tuning.kinds import Member, StudyKind, member_of, members_of, study_kind
 from lambda_hat.tuning.search_space import MethodSpace
 from lambda_hat.tuning.storage import StorageRetry, best_value, finished_trials, open_study
 from lambda_hat.tuning.trials import Outcome, RunOutcome, RunPlan
@@ -156,115 +157,63 @@ def tune_study(
     order; one problem, or a recipe's set ``set_name``), resumed if it exists, run until
     it has ``n_trials`` finished, then its top-k configurations validated on fresh seeds
     on every problem. If no run finishes for ``stall_sec``, the subflow fails and says so."""
-    logger = get_run_logger()
     settings = Settings()
     retry = StorageRetry(settings.budgets.storage_retry_sec)
     study_as = study_kind(kind, objective=objective, huber_k=huber_k, set_name=set_name)
     members = members_of(specs, references)
-    label = study_as.label(members)
-    name = study_as.study_name(members, method)
+
+    # 1. The study, labelled for the dashboard, and its progress bar.
     study = retry(
-        "opening the study", open_study, settings.storage_url(), name, 0, make_pruner(pruner)
-    )
+        "opening the study", open_study, settings.storage_url(),
+        study_as.study_name(members, method), 0, make_pruner(pruner),
+    )  # fmt: skip
     retry("labelling the study", _label_study, study, study_as.dashboard_labels(members, method))
-    already = retry("counting", finished_trials, study)
-    if already >= n_trials:
-        logger.info(
-            "%s %s: the study already has %d finished trials (n_trials %d): no new trial%s",
-            label, method, already, n_trials,
-            "; validating its best configurations" if validate_top_k else "",
-        )  # fmt: skip
-    progress = StudyProgress(
-        create_progress_artifact(
-            100.0 * min(already, n_trials) / n_trials,
-            key=artifact_key("progress", label, method),
-            description=f"trials finished in study {name} ({label}, {method}, "
-            f"{len(members)} problem{'s' if len(members) > 1 else ''})",
-        ),
-        partial(retry, "reading the best value", best_value, study),
-    )
-    record = recorder(
-        settings,
-        members,
-        {
-            "study_name": name,
-            "method": method,
-            "objective_kind": study_as.objective_kind,
-            "flow_run_id": str(get_run_context().flow_run.id),
-        },
-    )
-    timeline: list[tuple] = []
+    log = StudyLog(settings, study, retry, study_as, members, method, n_trials, validate_top_k)
 
-    def record_run(run: RunOutcome) -> None:
-        record(run)
-        timeline.append(
-            (run.plan.stage, run.plan.trial_number, run.plan.repeat,
-             run.result.get("started_at"), run.result.get("finished_at"))
-        )  # fmt: skip
-
-    def on_outcome(outcome: Outcome, done: int, total: int) -> None:
-        # The trial's figures go onto each of its runs' rows (rewritten, same run ids).
-        record(*outcome.runs, extra=trial_fields(outcome, study_as, members))
-        told = outcome.objective if outcome.state.name == "COMPLETE" else None
-        best = progress.trial_done(100.0 * min(done, total) / total, told)
-        logger.info(
-            "%s %s: trial %d/%d %s; best so far %s",
-            label, method, done, total, _describe(outcome, study_as),
-            "none" if best is None else f"{best:.4g}",
-        )  # fmt: skip
-
+    # 2. The search: trials of runs on the study's common seeds, told as they finish.
     spec_of = {member.pid: spec for member, spec in zip(members, specs, strict=True)}
     submit = submitter(settings, lambda plan: spec_of[plan.pid])
-    first_done = stall_guard(f"study {name}", settings, budget_sec)
+    first_done = stall_guard(f"study {study.study_name}", settings, budget_sec)
     driver = Driver(
         study, MethodSpace.model_validate(space), method=method, members=members,
         budget_sec=budget_sec, kind=study_as, repeats=repeats, pruner=pruner,
-        record=record_run, on_outcome=on_outcome, retry=retry,
+        record=log.record_run, on_outcome=log.trial_told, retry=retry,
         lease_sec=settings.budgets.lease_sec, slots=current_slots(),
     )  # fmt: skip
-    try:
+    with log.progress_open():
         outcomes = driver.run(n_trials, batch=batch, submit=submit, first_done=first_done)
-    except BaseException:
-        progress.close(send=False)
-        raise
-    progress.close()
-    latency = sorted(driver.ask_submit_sec) or [0.0]
-    logger.info(
-        "%s: ask→submit latency median %.3f s, max %.3f s over %d trials",
-        name, latency[len(latency) // 2], latency[-1], len(driver.ask_submit_sec),
-    )  # fmt: skip
-    # With validation off the best search configuration is still the study's answer (the
-    # leaderboard shows it as not validated).
+    log.latency(driver.ask_submit_sec)
+
+    # 3. Validation: the top-k configurations on fresh seeds. With validation off the best
+    # search configuration is still the study's answer (shown as not validated).
     candidates = retry("ranking configurations", top_configurations, study, max(validate_top_k, 1))
     validated: list[RunOutcome] = []
     if candidates and validate_top_k > 0:
         plans = validation_plans(
-            candidates, driver.space, study_name=name, pids=list(spec_of), method=method,
-            seeds=validation_seeds, budget_sec=budget_sec,
+            candidates, driver.space, study_name=study.study_name, pids=list(spec_of),
+            method=method, seeds=validation_seeds, budget_sec=budget_sec,
         )  # fmt: skip
-        logger.info(
-            "%s %s: validating the top %d configurations on %d fresh seeds × %d problems "
-            "(%d runs)",
-            label, method, len(candidates), validation_seeds, len(members), len(plans),
-        )  # fmt: skip
+        log.validating(len(candidates), validation_seeds, len(plans))
         validated = run_all(
-            plans, submit=submit, first_done=first_done, record=record_run,
+            plans, submit=submit, first_done=first_done, record=log.record_run,
             judge=lambda plan, result: study_as.judge(plan, result, member_of(members, plan.pid)),
         )  # fmt: skip
+
+    # 4. What the campaign gets back: the leaderboard row from the runs in hand.
     counts = retry("counting", trial_counts, study)
     return StudyResult(
-        study_name=name,
+        study_name=study.study_name,
         kind=study_as.name,
         method=method,
         pid=study_as.pid(members),
-        problem_name=label,
+        problem_name=study_as.label(members),
         members=members,
         candidates=candidates,
         counts=counts,
         trials_run_now=len(outcomes),
         trials_finished=retry("counting", finished_trials, study),
         leaderboard_row=leaderboard_row(
-            study_name=name,
+            study_name=study.study_name,
             method=method,
             kind=study_as,
             members=members,
@@ -273,5 +222,86 @@ def tune_study(
             counts=counts,
         ),  # fmt: skip
         ask_submit_sec=driver.ask_submit_sec,
-        timeline=timeline,
+        timeline=log.timeline,
     )
+
+
+class StudyLog:
+    """What a study shows and writes as it goes: each run's row, each told trial's figures
+    on its runs' rows, the progress artifact, and the log lines."""
+
+    def __init__(self, settings: Settings, study, retry, kind: StudyKind, members: list[Member],
+                 method: str, n_trials: int, validate_top_k: int):  # fmt: skip
+        self.logger = get_run_logger()
+        self.kind, self.members, self.method = kind, members, method
+        self.label, self.name = kind.label(members), study.study_name
+        self.timeline: list[tuple] = []
+        self.record = recorder(
+            settings,
+            members,
+            {
+                "study_name": self.name,
+                "method": method,
+                "objective_kind": kind.objective_kind,
+                "flow_run_id": str(get_run_context().flow_run.id),
+            },
+        )
+        already = retry("counting", finished_trials, study)
+        if already >= n_trials:
+            self.logger.info(
+                "%s %s: the study already has %d finished trials (n_trials %d): no new trial%s",
+                self.label, method, already, n_trials,
+                "; validating its best configurations" if validate_top_k else "",
+            )  # fmt: skip
+        problems = f"{len(members)} problem{'s' if len(members) > 1 else ''}"
+        self.progress = StudyProgress(
+            create_progress_artifact(
+                100.0 * min(already, n_trials) / n_trials,
+                key=artifact_key("progress", self.label, method),
+                description=f"trials finished in study {self.name} ({self.label}, {method}, "
+                f"{problems})",
+            ),
+            partial(retry, "reading the best value", best_value, study),
+        )
+
+    def record_run(self, run: RunOutcome) -> None:
+        self.record(run)
+        self.timeline.append(
+            (run.plan.stage, run.plan.trial_number, run.plan.repeat,
+             run.result.get("started_at"), run.result.get("finished_at"))
+        )  # fmt: skip
+
+    def trial_told(self, outcome: Outcome, done: int, total: int) -> None:
+        # The trial's figures go onto each of its runs' rows (rewritten, same run ids).
+        self.record(*outcome.runs, extra=trial_fields(outcome, self.kind, self.members))
+        told = outcome.objective if outcome.state.name == "COMPLETE" else None
+        best = self.progress.trial_done(100.0 * min(done, total) / total, told)
+        self.logger.info(
+            "%s %s: trial %d/%d %s; best so far %s",
+            self.label, self.method, done, total, _describe(outcome, self.kind),
+            "none" if best is None else f"{best:.4g}",
+        )  # fmt: skip
+
+    @contextmanager
+    def progress_open(self):
+        """The progress bar while the search runs (sent a last time unless it failed)."""
+        try:
+            yield
+        except BaseException:
+            self.progress.close(send=False)
+            raise
+        self.progress.close()
+
+    def latency(self, ask_submit_sec: list[float]) -> None:
+        latency = sorted(ask_submit_sec) or [0.0]
+        self.logger.info(
+            "%s: ask→submit latency median %.3f s, max %.3f s over %d trials",
+            self.name, latency[len(latency) // 2], latency[-1], len(ask_submit_sec),
+        )  # fmt: skip
+
+    def validating(self, candidates: int, seeds: int, runs: int) -> None:
+        self.logger.info(
+            "%s %s: validating the top %d configurations on %d fresh seeds × %d problems "
+            "(%d runs)",
+            self.label, self.method, candidates, seeds, len(self.members), runs,
+        )  # fmt: skip
