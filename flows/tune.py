@@ -130,102 +130,29 @@ def tune(
     forward_library_logs()
     logger = get_run_logger()
     settings = Settings()
-    problem_set = load_problem_set(problems)
-    check_fits(problem_set, settings.memory_limit_bytes(), problems)
-    held_out = load_problem_set(holdout, "holdout") if holdout else None
-    if held_out is not None:
-        check_fits(held_out, settings.memory_limit_bytes(), holdout)
-        check_held_out(problem_set, held_out)
+    # 1. Everything checked before anything runs (one line naming the field if not).
+    specs, held_specs = problem_specs(settings, problems, holdout)
     spaces = load_methods(methods_file)
     check_parameters(
         methods, spaces, n_trials, batch, repeats, pruner, validate_top_k, validation_seeds,
         huber_k, objective, recipe,
     )  # fmt: skip
-    # Fail before the references are computed, not after.
-    check_writable(settings.results_dir, "results_dir")
-    check_writable(settings.artifacts_dir, "artifacts_dir")
-    settings.results_dir.mkdir(parents=True, exist_ok=True)  # the default SQLite file lives there
-    check_storage(settings.storage_url())
-    retry = StorageRetry(settings.budgets.storage_retry_sec)
-    retry("creating the storage", init_storage, settings.storage_url())
-    specs = [spec.model_dump(mode="json") for spec in problem_set.problems]
-    held_specs = [spec.model_dump(mode="json") for spec in held_out.problems] if held_out else []
+    prepare_outputs(settings)
     config = ReferenceConfig(num_warmup=reference_warmup, num_draws=reference_draws)
     logger.info("settings: %s", settings.public())
     started = time.perf_counter()
     tuning = {"n_trials": n_trials, "batch": batch, "budget_sec": settings.budgets.trial_sec,
               "repeats": repeats, "pruner": pruner, "validate_top_k": validate_top_k,
               "validation_seeds": validation_seeds}  # fmt: skip
-    # Every study at once, on one cluster: the runs in flight over all of them are capped
-    # at the cluster's capacity and shared fairly (lambda_hat.tuning.slots). Each problem's
-    # studies start as soon as its own reference is in (flows/supply.py); the held-out
-    # problems' references are computed beside them.
+    # 2. Every study at once on one cluster, each as soon as its references are in.
     supply = ReferenceSupply(specs + held_specs, config, refresh_references, settings)
     with supply, dask_cluster(settings.cluster, role="trials") as address:
-        # Twice the cluster's capacity: one run waiting behind each running one, so a worker
-        # that finishes starts its next run at once instead of after the driver's round
-        # trip (tell, ask, submit, task start: 0.3-0.6 s measured, benchmarks/orchestration.py).
-        workers = capacity(settings.cluster, "trials", address)
-        slots = TrialSlots(2 * workers)
-        logger.info(
-            "%d studies at once on %d workers; at most %d runs in flight over all of them",
-            len(methods) * (1 if recipe else len(specs)), workers, slots.capacity,
+        studies, transfer_rows = campaign(
+            supply, address, settings, specs, held_specs, spaces, methods, tuning,
+            objective=objective, huber_k=huber_k, recipe=recipe, problems=problems,
+            holdout=holdout, allow_untrusted=allow_untrusted_references,
         )  # fmt: skip
-        subflow = tune_study.with_options(task_runner=runner_for(address))
-
-        def trusted(reference: dict[str, Any]) -> bool:
-            if reference.get("quality") == "untrusted" and not allow_untrusted_references:
-                logger.warning("%s: untrusted reference; not tuned on", reference["name"])
-                return False
-            return True
-
-        def studies_of(index: int) -> list[dict[str, Any]]:
-            reference = supply.get(index, address, slots)
-            if not trusted(reference):
-                return []
-            calls = [
-                partial(
-                    subflow, [specs[index]], [reference], method,
-                    spaces[method].model_dump(mode="json"), objective=objective,
-                    huber_k=huber_k, **tuning,
-                )
-                for method in methods
-            ]  # fmt: skip
-            return all_at_once(calls, slots)
-
-        def recipes() -> list[dict[str, Any]]:
-            # A recipe is judged on every problem: its studies start once all are in.
-            refs = all_at_once([partial(supply.get, i, address, slots) for i in range(len(specs))])
-            family = [(s, r) for s, r in zip(specs, refs, strict=True) if trusted(r)]
-            if not family:
-                return []
-            calls = [
-                partial(
-                    subflow, [s for s, _ in family], [r for _, r in family], method,
-                    recipe_space(spaces[method]).model_dump(mode="json"), kind="recipe",
-                    set_name=set_name(problems), **tuning,
-                )
-                for method in methods
-            ]  # fmt: skip
-            return all_at_once(calls, slots)
-
-        def held_out_references() -> list[dict[str, Any]]:
-            indices = range(len(specs), len(specs) + len(held_specs))
-            return all_at_once([partial(supply.get, i, address, slots) for i in indices])
-
-        work = [recipes] if recipe else [partial(studies_of, i) for i in range(len(specs))]
-        *groups, held_refs = all_at_once([*work, held_out_references], slots)
-        studies = [study for group in groups for study in group]
-        transfer_rows: list[dict[str, Any]] = []
-        if held_specs and studies:
-            # What each study recommends is known once its validation is in.
-            held = [(s, r) for s, r in zip(held_specs, held_refs, strict=True) if trusted(r)]
-            if held:
-                transfer_rows = transfer.with_options(task_runner=runner_for(address))(
-                    set_name(holdout), [s for s, _ in held], [r for _, r in held],
-                    transfer_entries([s.leaderboard_row for s in studies], spaces),
-                    validation_seeds, settings.budgets.trial_sec,
-                )  # fmt: skip
+    # 3. The results: references, leaderboard, report, recipes.
     references = [ref for ref in supply.references() if ref is not None]
     create_table_artifact(
         key="reference-table",
@@ -252,6 +179,124 @@ def tune(
         len(studies), time.perf_counter() - started, published["report"],
     )  # fmt: skip
     return {"references": references, "studies": studies, **published}
+
+
+def campaign(
+    supply: ReferenceSupply,
+    address: str,
+    settings: Settings,
+    specs: list[dict[str, Any]],
+    held_specs: list[dict[str, Any]],
+    spaces: dict[str, Any],
+    methods: list[str],
+    tuning: dict[str, Any],
+    *,
+    objective: str,
+    huber_k: float,
+    recipe: bool,
+    problems: str,
+    holdout: str | None,
+    allow_untrusted: bool,
+) -> tuple[list[StudyResult], list[dict[str, Any]]]:
+    """Every study of the run on the cluster at ``address``, then the transfer runs of
+    their recommendations to the held-out problems."""
+    logger = get_run_logger()
+    # Every study at once, on one cluster: the runs in flight over all of them are capped
+    # at the cluster's capacity and shared fairly (lambda_hat.tuning.slots). Each problem's
+    # studies start as soon as its own reference is in (flows/supply.py); the held-out
+    # problems' references are computed beside them.
+    # Twice the cluster's capacity: one run waiting behind each running one, so a worker
+    # that finishes starts its next run at once instead of after the driver's round
+    # trip (tell, ask, submit, task start: 0.3-0.6 s measured, benchmarks/orchestration.py).
+    workers = capacity(settings.cluster, "trials", address)
+    slots = TrialSlots(2 * workers)
+    logger.info(
+        "%d studies at once on %d workers; at most %d runs in flight over all of them",
+        len(methods) * (1 if recipe else len(specs)), workers, slots.capacity,
+    )  # fmt: skip
+    subflow = tune_study.with_options(task_runner=runner_for(address))
+
+    def trusted(reference: dict[str, Any]) -> bool:
+        if reference.get("quality") == "untrusted" and not allow_untrusted:
+            logger.warning("%s: untrusted reference; not tuned on", reference["name"])
+            return False
+        return True
+
+    def studies_of(index: int) -> list[StudyResult]:
+        reference = supply.get(index, address, slots)
+        if not trusted(reference):
+            return []
+        calls = [
+            partial(
+                subflow, [specs[index]], [reference], method,
+                spaces[method].model_dump(mode="json"), objective=objective,
+                huber_k=huber_k, **tuning,
+            )
+            for method in methods
+        ]  # fmt: skip
+        return all_at_once(calls, slots)
+
+    def recipes() -> list[StudyResult]:
+        # A recipe is judged on every problem: its studies start once all are in.
+        refs = all_at_once([partial(supply.get, i, address, slots) for i in range(len(specs))])
+        family = [(s, r) for s, r in zip(specs, refs, strict=True) if trusted(r)]
+        if not family:
+            return []
+        calls = [
+            partial(
+                subflow, [s for s, _ in family], [r for _, r in family], method,
+                recipe_space(spaces[method]).model_dump(mode="json"), kind="recipe",
+                set_name=set_name(problems), **tuning,
+            )
+            for method in methods
+        ]  # fmt: skip
+        return all_at_once(calls, slots)
+
+    def held_out_references() -> list[dict[str, Any]]:
+        indices = range(len(specs), len(specs) + len(held_specs))
+        return all_at_once([partial(supply.get, i, address, slots) for i in indices])
+
+    work = [recipes] if recipe else [partial(studies_of, i) for i in range(len(specs))]
+    *groups, held_refs = all_at_once([*work, held_out_references], slots)
+    studies = [study for group in groups for study in group]
+    transfer_rows: list[dict[str, Any]] = []
+    if held_specs and studies:
+        # What each study recommends is known once its validation is in.
+        held = [(s, r) for s, r in zip(held_specs, held_refs, strict=True) if trusted(r)]
+        if held:
+            transfer_rows = transfer.with_options(task_runner=runner_for(address))(
+                set_name(holdout), [s for s, _ in held], [r for _, r in held],
+                transfer_entries([s.leaderboard_row for s in studies], spaces),
+                tuning["validation_seeds"], settings.budgets.trial_sec,
+            )  # fmt: skip
+    return studies, transfer_rows
+
+
+def problem_specs(
+    settings: Settings, problems: str, holdout: str | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The problem set's specs and the held-out set's, checked to fit in memory and to be
+    disjoint."""
+    problem_set = load_problem_set(problems)
+    check_fits(problem_set, settings.memory_limit_bytes(), problems)
+    held_out = load_problem_set(holdout, "holdout") if holdout else None
+    if held_out is not None:
+        check_fits(held_out, settings.memory_limit_bytes(), holdout)
+        check_held_out(problem_set, held_out)
+    specs = [spec.model_dump(mode="json") for spec in problem_set.problems]
+    held_specs = [spec.model_dump(mode="json") for spec in held_out.problems] if held_out else []
+    return specs, held_specs
+
+
+def prepare_outputs(settings: Settings) -> None:
+    """The results and artifacts directories writable and the Optuna storage reachable,
+    with its tables, before any reference is computed."""
+    check_writable(settings.results_dir, "results_dir")
+    check_writable(settings.artifacts_dir, "artifacts_dir")
+    settings.results_dir.mkdir(parents=True, exist_ok=True)  # the default SQLite file lives there
+    check_storage(settings.storage_url())
+    retry = StorageRetry(settings.budgets.storage_retry_sec)
+    retry("creating the storage", init_storage, settings.storage_url())
 
 
 def publish(

@@ -233,6 +233,24 @@ def _static(problem: Problem, config: ReferenceConfig) -> _Static:
     )
 
 
+def _verdict(tally: _Tally, L0: float, n_beta: float, config: ReferenceConfig):
+    """The LLC estimate and its quality verdict (lambda_hat.reference.quality), with the
+    two halves of the chains compared: a slow mode that every chain misses alike shows."""
+    estimate = llc_from_losses(tally.losses, L0, n_beta)
+    half = config.num_chains // 2
+    first = llc_from_losses(tally.losses[:half], L0, n_beta)
+    second = llc_from_losses(tally.losses[half:], L0, n_beta)
+    quality, reasons = judge(
+        rhat=estimate.rhat,
+        ess=estimate.ess,
+        divergences=tally.divergences,
+        transitions=int(tally.losses.size) * config.thinning,
+        budget_exhausted=tally.budget_exhausted,
+        halves=(first.llc, first.se, second.llc, second.se),
+    )
+    return estimate, quality, reasons
+
+
 def run(
     problem: Problem,
     config: ReferenceConfig | None = None,
@@ -266,36 +284,18 @@ def run(
     # (pessimistic: early warmup uses small steps and long trajectories).
     per_transition = (time.perf_counter() - warmup_start) / config.num_warmup
     tally = _sample(
-        chunk,
-        states,
-        parameters,
-        data,
-        post,
-        key_sample,
-        config,
-        static,
+        chunk, states, parameters, data, post, key_sample, config, static,
         deadline=None if budget_sec is None else start + budget_sec,
         first_chunk_sec=per_transition * static.chunk_size * static.thinning,
         progress=progress,
-    )
+    )  # fmt: skip
     if tally is None:
         raise BudgetError(
             f"budget_sec={budget_sec:g} ended before the first draw "
             f"(compile + warmup took {time.perf_counter() - start:.1f} s); "
             "raise it or lower num_warmup"
         )
-    estimate = llc_from_losses(tally.losses, loss_at_w_star, problem.n_beta)
-    half = config.num_chains // 2
-    first = llc_from_losses(tally.losses[:half], loss_at_w_star, problem.n_beta)
-    second = llc_from_losses(tally.losses[half:], loss_at_w_star, problem.n_beta)
-    quality, reasons = judge(
-        rhat=estimate.rhat,
-        ess=estimate.ess,
-        divergences=tally.divergences,
-        transitions=int(tally.losses.size) * config.thinning,
-        budget_exhausted=tally.budget_exhausted,
-        halves=(first.llc, first.se, second.llc, second.se),
-    )
+    estimate, quality, reasons = _verdict(tally, loss_at_w_star, problem.n_beta, config)
     evidence = convergence_evidence(
         problem.n_beta * (tally.losses - loss_at_w_star),
         tally.grads,
