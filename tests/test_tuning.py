@@ -409,3 +409,32 @@ def test_two_drivers_started_together_do_not_propose_the_same_trials(tmp_path):
     reference = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
     expected = reference.ask(load_methods()["sgld"].distributions()).params
     assert alone.trials[0].params == expected
+
+
+def test_a_trial_asked_but_never_claimed_by_a_dead_driver_is_reaped(tmp_path, monkeypatch):
+    """A driver killed between asking a trial and claiming it leaves it RUNNING with no
+    owner. The next driver reaps it once it is older than the claim grace, and reruns its
+    parameters; a trial asked after that driver started is not its to judge."""
+    from lambda_hat.tuning import reaping
+
+    url = f"sqlite:///{tmp_path}/o.db"
+    study = open_study(url, "p_test:sgld")
+    unclaimed = study.ask(load_methods()["sgld"].distributions())
+    monkeypatch.setattr(reaping, "CLAIM_GRACE_SEC", 0.0)
+    with ThreadPoolExecutor(1) as pool:
+        outcomes = make_driver(open_study(url, "p_test:sgld"), repeats=1, pruner="none").run(
+            2,
+            batch=1,
+            submit=lambda p: pool.submit(lambda: {"status": "ok", "llc_hat": 3}),
+            first_done=first_done,
+        )
+    trials = open_study(url, "p_test:sgld").trials
+    assert len(outcomes) == 2 and TrialState.RUNNING not in {t.state for t in trials}
+    assert trials[unclaimed.number].user_attrs["fail_reason"].startswith("stale")
+    assert outcomes[0].hyperparams == unclaimed.params  # its configuration ran again
+    assert finished_trials(open_study(url, "p_test:sgld")) == 2
+    # Without the grace elapsed, an unclaimed trial may be a live driver's ask in progress.
+    monkeypatch.setattr(reaping, "CLAIM_GRACE_SEC", 3600.0)
+    fresh = open_study(url, "p_test:sgld").ask(load_methods()["sgld"].distributions())
+    assert reaping.reap_stale_trials(open_study(url, "p_test:sgld"), 300.0, None, 10**6) == 0
+    assert open_study(url, "p_test:sgld").trials[fresh.number].state == TrialState.RUNNING

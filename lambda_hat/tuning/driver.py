@@ -252,8 +252,9 @@ class Driver:
         now = time.monotonic()
         if now - self._last_reap > self.lease_sec / 2:
             reaped = self.retry(
-                "reaping stale trials", reap_stale_trials, self.study, self.lease_sec, self.owner
-            )
+                "reaping stale trials", reap_stale_trials, self.study, self.lease_sec,
+                self.owner, self._first_number,
+            )  # fmt: skip
             self._expected_number += reaped  # each is re-enqueued as a new trial
             self._last_reap = now
         finished = self.retry("counting", finished_trials, self.study)

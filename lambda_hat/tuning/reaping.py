@@ -35,6 +35,11 @@ from optuna.trial import TrialState
 
 log = logging.getLogger(__name__)
 
+# A live driver claims a trial right after asking it (milliseconds apart). A trial that
+# was already there when a driver started and is still unclaimed this long after its start
+# was asked by a driver that died in between: it is reaped like any stale trial.
+CLAIM_GRACE_SEC = 5.0
+
 
 @dataclass(frozen=True)
 class Owner:
@@ -123,15 +128,27 @@ def running(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
 
 
-def reap_stale_trials(study: optuna.Study, lease_sec: float, mine: Owner | None = None) -> int:
+def reap_stale_trials(
+    study: optuna.Study,
+    lease_sec: float,
+    mine: Owner | None = None,
+    unclaimed_before: int | None = None,
+) -> int:
     """Fail and re-enqueue the RUNNING trials whose driver is gone; never ``mine``'s,
-    never a live driver's. Returns how many were re-enqueued (new trials)."""
+    never a live driver's. Trials numbered below ``unclaimed_before`` (those there when
+    this driver started) that no driver ever claimed are gone too once older than
+    ``CLAIM_GRACE_SEC``. Returns how many were re-enqueued (new trials)."""
     now = time.time()
+
+    def gone(trial: optuna.trial.FrozenTrial) -> bool:
+        if "owner" not in trial.user_attrs and unclaimed_before is not None:
+            return trial.number < unclaimed_before and now - _started(trial) > CLAIM_GRACE_SEC
+        return is_stale(trial.user_attrs, _started(trial), now, lease_sec)
+
     stale = [
         trial
         for trial in running(study)
-        if owner_id(trial) != (mine.text if mine else None)
-        and is_stale(trial.user_attrs, _started(trial), now, lease_sec)
+        if owner_id(trial) != (mine.text if mine else None) and gone(trial)
     ]
     requeued = 0
     for trial in stale:
