@@ -38,7 +38,6 @@ from flows.progress import StudyProgress
 from flows.records import recorder, trial_fields
 from flows.reference import storage_paths
 from lambda_hat.io import read_json
-from lambda_hat.problems.specs import ProblemSpec
 from lambda_hat.settings import Settings
 from lambda_hat.tuning.driver import Driver, make_pruner
 from lambda_hat.tuning.kinds import Member, StudyKind, member_of, members_of, study_kind
@@ -96,8 +95,7 @@ def submitter(settings: Settings, spec_of: Callable[[RunPlan], dict[str, Any]]):
 
     def submit(plan: RunPlan):
         spec = spec_of(plan)
-        pid = plan.pid or ProblemSpec.model_validate(spec).pid
-        run_dir = runs_dir / pid / plan.method / plan.run_id
+        run_dir = runs_dir / plan.pid / plan.method / plan.run_id
         recompute = read_json(run_dir / "metrics.json") is None
         if recompute and (run_dir / "metrics.json").exists():
             logger.warning("%s: metrics.json is unreadable; recomputing the run", run_dir)

@@ -39,7 +39,6 @@ def _parser() -> argparse.ArgumentParser:
         help="compute (or show the cached) HMC reference LLC of each problem of a set",
         formatter_class=DefaultsHelp,
     )
-    ref.error = parser.error  # (one line, as for the top-level arguments)
     ref.add_argument(
         "--problems", default="default", help=f"a YAML file or a preset ({', '.join(PRESETS)})"
     )
@@ -55,7 +54,6 @@ def _parser() -> argparse.ArgumentParser:
     compact = commands.add_parser(
         "compact", help="fold runs.parquet's part files into it (rebuilt if damaged)"
     )
-    compact.error = parser.error
     for sub in (ref, compact):
         sub.add_argument(
             "--artifacts-dir", type=Path, default=None, help="default: LAMBDA_HAT_ARTIFACTS_DIR"

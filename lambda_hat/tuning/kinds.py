@@ -55,9 +55,7 @@ def members_of(specs: list[dict[str, Any]], references: list[dict[str, Any]]) ->
 
 
 def member_of(members: list[Member], pid: str | None) -> Member:
-    """The member a plan runs on (a family of one: its only member)."""
-    if pid is None and len(members) == 1:
-        return members[0]
+    """The member a plan runs on."""
     return next(member for member in members if member.pid == pid)
 
 
@@ -188,7 +186,8 @@ class Recipe:
     def label(self, members: list[Member]) -> str:
         return f"recipe-{self.set_name}"
 
-    pid = label  # a recipe's leaderboard row has no single problem
+    def pid(self, members: list[Member]) -> str:
+        return self.label(members)  # a recipe's leaderboard row has no single problem
 
     def dashboard_labels(self, members: list[Member], method: str) -> dict[str, Any]:
         return {
