@@ -438,3 +438,26 @@ def test_a_trial_asked_but_never_claimed_by_a_dead_driver_is_reaped(tmp_path, mo
     fresh = open_study(url, "p_test:sgld").ask(load_methods()["sgld"].distributions())
     assert reaping.reap_stale_trials(open_study(url, "p_test:sgld"), 300.0, None, 10**6) == 0
     assert open_study(url, "p_test:sgld").trials[fresh.number].state == TrialState.RUNNING
+
+
+def _create_after(barrier, url):
+    from lambda_hat.tuning.storage import init_storage
+
+    barrier.wait()
+    init_storage(url)
+
+
+def test_runs_started_together_create_a_fresh_sqlite_storage_once(tmp_path):
+    # Two runs of one deployment triggered together: without the lock, about one process in
+    # three failed here ("table studies already exists", UNIQUE alembic_version).
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(3):
+        url = f"sqlite:///{tmp_path}/o{attempt}.db"
+        barrier = context.Barrier(4)
+        processes = [context.Process(target=_create_after, args=(barrier, url)) for _ in range(4)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=120)
+        assert [process.exitcode for process in processes] == [0, 0, 0, 0]
+        assert finished_trials(open_study(url, "p_test:sgld")) == 0

@@ -19,6 +19,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy.exc
+from filelock import FileLock
 from optuna.trial import TrialState
 
 from lambda_hat.io import check_writable
@@ -83,8 +84,26 @@ def check_storage(url: str) -> None:
 
 
 def init_storage(url: str) -> None:
-    """Create the storage's tables once, before studies open it from several threads
-    (concurrent first opens of a fresh SQLite file race to create them)."""
+    """Create the storage's tables once, before studies open it from several threads.
+
+    Concurrent first opens of a fresh database race to create the tables and the version
+    row (two runs of one deployment started together: one of them failed with a UNIQUE
+    or "table exists" error). A file lock serialises SQLite; for a server, the loser of
+    the race finds the tables made and simply opens them again.
+    """
+    sqlite_file = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
+    if sqlite_file and sqlite_file != ":memory:":
+        with FileLock(sqlite_file + ".init.lock", timeout=120):
+            _create_tables(url)
+        return
+    try:
+        _create_tables(url)
+    except sqlalchemy.exc.SQLAlchemyError:
+        time.sleep(1.0)  # the other run is creating them; its commit lands within a second
+        _create_tables(url)
+
+
+def _create_tables(url: str) -> None:
     storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
     storage.engine.dispose()
 
