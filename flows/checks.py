@@ -51,6 +51,13 @@ def refuse_untrusted(references: list[dict[str, Any]]) -> None:
         )
 
 
+def check_distinct_methods(methods: list[str]) -> None:
+    """Each study once: a method named twice would plan (and list) its studies twice."""
+    repeated = sorted({method for method in methods if methods.count(method) > 1})
+    if repeated:
+        raise ValueError(f"methods: {', '.join(repeated)} given more than once")
+
+
 def check_recipe_objective(objective: str, recipe: bool) -> None:
     if recipe and objective != "abs":
         raise ValueError(
@@ -77,6 +84,7 @@ def check_parameters(
     unknown = sorted(set(methods) - set(spaces))
     if unknown or not methods:
         raise ValueError(f"methods: unknown {unknown} (allowed: {', '.join(spaces)})")
+    check_distinct_methods(methods)
     if not (1 <= n_trials <= MAX_TRIALS and 1 <= batch <= MAX_TRIALS):
         raise ValueError(
             f"n_trials and batch must be between 1 and {MAX_TRIALS}, got {n_trials} and {batch}"

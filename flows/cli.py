@@ -10,7 +10,7 @@ import optuna
 from pydantic import ValidationError
 
 from flows.arguments import parser
-from flows.checks import check_recipe_objective
+from flows.checks import check_distinct_methods, check_recipe_objective
 from flows.cluster import ClusterError, check_cluster
 from lambda_hat.io import check_writable
 from lambda_hat.problems.sizes import check_fits, estimate, human
@@ -38,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         settings = Settings()
         check_fits(problem_set, settings.memory_limit_bytes(), args.problems)
         check_recipe_objective(args.objective, args.recipe)
+        check_distinct_methods(args.methods)
         if args.holdout is not None:
             held_out = load_problem_set(args.holdout, "holdout")
             check_fits(held_out, settings.memory_limit_bytes(), args.holdout)
@@ -48,8 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         check_writable(settings.results_dir, "results_dir")
         check_writable(settings.artifacts_dir, "artifacts_dir")
         check_cluster(settings.cluster)
-        if settings.optuna_storage is not None:  # (SQLite: connecting would create the file)
-            check_storage(settings.storage_url())
+        check_storage(settings.storage_url())  # (a SQLite file is read, never created)
     except ValidationError as error:  # (a ValueError too: keep this clause first)
         p.error(f"settings (LAMBDA_HAT_*): {format_validation_error(error)}")
     except (SpecError, SearchSpaceError, StorageError, ClusterError, ValueError) as error:

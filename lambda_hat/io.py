@@ -88,6 +88,12 @@ def check_writable(path: Path, field: str) -> None:
         raise ValueError(f"{field} {path}: {ancestor} is not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise ValueError(f"{field} {path}: {ancestor} is not writable")
+    try:  # access() trusts the mode bits; root, sysfs and read-only mounts need a real try
+        os.rmdir(tempfile.mkdtemp(prefix=".lambda_hat-probe-", dir=ancestor))
+    except OSError as error:
+        raise ValueError(
+            f"{field} {path}: cannot create anything in {ancestor} ({error.strerror})"
+        ) from None
 
 
 def read_json(path: Path) -> Any | None:

@@ -26,6 +26,23 @@ def problem(**changes) -> str:
     return json.dumps({"problems": [spec]})
 
 
+def _damaged_db() -> bytes:
+    """A real Optuna SQLite file with trials, cut short as a full disk or a killed copy
+    leaves it: it still opens and answers SELECT 1; its pages do not."""
+    import tempfile
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    path = Path(tempfile.mkdtemp()) / "o.db"
+    study = optuna.create_study(storage=f"sqlite:///{path}", study_name="p_x:sgld")
+    study.optimize(lambda trial: trial.suggest_float("a", 0, 1), n_trials=30)
+    whole = path.read_bytes()
+    return whole[: len(whole) // 2]
+
+
+DAMAGED_DB = _damaged_db()
+
 SGLD_SPACE = "methods:\n  sgld:\n    space:\n      step_size: {}\n"
 
 # (case, argv, files {name: text}, env {var: value}, what the one line must contain)
@@ -44,7 +61,7 @@ CASES = [
      "problems.0.data.n: Input should be greater than or equal to 2"),
     ("problems: negative noise", ["--problems", "p.yaml"],
      {"p.yaml": problem(data={"noise_sigma": -1.0})}, {},
-     "problems.0.data.noise_sigma: Input should be greater than 0"),
+     "problems.0.data.noise_sigma: Input should be greater than or equal to 0.000001"),
     ("problems: rank above the smallest width", ["--problems", "p.yaml"],
      {"p.yaml": problem(teacher={"rank": 9})}, {},
      "teacher.rank: must be <= the smallest width 2, got 9"),
@@ -173,6 +190,26 @@ CASES = [
     ("dirs: artifacts_dir not writable", [], {},
      {"LAMBDA_HAT_ARTIFACTS_DIR": "/proc/sys/lambda_hat"},
      "artifacts_dir /proc/sys/lambda_hat: /proc/sys is not writable"),
+    # Round 3 of hardening. sysfs passes access() but refuses mkdir (EPERM), even to root.
+    ("dirs: results_dir that cannot be created", [], {},
+     {"LAMBDA_HAT_RESULTS_DIR": "/sys/lambda_hat_results"},
+     "results_dir /sys/lambda_hat_results: cannot create anything in /sys"),
+    ("storage: a damaged optuna.db", [], {"results/optuna.db": DAMAGED_DB}, {},
+     "the database is damaged (database disk image is malformed); restore it"),
+    ("storage: a file that is not a database", [], {"results/optuna.db": b"x" * 4096}, {},
+     "the database is damaged (file is not a database)"),
+    ("problems: a directory", ["--problems", "some_dir"], {"some_dir/a.txt": "x"}, {},
+     "problems: 'some_dir' is a directory; give a YAML file or a preset"),
+    ("methods file: a directory", ["--methods-file", "some_dir"], {"some_dir/a.txt": "x"}, {},
+     "methods: 'some_dir' is a directory; give a YAML file"),
+    ("methods: one named twice", ["--methods", "sgld", "vi", "sgld"], {}, {},
+     "methods: sgld given more than once"),
+    ("problems: an input scale that overflows", ["--problems", "p.yaml"],
+     {"p.yaml": problem(data={"input": {"scale": 1e200}})}, {},
+     "problems.0.data.input.scale: Input should be less than or equal to 1000000"),
+    ("problems: a noise that overflows 1/σ²", ["--problems", "p.yaml"],
+     {"p.yaml": problem(data={"noise_sigma": 1e-200})}, {},
+     "problems.0.data.noise_sigma: Input should be greater than or equal to 0.000001"),
 ]  # fmt: skip
 
 
@@ -190,6 +227,7 @@ def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(
 ):
     monkeypatch.chdir(lambda_hat_env)
     for name, text in files.items():
+        (lambda_hat_env / name).parent.mkdir(parents=True, exist_ok=True)
         if isinstance(text, bytes):
             (lambda_hat_env / name).write_bytes(text)
         else:
@@ -197,7 +235,7 @@ def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(
     for variable, value in env.items():
         monkeypatch.setenv(variable, value)
     # A campaign's results already exist: bad input must leave them exactly as they were.
-    (lambda_hat_env / "results").mkdir()
+    (lambda_hat_env / "results").mkdir(exist_ok=True)
     (lambda_hat_env / "results" / "runs.parquet").write_bytes(b"rows of an earlier campaign")
     before = snapshot(lambda_hat_env)
     started = time.monotonic()

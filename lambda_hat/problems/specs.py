@@ -88,17 +88,25 @@ class RRRModel(_Frozen):
 ModelSpec = Annotated[MLPModel | DLNModel | RRRModel, Field(discriminator="family")]
 
 
+# Magnitudes beyond these overflow float64 in the loss or its Hessian (an input scale of
+# 1e200 squared is inf): refused in one line naming the field, not met as NaN mid-run.
+MAX_MAGNITUDE = 1e6
+MAX_WEIGHT_SCALE = 1e3  # raised to the depth: a five-layer teacher reaches 1e15
+
+
 class InputSpec(_Frozen):
     """Inputs: ``normal`` with standard deviation ``scale`` or ``uniform`` on [−scale, scale]."""
 
     dist: Literal["normal", "uniform"] = "normal"
-    scale: float = Field(default=1.0, gt=0)
+    scale: float = Field(default=1.0, gt=0, le=MAX_MAGNITUDE)
 
 
 class DataSpec(_Frozen):
     n: int = Field(ge=2, description="number of samples (>= 2 so that log n > 0)")
     input: InputSpec = InputSpec()
-    noise_sigma: float = Field(default=0.5, gt=0, description="Gaussian noise std of y")
+    noise_sigma: float = Field(
+        default=0.5, ge=1 / MAX_MAGNITUDE, le=MAX_MAGNITUDE, description="Gaussian noise std of y"
+    )
 
 
 class TeacherSpec(_Frozen):
@@ -106,14 +114,14 @@ class TeacherSpec(_Frozen):
 
     rank: int | None = Field(default=None, ge=0)
     widths: tuple[int, ...] | None = None
-    weight_scale: float = Field(default=1.0, gt=0)
+    weight_scale: float = Field(default=1.0, gt=0, le=MAX_WEIGHT_SCALE)
 
 
 class PosteriorSpec(_Frozen):
     """log π(w) = −nβ·L_n(w) − (γ/2)‖w − w*‖², β = beta0 / log n."""
 
-    beta0: float = Field(default=1.0, gt=0)
-    gamma: float = Field(default=1.0, ge=0)
+    beta0: float = Field(default=1.0, gt=0, le=MAX_MAGNITUDE)
+    gamma: float = Field(default=1.0, ge=0, le=MAX_MAGNITUDE**2)
 
 
 class OptimumSpec(_Frozen):
@@ -262,6 +270,8 @@ def load_problem_set(path_or_preset: str | Path, field: str = "problems") -> Pro
         source = f"preset {name}"
     else:
         path = Path(name)
+        if path.is_dir():
+            raise SpecError(f"{field}: {name!r} is a directory; give a YAML file or a preset")
         if not path.is_file():
             raise SpecError(
                 f"{field}: no such file or preset {name!r} (presets: {', '.join(PRESETS)})"

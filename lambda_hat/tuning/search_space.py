@@ -166,6 +166,8 @@ def load_methods(path: str | Path | None = None) -> dict[str, MethodSpace]:
     source = "preset methods"
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise SearchSpaceError(f"methods: {str(path)!r} is a directory; give a YAML file")
         if not path.is_file():
             raise SearchSpaceError(f"methods: no such file {str(path)!r}")
         source = str(path)
