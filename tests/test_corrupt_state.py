@@ -5,13 +5,15 @@ runs.parquet is moved aside and rebuilt from the per-trial records without losin
 Also: nothing in the results directory is a pickle (every cache entry is JSON)."""
 
 import json
+import subprocess
+import sys
 
 import optuna
 
 from flows.reference import reference
 from flows.tune import tune
 from lambda_hat.problems.specs import load_problem_set
-from lambda_hat.results.tables import read_rows
+from lambda_hat.results.tables import append_rows, parts_dir, read_rows
 from lambda_hat.settings import Settings
 
 from .test_flows import FAST_METHODS, SMALL_REFERENCE
@@ -87,3 +89,55 @@ def test_corrupt_parquet_is_rebuilt_and_truncated_metrics_are_recomputed(
     assert after[intact_id]["started_at"] == before[intact_id]["started_at"]  # cache hit
     metrics = json.loads((runs / damaged_id / "metrics.json").read_text())
     assert metrics["status"] == after[damaged_id]["status"]
+
+
+def _runs_with_records(results, runs_dir, run_ids):
+    """Rows as the flows write them: one part file each, and each run's row.json."""
+    for run_id in run_ids:
+        row = {"run_id": run_id, "pid": "p_x", "method": "sgld", "objective": 0.5}
+        append_rows(results / "runs.parquet", [row])
+        folder = runs_dir / "p_x" / "sgld" / run_id
+        folder.mkdir(parents=True)
+        (folder / "row.json").write_text(json.dumps(row))
+
+
+def test_a_garbage_part_is_moved_aside_and_its_runs_come_back(tmp_path, caplog):
+    results, runs_dir = tmp_path / "results", tmp_path / "artifacts" / "runs"
+    _runs_with_records(results, runs_dir, ["r_a", "r_b"])
+    parts = sorted(parts_dir(results / "runs.parquet").glob("*.parquet"))
+    parts[1].write_bytes(b"not parquet at all")
+    # A reader goes on without it, and says which file it set aside.
+    assert [row["run_id"] for row in read_rows(results / "runs.parquet")] == ["r_a"]
+    assert parts[1].name in caplog.text and not parts[1].exists()
+    assert parts[1].with_name(parts[1].name + ".corrupt").exists()
+    # The CLI's compaction (and every tune run's) gets r_b back from its row.json.
+    _runs_with_records(results, runs_dir, ["r_c"])
+    parts = sorted(parts_dir(results / "runs.parquet").glob("*.parquet"))
+    parts[-1].write_bytes(b"\x00" * 10)
+    done = _compact_cli(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert parts[-1].name in done.stderr and "Traceback" not in done.stderr
+    assert sorted(row["run_id"] for row in read_rows(results / "runs.parquet")) == [
+        "r_a",
+        "r_b",
+        "r_c",
+    ]
+
+
+def test_the_cli_rebuilds_a_truncated_runs_parquet_in_one_line(tmp_path):
+    results, runs_dir = tmp_path / "results", tmp_path / "artifacts" / "runs"
+    _runs_with_records(results, runs_dir, ["r_a", "r_b"])
+    assert _compact_cli(tmp_path).returncode == 0
+    truncate(results / "runs.parquet", keep=100)
+    done = _compact_cli(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("\n") == 1 and "runs.parquet was unreadable" in done.stderr
+    assert f"{results / 'runs.parquet'}: 2 rows" in done.stdout
+
+
+def _compact_cli(root):
+    return subprocess.run(
+        [sys.executable, "-m", "lambda_hat", "compact",
+         "--results-dir", str(root / "results"), "--artifacts-dir", str(root / "artifacts")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip

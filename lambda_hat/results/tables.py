@@ -21,6 +21,7 @@ column (``hyperparams_json``, exact).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import json
@@ -141,10 +142,36 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         if not parts:
             return rows  # (any Parquet file: leaderboard.parquet has no run_id)
         try:
-            part_rows = [pq.read_table(pa.BufferReader(p.read_bytes())).to_pylist() for p in parts]
+            part_rows = [_read_part(part, missing_ok=False) for part in parts]
         except FileNotFoundError:
             continue
-        return _merge(rows, *part_rows)
+        return _merge(rows, *(found or [] for found in part_rows))
+
+
+def _read_part(part: Path, missing_ok: bool = True) -> list[dict[str, Any]] | None:
+    """A part file's rows; None for a damaged one, which is moved aside (renamed
+    ``<name>.corrupt``, never deleted) with a warning naming it, so that neither this
+    run nor any later one stops on it."""
+    try:
+        data = part.read_bytes()
+    except FileNotFoundError:
+        if missing_ok:
+            return []
+        raise
+    try:
+        return pq.read_table(pa.BufferReader(data)).to_pylist()
+    except (pa.ArrowException, OSError) as error:
+        aside = part.with_name(part.name + ".corrupt")
+        with contextlib.suppress(FileNotFoundError):  # another reader moved it first
+            os.replace(part, aside)
+        log.warning(
+            "%s is not a readable Parquet part (%s): moved to %s; its runs come back from "
+            "their row.json at the next compaction",
+            part,
+            str(error).splitlines()[0],
+            aside.name,
+        )
+        return None
 
 
 def run_records(runs_dir: Path) -> list[dict[str, Any]]:
@@ -152,6 +179,10 @@ def run_records(runs_dir: Path) -> list[dict[str, Any]]:
     written beside each run's ``metrics.json``); unreadable ones are skipped."""
     records = [read_json(path) for path in sorted(Path(runs_dir).glob("*/*/*/row.json"))]
     return [record for record in records if isinstance(record, dict) and "run_id" in record]
+
+
+def _flat_records(runs_dir: Path) -> list[dict[str, Any]]:
+    return [flatten_row(record) for record in run_records(runs_dir)]
 
 
 def _existing_rows(path: Path, rebuild_from: Path | None) -> list[dict[str, Any]]:
@@ -164,7 +195,7 @@ def _existing_rows(path: Path, rebuild_from: Path | None) -> list[dict[str, Any]
             raise
         aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
         os.replace(path, aside)
-        rows = [flatten_row(record) for record in run_records(rebuild_from)]
+        rows = _flat_records(rebuild_from)
         log.warning(
             "%s was unreadable (%s): moved to %s and rebuilt %d rows from %s/*/*/*/row.json",
             path,
@@ -202,7 +233,12 @@ def compact(path: Path, rebuild_from: Path | None = None) -> int:
     with FileLock(str(path) + ".lock", timeout=120):
         parts = sorted(parts_dir(path).glob("*.parquet"))
         rows = _existing_rows(path, rebuild_from)
-        merged = _merge(rows, *(_read_file(part) for part in parts))
+        part_rows = [_read_part(part) for part in parts]
+        if None in part_rows and rebuild_from is not None:
+            # A damaged part's runs are still in their row.json: the file's and the good
+            # parts' rows win, the records fill in the runs only the damaged part held.
+            rows = _merge(_flat_records(rebuild_from), rows)
+        merged = _merge(rows, *(found or [] for found in part_rows))
         if parts or not path.exists():
             buffer = io.BytesIO()
             pq.write_table(_table(merged), buffer)
