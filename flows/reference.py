@@ -23,7 +23,12 @@ from flows.cluster import dask_cluster, runner_for
 from flows.logs import forward_library_logs
 from lambda_hat.problems.sizes import check_fits
 from lambda_hat.problems.specs import ProblemSpec, load_problem_set
-from lambda_hat.reference.record import current_reference, read_reference, reference_dir
+from lambda_hat.reference.record import (
+    current_reference,
+    read_reference,
+    reference_dir,
+    save_record,
+)
 from lambda_hat.samplers.configs import DEFAULT_REFERENCE, ReferenceConfig
 from lambda_hat.settings import Settings
 from tasks.reference import extend_reference, hmc_reference
@@ -104,8 +109,22 @@ def compute_references(
             continue
         record = dict(slot.result())
         record["cached"] = slot.state.name == "Cached"
+        if record["cached"]:
+            restore_ref_json(artifacts, record)
         references.append(record)
     return references
+
+
+def restore_ref_json(artifacts_dir: Path, record: dict[str, Any]) -> None:
+    """A cache hit whose ref.json holds another reference (``python -m lambda_hat
+    reference`` with other settings wrote over it) writes the cached one back: the file
+    always says what the run tunes against."""
+    written = read_reference(artifacts_dir, record["pid"])
+    if written is None or written.get("hmc_run_id") != record.get("hmc_run_id"):
+        get_run_logger().info(
+            "%s: ref.json held another reference; restored the cached one", record["name"]
+        )
+        save_record(artifacts_dir, {k: v for k, v in record.items() if k != "cached"})
 
 
 @flow(name="extend-references")

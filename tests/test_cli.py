@@ -103,3 +103,29 @@ def test_a_reference_from_the_cli_is_the_flows_cached_reference(prefect_server, 
     assert again.returncode == 0, again.stderr
     assert [line.endswith("(cached)") for line in again.stdout.splitlines()[1:]] == [True] * 2
     assert "draws per chain" not in again.stderr  # nothing sampled
+
+
+def test_the_cli_with_other_settings_never_leaves_the_run_and_ref_json_apart(
+    prefect_server, lambda_hat_env
+):
+    """The reference flow computes a reference (a cached task); the CLI, with other
+    settings, writes its own over ref.json; the flow run again serves its cached reference
+    and writes it back, so the file says what the run tunes against."""
+    from flows.reference import reference
+
+    small = {"problems": "smoke", "num_warmup": 100, "num_draws": 200}
+    first = {ref["pid"]: ref for ref in reference(**small)}
+    other = run_cli("reference", "--problems", "smoke", "--num-warmup", "100",
+                    "--num-draws", "150", cwd=lambda_hat_env)  # fmt: skip
+    assert other.returncode == 0, other.stderr
+
+    def on_disk():
+        folder = lambda_hat_env / "artifacts" / "problems"
+        return {pid: json.loads((folder / pid / "ref.json").read_text()) for pid in first}
+
+    assert all(on_disk()[pid]["n_draws"] != first[pid]["n_draws"] for pid in first)
+    again = reference(**small)
+    for ref in again:
+        assert ref["cached"] and ref["hmc_run_id"] == first[ref["pid"]]["hmc_run_id"]
+        assert on_disk()[ref["pid"]]["hmc_run_id"] == ref["hmc_run_id"]
+        assert on_disk()[ref["pid"]]["llc_ref"] == ref["llc_ref"]

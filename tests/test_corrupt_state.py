@@ -46,6 +46,16 @@ def test_truncated_ref_json_or_cache_entry_is_recomputed(prefect_server, lambda_
             == (ref["hmc_run_id"])
         )
     assert [r["cached"] for r in reference(**SMALL)] == [True, True]
+    # A number edited on disk (valid JSON, checksum stale) is never tuned against: the
+    # reference is computed again, and the file holds the new one.
+    edited_path = problems / first[1]["pid"] / "ref.json"
+    edited = json.loads(edited_path.read_text())
+    edited_path.write_text(json.dumps({**edited, "llc_ref": edited["llc_ref"] + 100.0}))
+    third = reference(**SMALL)
+    assert [r["cached"] for r in third] == [True, False]
+    assert third[1]["hmc_run_id"] != first[1]["hmc_run_id"]
+    assert abs(third[1]["llc_ref"] - first[1]["llc_ref"]) < 5 * first[1]["se_ref"]
+    assert json.loads(edited_path.read_text())["hmc_run_id"] == third[1]["hmc_run_id"]
     # Cache entries are JSON documents: nothing from the results dir is ever unpickled.
     for path in cache.iterdir():
         if path == entry:

@@ -238,13 +238,44 @@ def test_the_reference_key_changes_with_the_numerical_libraries(monkeypatch):
         assert record.reference_code_version(config) != today, name
 
 
+# A ref.json record as the writers leave it, diagnostics included (checksum added on save).
+SOUND = {
+    "name": "x", "llc_ref": 3.0, "se_ref": 0.1, "rhat": 1.002, "ess": 1800.0,
+    "divergences": 0, "transitions": 8000, "budget_exhausted": False,
+    "halves": [3.01, 0.14, 2.99, 0.14], "quality": "trusted", "quality_reasons": [],
+}  # fmt: skip
+
+
+def test_a_ref_json_edited_on_disk_is_not_used_and_its_verdict_is_rederived(tmp_path, caplog):
+    from lambda_hat.reference.record import read_reference, reference_dir, save_record
+
+    path = save_record(tmp_path, {**SOUND, "pid": "p_x"})
+    assert read_reference(tmp_path, "p_x")["llc_ref"] == 3.0
+    # Valid JSON with one number changed: refused, with a warning naming the file.
+    edited = json.loads(path.read_text())
+    edited["llc_ref"] = 30.0
+    path.write_text(json.dumps(edited))
+    assert read_reference(tmp_path, "p_x") is None
+    assert str(path) in caplog.text and "does not match its checksum" in caplog.text
+    # A record whose verdict disagrees with its own diagnostics (R-hat 1.3 called
+    # trusted, checksum and all): the diagnostics decide.
+    save_record(tmp_path, {**SOUND, "pid": "p_x", "rhat": 1.3})
+    read = read_reference(tmp_path, "p_x")
+    assert read["quality"] == "untrusted" and "R-hat 1.300 > 1.05" in read["quality_reasons"]
+    # Pooled: each batch's verdict is re-derived too.
+    batches = [{**SOUND, "seed": 0, "n_chains": 4, "n_draws": 2000},
+               {**SOUND, "seed": 1, "n_chains": 4, "n_draws": 2000, "divergences": 2000}]
+    save_record(tmp_path, {**SOUND, "pid": "p_x", "batches": batches})
+    assert read_reference(tmp_path, "p_x")["quality"] == "untrusted"
+    assert reference_dir(tmp_path, "p_x") == path.parent
+
+
 def test_references_are_looked_up_only_when_every_one_is_current(tmp_path):
     """All cached: read from ref.json, no cluster needed. One missing or stale: None, and
     the flow computes them on the reference cluster (the cached ones as cache hits)."""
     from flows.reference import cached_references
-    from lambda_hat.io import atomic_write_json
     from lambda_hat.problems.specs import load_problem_set
-    from lambda_hat.reference.record import reference_code_version
+    from lambda_hat.reference.record import reference_code_version, save_record
     from lambda_hat.samplers.configs import ReferenceConfig
 
     config = ReferenceConfig(num_warmup=100, num_draws=200)
@@ -252,12 +283,10 @@ def test_references_are_looked_up_only_when_every_one_is_current(tmp_path):
     pids = [spec.pid for spec in load_problem_set("smoke").problems]
     version = reference_code_version(config)
     for pid in pids:
-        record = {"pid": pid, "name": "x", "llc_ref": 3.0, "se_ref": 0.1, "code_version": version}
-        atomic_write_json(tmp_path / "problems" / pid / "ref.json", record)
+        save_record(tmp_path, {**SOUND, "pid": pid, "code_version": version})
     found = cached_references(specs, config.model_dump(mode="json"), tmp_path)
     assert [ref["pid"] for ref in found] == pids and all(ref["cached"] for ref in found)
-    stale = {"pid": pids[1], "name": "x", "llc_ref": 3.0, "se_ref": 0.1, "code_version": "old"}
-    atomic_write_json(tmp_path / "problems" / pids[1] / "ref.json", stale)
+    save_record(tmp_path, {**SOUND, "pid": pids[1], "code_version": "old"})
     assert cached_references(specs, config.model_dump(mode="json"), tmp_path) is None
     (tmp_path / "problems" / pids[1] / "ref.json").unlink()
     assert cached_references(specs, config.model_dump(mode="json"), tmp_path) is None
@@ -269,7 +298,7 @@ def test_pooled_batches_weight_by_draws_and_flag_disagreement():
     base = {
         "llc_ref": 2.0, "se_ref": 0.1, "n_chains": 4, "n_draws": 2000, "ess": 800.0,
         "rhat": 1.01, "divergences": 1, "grad_evals": 100, "runtime_sec": 2.0,
-        "quality": "trusted", "quality_reasons": [],
+        "transitions": 8000, "quality": "trusted", "quality_reasons": [],
     }  # fmt: skip
     # A budget-cut batch with half the draws counts half.
     short = {**base, "llc_ref": 2.3, "se_ref": 0.2, "n_draws": 1000, "rhat": 1.02}

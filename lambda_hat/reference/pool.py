@@ -13,7 +13,7 @@ the pooled reference is then marked untrusted rather than averaged into looking 
 
 >>> base = {"llc_ref": 2.0, "se_ref": 0.1, "n_chains": 4, "n_draws": 2000, "ess": 900.0,
 ...         "rhat": 1.01, "divergences": 0, "grad_evals": 10, "runtime_sec": 1.0,
-...         "quality": "trusted", "quality_reasons": []}
+...         "transitions": 8000, "quality": "trusted", "quality_reasons": []}
 >>> pooled = pool(base, {**base, "llc_ref": 2.1}, seed=1)
 >>> round(pooled["llc_ref"], 3), round(pooled["se_ref"], 4), pooled["n_chains"]
 (2.05, 0.0707, 8)
@@ -27,7 +27,9 @@ import math
 from typing import Any
 
 # Fields that add up over batches.
-_SUMMED = ("n_chains", "ess", "divergences", "grad_evals", "runtime_sec")
+_SUMMED = ("n_chains", "ess", "divergences", "grad_evals", "runtime_sec", "transitions")
+# What each batch's verdict is re-derived from when the record is read (with _SUMMED's).
+_DIAGNOSTICS = ("rhat", "budget_exhausted", "halves")
 _QUALITY_ORDER = ("trusted", "warn", "untrusted")
 DISAGREEMENT_Z = 3.0
 
@@ -61,16 +63,21 @@ def pool(current: dict[str, Any], extra: dict[str, Any], seed: int) -> dict[str,
     for field in _SUMMED:
         pooled[field] = sum(batch[field] for batch in batches)
     pooled["rhat"] = max(batch["rhat"] for batch in batches)
-    pooled["quality"], pooled["quality_reasons"] = _verdict(batches)
+    pooled["quality"], pooled["quality_reasons"] = pooled_verdict(batches)
     return pooled
 
 
 def _batch(record: dict[str, Any], seed: int) -> dict[str, Any]:
-    fields = ("llc_ref", "se_ref", "n_draws", "rhat", "quality", "quality_reasons", *_SUMMED)
-    return {"seed": seed, **{field: record[field] for field in fields}}
+    fields = ("llc_ref", "se_ref", "n_draws", "quality", "quality_reasons", *_SUMMED)
+    return {
+        "seed": seed,
+        **{field: record[field] for field in fields},
+        **{field: record.get(field) for field in _DIAGNOSTICS},
+    }
 
 
-def _verdict(batches: list[dict[str, Any]]) -> tuple[str, list[str]]:
+def pooled_verdict(batches: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """The worst batch's verdict, and untrusted where two batches disagree."""
     worst = max((batch["quality"] for batch in batches), key=_QUALITY_ORDER.index)
     reasons = sorted({reason for batch in batches for reason in batch["quality_reasons"]})
     first = batches[0]

@@ -69,6 +69,39 @@ def judge(
     return ("warn", warn) if warn else ("trusted", [])
 
 
+def rejudge(record: dict) -> tuple[Quality, list[str]]:
+    """A ``ref.json`` record's verdict derived again from its stored diagnostics (each
+    batch's, for a pooled record), so that a verdict edited or carried over from another
+    version is never what decides. Raises KeyError when a diagnostic is missing.
+
+    >>> record = {"rhat": 1.3, "ess": 900.0, "divergences": 0, "transitions": 8000,
+    ...           "budget_exhausted": False, "halves": None, "quality": "trusted"}
+    >>> rejudge(record)
+    ('untrusted', ['R-hat 1.300 > 1.05'])
+    """
+    from lambda_hat.reference.pool import pooled_verdict
+
+    if record.get("batches"):
+        batches = []
+        for batch in record["batches"]:
+            quality, reasons = _judged(batch)
+            batches.append({**batch, "quality": quality, "quality_reasons": reasons})
+        return pooled_verdict(batches)
+    return _judged(record)
+
+
+def _judged(diagnostics: dict) -> tuple[Quality, list[str]]:
+    halves = diagnostics["halves"]
+    return judge(
+        rhat=float(diagnostics["rhat"]),
+        ess=float(diagnostics["ess"]),
+        divergences=int(diagnostics["divergences"]),
+        transitions=int(diagnostics["transitions"]),
+        budget_exhausted=bool(diagnostics["budget_exhausted"]),
+        halves=None if halves is None else tuple(float(v) for v in halves),
+    )
+
+
 def convergence_evidence(
     llc_draws: np.ndarray,
     grads: np.ndarray,

@@ -20,6 +20,9 @@ True
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +32,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from lambda_hat.ids import code_version, validate_id
 from lambda_hat.io import atomic_write_bytes, atomic_write_json, read_json
 from lambda_hat.problems.specs import ProblemSpec
+from lambda_hat.reference.quality import rejudge
 from lambda_hat.samplers.configs import ReferenceConfig
+
+log = logging.getLogger(__name__)
 
 
 class ReferenceResult(BaseModel):
@@ -70,6 +76,10 @@ class ReferenceResult(BaseModel):
     # lambda_hat.reference.quality: trusted | warn | untrusted, and why.
     quality: Literal["trusted", "warn", "untrusted"] = "trusted"
     quality_reasons: list[str] = Field(default_factory=list)
+    # What the verdict is re-derived from when the record is read (with rhat, ess,
+    # divergences, budget_exhausted): sampling transitions, and (mean, se) of each half.
+    transitions: int
+    halves: tuple[float, float, float, float] | None = None
     # Running mean ± SE against gradient evaluations and the chains' traces: written to
     # convergence.json beside ref.json, not into ref.json itself.
     convergence: dict[str, Any] | None = Field(default=None, exclude=True)
@@ -86,12 +96,13 @@ def reference_code_version(config: ReferenceConfig) -> str:
     """Package version + hash of the sampling config and of the JAX, jaxlib and BlackJAX
     versions: part of the reference cache key, so a reference is recomputed when any of
     them changes (and only then: the nightly refresh computes what is missing or stale)."""
-    # "evidence": references from before the quality verdict and the convergence data are
+    # "evidence": references from before the quality verdict and the convergence data (1),
+    # and the checksum and the diagnostics the verdict is re-derived from (2), are
     # recomputed rather than served from the cache without them.
     return code_version(
         {
             "runner": "hmc_reference",
-            "evidence": 1,
+            "evidence": 2,
             "libraries": library_versions(),
             **config.model_dump(mode="json"),
         }
@@ -102,10 +113,18 @@ def reference_dir(artifacts_dir: Path, pid: str) -> Path:
     return Path(artifacts_dir) / "problems" / validate_id(pid)
 
 
+def checksum(record: dict[str, Any]) -> str:
+    """SHA-256 of the record's content (every field but ``checksum``, canonical JSON)."""
+    content = {key: value for key, value in record.items() if key != "checksum"}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def save_record(artifacts_dir: Path, record: dict[str, Any]) -> Path:
-    """Write ``ref.json`` atomically (a whole record: pooled extensions go through here)."""
+    """Write ``ref.json`` atomically with its ``checksum`` (a whole record: pooled
+    extensions go through here too)."""
     path = reference_dir(artifacts_dir, record["pid"]) / "ref.json"
-    atomic_write_json(path, record)
+    atomic_write_json(path, {**record, "checksum": checksum(record)})
     return path
 
 
@@ -125,16 +144,30 @@ def write_reference(
 
 
 def read_reference(artifacts_dir: Path, pid: str) -> dict[str, Any] | None:
-    """The problem's ``ref.json`` when it is whole (readable, this pid, an ``llc_ref`` and
-    a ``name``); else None (missing, truncated, or written before ``name`` was kept)."""
-    record = read_json(reference_dir(artifacts_dir, pid) / "ref.json")
+    """The problem's ``ref.json`` when it is whole: readable, this pid, an ``llc_ref``, a
+    ``name``, and content that matches its ``checksum``. Else None (missing, truncated,
+    edited on disk: a warning says which). The quality verdict is re-derived from the
+    stored diagnostics (``lambda_hat.reference.quality.rejudge``), never taken on trust."""
+    path = reference_dir(artifacts_dir, pid) / "ref.json"
+    record = read_json(path)
     whole = (
         isinstance(record, dict)
         and record.get("pid") == pid
         and "llc_ref" in record
         and "name" in record
     )
-    return record if whole else None
+    if not whole:
+        return None
+    if record.get("checksum") != checksum(record):
+        what = "has no checksum" if "checksum" not in record else "does not match its checksum"
+        log.warning("%s %s (edited on disk, or written by an older version): not used", path, what)
+        return None
+    try:
+        quality, reasons = rejudge(record)
+    except (KeyError, TypeError, ValueError):
+        log.warning("%s lacks the diagnostics its verdict is re-derived from: not used", path)
+        return None
+    return {**record, "quality": quality, "quality_reasons": reasons}
 
 
 def current_reference(

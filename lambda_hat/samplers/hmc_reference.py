@@ -240,15 +240,16 @@ def _verdict(tally: _Tally, L0: float, n_beta: float, config: ReferenceConfig):
     half = config.num_chains // 2
     first = llc_from_losses(tally.losses[:half], L0, n_beta)
     second = llc_from_losses(tally.losses[half:], L0, n_beta)
-    quality, reasons = judge(
-        rhat=estimate.rhat,
-        ess=estimate.ess,
-        divergences=tally.divergences,
-        transitions=int(tally.losses.size) * config.thinning,
-        budget_exhausted=tally.budget_exhausted,
-        halves=(first.llc, first.se, second.llc, second.se),
-    )
-    return estimate, quality, reasons
+    diagnostics = {
+        "rhat": estimate.rhat,
+        "ess": estimate.ess,
+        "divergences": tally.divergences,
+        "transitions": int(tally.losses.size) * config.thinning,
+        "budget_exhausted": tally.budget_exhausted,
+        "halves": (first.llc, first.se, second.llc, second.se),
+    }
+    quality, reasons = judge(**diagnostics)
+    return estimate, quality, reasons, diagnostics
 
 
 def run(
@@ -295,7 +296,9 @@ def run(
             f"(compile + warmup took {time.perf_counter() - start:.1f} s); "
             "raise it or lower num_warmup"
         )
-    estimate, quality, reasons = _verdict(tally, loss_at_w_star, problem.n_beta, config)
+    estimate, quality, reasons, diagnostics = _verdict(
+        tally, loss_at_w_star, problem.n_beta, config
+    )
     evidence = convergence_evidence(
         problem.n_beta * (tally.losses - loss_at_w_star),
         tally.grads,
@@ -333,6 +336,8 @@ def run(
         decision_margin_sec=tally.decision_margin_sec,
         quality=quality,
         quality_reasons=reasons,
+        transitions=diagnostics["transitions"],
+        halves=diagnostics["halves"],
         convergence=evidence,
     )
     return result
