@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy.exc
 from optuna.trial import TrialState
 
-from lambda_hat.results.tables import append_rows, read_rows
+from lambda_hat.results.tables import append_rows, read_rows, write_leaderboard
 from lambda_hat.settings import Settings, mask_url
 from lambda_hat.tuning.driver import Driver, make_pruner
 from lambda_hat.tuning.kinds import Member
@@ -461,3 +461,20 @@ def test_runs_started_together_create_a_fresh_sqlite_storage_once(tmp_path):
             process.join(timeout=120)
         assert [process.exitcode for process in processes] == [0, 0, 0, 0]
         assert finished_trials(open_study(url, "p_test:sgld")) == 0
+
+
+def test_a_leaderboard_row_from_an_earlier_state_of_its_study_never_replaces_a_later_one(
+    tmp_path,
+):
+    # Two campaigns share a study: the one that ran its 5 trials writes first; the one that
+    # counted it at 2 trials (and ran none) finishes later and must not write back 2.
+    path = tmp_path / "leaderboard.parquet"
+    row = {"pid": "p_x", "method": "sgld", "trials_pruned": 0, "trials_failed": 0}
+    other = {**row, "pid": "p_y", "trials_done": 1}
+    write_leaderboard(path, [{**row, "trials_done": 5, "config_id": "c_late"}, other])
+    write_leaderboard(path, [{**row, "trials_done": 2, "config_id": "c_early"}])
+    rows = {r["pid"]: r for r in read_rows(path)}
+    assert (rows["p_x"]["trials_done"], rows["p_x"]["config_id"]) == (5, "c_late")
+    write_leaderboard(path, [{**row, "trials_done": 5, "trials_failed": 1, "config_id": "c_6"}])
+    rows = {r["pid"]: r for r in read_rows(path)}
+    assert rows["p_x"]["config_id"] == "c_6" and rows["p_y"]["trials_done"] == 1

@@ -207,6 +207,10 @@ def _existing_rows(path: Path, rebuild_from: Path | None) -> list[dict[str, Any]
         return rows
 
 
+def _trials_ended(row: dict[str, Any]) -> int:
+    return sum(row.get(name) or 0 for name in ("trials_done", "trials_pruned", "trials_failed"))
+
+
 _sequence = itertools.count()
 
 
@@ -290,14 +294,20 @@ LEADERBOARD_COLUMNS: dict[str, pa.DataType] = {
 
 
 def write_leaderboard(path: Path, rows: list[dict[str, Any]]) -> int:
-    """Merge study rows into ``leaderboard.parquet`` (a study's new row replaces its old
-    one; other studies' rows stay), atomically under a lock; returns the row count."""
+    """Merge study rows into ``leaderboard.parquet`` atomically under a lock; returns the
+    row count. Other studies' rows stay. A study's new row replaces its old one unless the
+    old one was built from a later state of the study (more trials ended): two campaigns
+    sharing a study then leave the row of the one that saw it last, whichever finishes
+    last (a run that did no trials on it must not write back an early count)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=120):
         by_study = {(r["pid"], r["method"]): r for r in _read_file(path)}
         for row in rows:
-            by_study[(row["pid"], row["method"])] = {k: row.get(k) for k in LEADERBOARD_COLUMNS}
+            key = (row["pid"], row["method"])
+            if key in by_study and _trials_ended(by_study[key]) > _trials_ended(row):
+                continue
+            by_study[key] = {k: row.get(k) for k in LEADERBOARD_COLUMNS}
         table = pa.table(
             {
                 name: pa.array([r.get(name) for r in by_study.values()], type=kind)
