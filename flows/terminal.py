@@ -1,8 +1,9 @@
 """What a person at the terminal gets from ``python flows/tune.py``.
 
 - **One Prefect server for the run**: with ``PREFECT_API_URL`` unset, the run starts a local
-  server itself (and stops it at the end) and hands its URL to every Dask worker; Prefect's
-  own fallback would start a temporary server in the flow and in every worker process.
+  server itself (and stops it at the end; ``flows/server_guard.py`` stops it if the run is
+  SIGKILLed) and hands its URL to every Dask worker; Prefect's own fallback would start a
+  temporary server in the flow and in every worker process.
 - **A quiet console**: the flow's own lines (one per finished trial, the leaderboard, where
   the report is) and warnings; Dask's chatter (the workers' included) and Prefect's
   per-task state lines go to ``<results_dir>/logs/tune-<time>.log`` (the Prefect UI has
@@ -122,9 +123,10 @@ def prefect_api() -> Iterator[str]:
     print(f"starting a local Prefect server at http://127.0.0.1:{port} (log: {log_path})",
           file=sys.stderr, flush=True)  # fmt: skip
     with open(log_path, "w") as log_file, _signals_unblocked():
+        # Through flows/server_guard.py: the server ends with this process, even SIGKILLed.
         _server = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start",
-             "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, str(Path(__file__).with_name("server_guard.py")),
+             str(os.getpid()), str(port)],
             stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
         )  # fmt: skip

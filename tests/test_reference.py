@@ -263,8 +263,10 @@ def test_a_ref_json_edited_on_disk_is_not_used_and_its_verdict_is_rederived(tmp_
     read = read_reference(tmp_path, "p_x")
     assert read["quality"] == "untrusted" and "R-hat 1.300 > 1.05" in read["quality_reasons"]
     # Pooled: each batch's verdict is re-derived too.
-    batches = [{**SOUND, "seed": 0, "n_chains": 4, "n_draws": 2000},
-               {**SOUND, "seed": 1, "n_chains": 4, "n_draws": 2000, "divergences": 2000}]
+    batches = [
+        {**SOUND, "seed": 0, "n_chains": 4, "n_draws": 2000},
+        {**SOUND, "seed": 1, "n_chains": 4, "n_draws": 2000, "divergences": 2000},
+    ]
     save_record(tmp_path, {**SOUND, "pid": "p_x", "batches": batches})
     assert read_reference(tmp_path, "p_x")["quality"] == "untrusted"
     assert reference_dir(tmp_path, "p_x") == path.parent

@@ -5,6 +5,7 @@ with one line, and running the same command again finishes the study."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -172,3 +173,26 @@ def test_sigterm_stops_the_run_in_one_line_and_leaves_no_process(tmp_path):
     assert lines[-1].startswith("interrupted (SIGTERM)"), lines[-20:]
     assert sum("interrupted" in line for line in lines) == 1
     assert watch.alive() == []
+
+
+def test_a_sigkilled_run_leaves_no_prefect_server(tmp_path):
+    process, watch = _start(tmp_path, "run.txt")
+    _wait_for_line(tmp_path / "run.txt", "Beginning flow run", process, timeout=300)
+    servers = set(watch.servers)
+    assert servers, "no Prefect server seen"
+    process.kill()  # SIGKILL to the run alone: no handler of the run's can act on it
+    process.wait()
+    watch.stop.set()
+    watch.join(5)
+    try:
+        for pid in servers:
+            try:
+                psutil.Process(pid).wait(timeout=60)  # a bound on a wait, not a speed claim
+            except psutil.NoSuchProcess:
+                continue
+            except psutil.TimeoutExpired:
+                raise AssertionError(f"Prefect server {pid} outlived its SIGKILLed run") from None
+    finally:
+        for pid in watch.seen:  # the Dask workers the kill orphaned: not this test's subject
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
