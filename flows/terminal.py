@@ -110,40 +110,59 @@ def prefect_api() -> Iterator[str]:
     """Yield the Prefect API URL the run uses: ``PREFECT_API_URL`` (environment or the
     Prefect profile) if set, else a local server started here and stopped on the way out."""
     global _server
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from filelock import FileLock, Timeout
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
     configured = PREFECT_API_URL.value()
     if configured:
         os.environ.setdefault("PREFECT_API_URL", configured)
         yield configured
         return
+    # Two runs at once on a fresh PREFECT_HOME would both create and migrate its database
+    # (one of them failed about every other time): one server starts at a time.
+    home = Path(PREFECT_HOME.value())
+    home.mkdir(parents=True, exist_ok=True)
+    starting = FileLock(str(home / ".lambda-hat-server-start.lock"))
+    try:
+        starting.acquire(timeout=SERVER_START_SEC)
+    except Timeout:
+        raise ServerError(f"another run held {starting.lock_file} too long") from None
+    try:
+        url, log_path = _start_server()
+        deadline = time.monotonic() + SERVER_START_SEC
+        while not _healthy(url):
+            if _server.poll() is not None or time.monotonic() > deadline:
+                raise ServerError(f"the local Prefect server did not start; see {log_path}")
+            time.sleep(0.5)
+        starting.release()
+        os.environ["PREFECT_API_URL"] = url  # for the Dask workers
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
+    finally:
+        starting.release(force=True)
+        _drain_prefect_clients()
+        if _server is not None:
+            _stop_server(_server)
+        os.environ.pop("PREFECT_API_URL", None)
+        _server = None
+
+
+def _start_server() -> tuple[str, Path]:
+    """Start the local server (through flows/server_guard.py, so that it ends with this
+    process even SIGKILLed); its URL and log."""
+    global _server
     port = _free_port()
-    url = f"http://127.0.0.1:{port}/api"
     log_path = Path(tempfile.gettempdir()) / f"lambda-hat-prefect-server-{port}.log"
     print(f"starting a local Prefect server at http://127.0.0.1:{port} (log: {log_path})",
           file=sys.stderr, flush=True)  # fmt: skip
     with open(log_path, "w") as log_file, _signals_unblocked():
-        # Through flows/server_guard.py: the server ends with this process, even SIGKILLed.
         _server = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("server_guard.py")),
              str(os.getpid()), str(port)],
             stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
         )  # fmt: skip
-    try:
-        deadline = time.monotonic() + SERVER_START_SEC
-        while not _healthy(url):
-            if _server.poll() is not None or time.monotonic() > deadline:
-                raise ServerError(f"the local Prefect server did not start; see {log_path}")
-            time.sleep(0.5)
-        os.environ["PREFECT_API_URL"] = url  # for the Dask workers
-        with temporary_settings(updates={PREFECT_API_URL: url}):
-            yield url
-    finally:
-        _drain_prefect_clients()
-        _stop_server(_server)
-        os.environ.pop("PREFECT_API_URL", None)
-        _server = None
+    return f"http://127.0.0.1:{port}/api", log_path
 
 
 class _RoutineLines(logging.Filter):

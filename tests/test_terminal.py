@@ -196,3 +196,31 @@ def test_a_sigkilled_run_leaves_no_prefect_server(tmp_path):
         for pid in watch.seen:  # the Dask workers the kill orphaned: not this test's subject
             with contextlib.suppress(psutil.Error):
                 psutil.Process(pid).kill()
+
+
+SERVE_ONCE = """
+from flows.terminal import prefect_api
+with prefect_api() as url:
+    print("served", url)
+"""
+
+
+def test_runs_started_at_once_on_a_fresh_prefect_home_all_get_a_server(tmp_path):
+    # All would create and migrate the same new database: with four at once, a third of
+    # them failed ("the local Prefect server did not start").
+    for attempt in range(2):
+        env = {**_env(tmp_path), "PREFECT_HOME": str(tmp_path / f"home-{attempt}")}
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-c", SERVE_ONCE],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )  # fmt: skip
+            for _ in range(4)
+        ]
+        outputs = [run.communicate(timeout=600)[0] for run in runs]
+        assert [run.returncode for run in runs] == [0] * 4, outputs
+        assert all("served http://127.0.0.1:" in output for output in outputs), outputs
