@@ -313,3 +313,48 @@ def test_pooled_batches_weight_by_draws_and_flag_disagreement():
     apart = pool(pooled, {**base, "llc_ref": 3.0}, seed=2)
     assert apart["quality"] == "untrusted"
     assert any("disagrees" in reason for reason in apart["quality_reasons"])
+
+
+def test_the_dry_run_calls_cached_only_what_the_run_would_use(lambda_hat_env):
+    # A ref.json copied into another problem's folder, and one edited on disk: the run
+    # would recompute both, so the dry run must not call them cached.
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from lambda_hat.problems.specs import load_problem_set
+    from lambda_hat.reference.record import reference_code_version, save_record
+    from lambda_hat.samplers.configs import ReferenceConfig
+
+    from .conftest import REPO
+
+    first, second = load_problem_set("smoke").problems
+    artifacts = lambda_hat_env / "artifacts"
+    version = reference_code_version(ReferenceConfig(num_warmup=100, num_draws=200))
+    path = save_record(artifacts, {**SOUND, "pid": first.pid, "code_version": version})
+    (artifacts / "problems" / second.pid).mkdir(parents=True)
+    shutil.copy(path, artifacts / "problems" / second.pid / "ref.json")
+
+    def dry_run() -> str:
+        argv = [
+            sys.executable,
+            str(REPO / "flows" / "tune.py"),
+            "--problems",
+            "smoke",
+            "--reference-warmup",
+            "100",
+            "--reference-draws",
+            "200",
+            "--dry-run",
+        ]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                             cwd=lambda_hat_env, env=dict(os.environ))  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    out = dry_run()
+    assert f"({first.pid}): reference cached" in out
+    assert f"({second.pid}): reference to compute" in out
+    path.write_text(path.read_text().replace('"llc_ref": 3.0', '"llc_ref": 4.0'))
+    assert f"({first.pid}): reference to compute" in dry_run()
