@@ -222,6 +222,12 @@ def quiet_console(log_path: Path, one_line_errors: tuple[type[BaseException], ..
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     dask_logger.addHandler(handler)
     dask_logger.propagate = False
+    # Python warnings too ("Port 8787 is already in use" from a second Dask dashboard: 4
+    # lines on the terminal): the log has them; the terminal keeps the flow's lines.
+    logging.captureWarnings(True)
+    warnings_logger = logging.getLogger("py.warnings")
+    warnings_logger.handlers = [handler]
+    warnings_logger.propagate = False
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created ..."

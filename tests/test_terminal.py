@@ -224,3 +224,29 @@ def test_runs_started_at_once_on_a_fresh_prefect_home_all_get_a_server(tmp_path)
         outputs = [run.communicate(timeout=600)[0] for run in runs]
         assert [run.returncode for run in runs] == [0] * 4, outputs
         assert all("served http://127.0.0.1:" in output for output in outputs), outputs
+
+
+PORT_TAKEN = """
+import socket, sys
+from pathlib import Path
+from distributed import LocalCluster
+from flows.terminal import quiet_console
+
+taken = socket.socket()
+taken.bind(("127.0.0.1", 0))
+taken.listen()
+quiet_console(Path(sys.argv[1]))
+with LocalCluster(n_workers=0, dashboard_address=f":{taken.getsockname()[1]}"):
+    print("cluster up", file=sys.stderr)
+"""
+
+
+def test_a_dashboard_port_in_use_warns_in_the_log_not_on_the_terminal(tmp_path):
+    log = tmp_path / "run.log"
+    done = subprocess.run(
+        [sys.executable, "-c", PORT_TAKEN, str(log)], cwd=REPO, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == "cluster up", done.stderr
+    assert "is already in use" in log.read_text()
