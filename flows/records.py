@@ -4,14 +4,13 @@ rebuilt). A search run's row gets its trial's figures once the trial is told."""
 
 from __future__ import annotations
 
-import errno
 import logging
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from lambda_hat.io import atomic_write_json
+from lambda_hat.io import atomic_write_json, disk_full
 from lambda_hat.results.tables import append_rows
 from lambda_hat.settings import Settings
 from lambda_hat.tuning.kinds import Member, StudyKind, member_of
@@ -70,10 +69,6 @@ def recorder(settings: Settings, members: list[Member], context: dict[str, Any])
     return record
 
 
-class DiskFull(RuntimeError):
-    """No space left where the results go. One line naming the path."""
-
-
 def write_rows(rows: list[dict[str, Any]], parquet: Path, runs_dir: Path) -> None:
     """Each row's row.json, then a part of ``runs.parquet`` (both atomic, O(1) per run).
 
@@ -87,12 +82,9 @@ def write_rows(rows: list[dict[str, Any]], parquet: Path, runs_dir: Path) -> Non
             atomic_write_json(path, row)
         append_rows(parquet, rows)
     except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            where = error.filename or parquet.parent
-            raise DiskFull(
-                f"results: no space left on the device of {where}; free space and rerun "
-                "the same command (finished runs come from the cache)"
-            ) from None
+        full = disk_full(error, parquet.parent)
+        if full is not None:
+            raise full from None
         _warn_unwritten(rows, parquet, error)
     except (pa.ArrowException, TypeError, ValueError) as error:
         _warn_unwritten(rows, parquet, error)

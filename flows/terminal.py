@@ -224,6 +224,9 @@ def quiet_console(log_path: Path, one_line_errors: tuple[type[BaseException], ..
     dask_logger.propagate = False
     # Python warnings too ("Port 8787 is already in use" from a second Dask dashboard: 4
     # lines on the terminal): the log has them; the terminal keeps the flow's lines.
+    # A log on a full disk cannot take a line: drop it, rather than print a 20-line
+    # "--- Logging error ---" on the terminal after the run's one line.
+    logging.raiseExceptions = False
     logging.captureWarnings(True)
     warnings_logger = logging.getLogger("py.warnings")
     warnings_logger.handlers = [handler]

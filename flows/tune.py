@@ -69,7 +69,6 @@ from flows.checks import (
 )
 from flows.cluster import ClusterError, capacity, dask_cluster, runner_for
 from flows.logs import forward_library_logs
-from flows.records import DiskFull
 from flows.reference import reference_table
 from flows.report import (
     build_leaderboard,
@@ -82,7 +81,7 @@ from flows.report import (
 from flows.study import tune_study
 from flows.supply import ReferenceSupply
 from flows.transfer import transfer, transfer_entries
-from lambda_hat.io import check_writable
+from lambda_hat.io import DiskFull, check_writable
 from lambda_hat.problems.sizes import check_fits
 from lambda_hat.problems.specs import check_held_out, load_problem_set, set_name
 from lambda_hat.results.tables import compact, write_leaderboard

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -9,6 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+class DiskFull(RuntimeError):
+    """No space left where the results go. One line naming the path."""
+
+
+def disk_full(error: OSError, fallback: Path | str) -> DiskFull | None:
+    """The one-line error for a write that failed for want of space (or quota); None for
+    any other failure."""
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    return DiskFull(
+        f"results: no space left on the device of {error.filename or fallback}; free space "
+        "and rerun the same command (finished runs come from the cache)"
+    )
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:

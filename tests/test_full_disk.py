@@ -5,14 +5,19 @@ SQLite database is not retried as if it were a lost connection."""
 
 from __future__ import annotations
 
+import errno
 import subprocess
+import sys
 
 import optuna
 import pytest
 
-from flows.records import DiskFull, write_rows
+from flows.records import write_rows
+from lambda_hat.io import DiskFull
 from lambda_hat.results.tables import compact, read_rows
 from lambda_hat.tuning.storage import StorageError, StorageRetry
+
+from .conftest import REPO
 
 
 @pytest.fixture
@@ -76,3 +81,51 @@ def test_a_full_sqlite_database_fails_at_once_instead_of_retrying(full_disk):
         StorageRetry(within_sec=600)("enqueueing", add_trials)
     assert len(calls) == 1  # not retried for the 600 s budget
     assert "full" in str(error.value) and "\n" not in str(error.value)
+
+
+LOG_ON_FULL_DISK = """
+import logging, sys
+from pathlib import Path
+from flows.terminal import quiet_console
+
+quiet_console(Path(sys.argv[1]))
+with open(Path(sys.argv[1]).parent / "filler", "wb") as filler:
+    try:
+        while True:
+            filler.write(b"\\0" * 65536)
+            filler.flush()
+    except OSError:
+        pass
+for _ in range(3):
+    logging.getLogger("distributed.nanny").warning("Worker process still alive, killing")
+print("error: results: no space left", file=sys.stderr)
+"""
+
+
+def test_a_log_on_the_full_disk_adds_nothing_to_the_terminal(full_disk):
+    done = subprocess.run(
+        [sys.executable, "-c", LOG_ON_FULL_DISK, str(full_disk / "run.log")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "error: results: no space left\n", done.stderr
+
+
+def test_a_run_that_met_a_full_disk_is_not_run_again_as_if_its_worker_were_lost():
+    # A worker's write of metrics.json failed with ENOSPC: running it again fails alike
+    # (4 "run lost ... running it again" lines on the terminal before the one line).
+    from concurrent.futures import Future
+
+    from lambda_hat.tuning.trials import RunPlan, resolve
+
+    future = Future()
+    future.set_exception(OSError(errno.ENOSPC, "No space left on device", "/results/m.json"))
+    submitted = []
+    plan = RunPlan(run_id="r_1", method="sgld", config={}, hyperparams={}, config_id="c_1",
+                   seed=0, budget_sec=1.0)  # fmt: skip
+    with pytest.raises(DiskFull) as error:
+        resolve(future, plan, submitted.append)
+    assert submitted == [] and "/results/m.json" in str(error.value)
+    lost = Future()
+    lost.set_exception(ConnectionError("worker gone"))
+    assert resolve(lost, plan, submitted.append)[0] == {} and len(submitted) == 1

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from pydantic import BaseModel
 
 from lambda_hat.ids import stable_hash, validate_id
+from lambda_hat.io import disk_full
 from lambda_hat.samplers.configs import run_id_for
 
 log = logging.getLogger(__name__)
@@ -220,5 +221,11 @@ def _result_of(future: Any) -> dict[str, Any]:
     result), so an exception here is the infrastructure's: the run is ``lost``."""
     try:
         return future.result()
+    except OSError as error:
+        # A full disk is not a lost worker: running the run again would fail alike.
+        full = disk_full(error, "the run's outputs")
+        if full is not None:
+            raise full from None
+        return {"status": "lost", "llc_hat": None, "error": f"{type(error).__name__}: {error}"}
     except Exception as error:  # noqa: BLE001 - a lost worker must not end the study
         return {"status": "lost", "llc_hat": None, "error": f"{type(error).__name__}: {error}"}
