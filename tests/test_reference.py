@@ -100,8 +100,8 @@ def test_plain_hmc_with_dense_mass_matrix_option():
 
 def test_budget_is_respected_and_the_result_is_still_valid(tiny_spec, tmp_path):
     problem = build_problem(tiny_spec)
-    # A short warmup: it is one uninterruptible compiled call, and the budget is about
-    # sampling. Compile outside the budget first, as a long-lived worker would have.
+    # A short warmup, so that the budget cuts the sampling. Compile outside the budget
+    # first, as a long-lived worker would have.
     short_warmup = FAST.model_copy(update={"num_warmup": 100})
     run(problem, short_warmup)
     long_run = short_warmup.model_copy(update={"num_draws": 1_000_000})
@@ -120,6 +120,98 @@ def test_budget_is_respected_and_the_result_is_still_valid(tiny_spec, tmp_path):
     assert ReferenceResult.model_validate(saved).model_dump() == result.model_dump()
     assert saved["name"] == tiny_spec.name and (folder / "spec.yaml").exists()
     assert not list(folder.glob("*.tmp"))
+
+
+def test_the_budget_is_checked_between_warmup_chunks(tiny_spec):
+    # A warmup far longer than the budget: it stops between chunks, not after all of it
+    # (a 2 410-parameter MLP ran 368 s of compile and warmup on a 240 s budget).
+    import time
+
+    from lambda_hat.samplers.common import FINISH_SEC
+    from lambda_hat.samplers.hmc_reference import BudgetError
+
+    problem = build_problem(tiny_spec)
+    endless = FAST.model_copy(update={"num_warmup": 1_000_000})
+    with pytest.raises(BudgetError):
+        run(problem, endless, budget_sec=2.0)  # compiles (the cache keeps it)
+    started = time.perf_counter()
+    with pytest.raises(BudgetError) as stopped:
+        run(problem, endless, budget_sec=2.0)
+    elapsed = time.perf_counter() - started
+    message = str(stopped.value)
+    assert "ended during the warmup, after" in message and "of 10000 chunks" in message
+    slowest = stopped.value.slowest_chunk_sec
+    # By the run's own clock: no chunk started that its slowest chunk said would end
+    # past the budget, so the run ended within one slowest chunk of it.
+    assert elapsed < 2.0 + slowest + FINISH_SEC, (elapsed, slowest)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "extra"), [("nuts", {}), ("hmc", {"num_integration_steps": 8})]
+)
+@pytest.mark.parametrize("mass_matrix", ["diagonal", "dense"])
+def test_the_step_wise_adaptation_is_blackjax_window_adaptation(
+    tiny_spec, algorithm, extra, mass_matrix
+):
+    # On a smooth 6-dimensional target, where no accept/reject sits on a rounding edge:
+    # the same keys and schedule give bit for bit the same step size and mass matrix.
+    import blackjax
+    import jax
+    import jax.numpy as jnp
+
+    from lambda_hat.samplers import hmc_reference as h
+
+    def logdensity(w):
+        return -25.0 * jnp.sum((w[:3] * w[3:]) ** 2) - 0.5 * jnp.sum(w**2)
+
+    config = FAST.model_copy(update={"algorithm": algorithm, "mass_matrix": mass_matrix})
+    static = h._static(build_problem(tiny_spec), config)
+    sampler = getattr(blackjax, algorithm)
+    whole = blackjax.window_adaptation(
+        sampler, logdensity, target_acceptance_rate=config.target_accept,
+        is_mass_matrix_diagonal=mass_matrix == "diagonal", **extra,
+    )  # fmt: skip
+    key, position, steps = jax.random.key(3), jnp.full(6, 0.3), 250
+    (expected, _) = jax.jit(lambda k: whole.run(k, position, num_steps=steps))(key)
+    init, update, final = h._adaptation(static)
+    kernel = sampler.build_kernel()
+
+    def step(carry, xs):
+        (state, adaptation), (k, stage) = carry, xs
+        state, info = kernel(k, state, logdensity, adaptation.step_size,
+                             adaptation.inverse_mass_matrix, **extra)  # fmt: skip
+        return (state, update(adaptation, stage, state.position, info.acceptance_rate)), None
+
+    schedule = blackjax.adaptation.window_adaptation.build_schedule(steps)
+    carry = (sampler.init(position, logdensity), init(position, 1.0))
+    for window in (slice(0, 100), slice(100, 200), slice(200, 250)):  # in chunks
+        keys = jax.random.split(key, steps)[window]
+        carry, _ = jax.jit(lambda c, k, s: jax.lax.scan(step, c, (k, s)))(
+            carry, keys, schedule[window]
+        )
+    step_size, inverse_mass_matrix = final(carry[1])
+    assert float(step_size) == float(expected.parameters["step_size"])
+    np.testing.assert_array_equal(inverse_mass_matrix, expected.parameters["inverse_mass_matrix"])
+
+
+def test_the_warmup_does_not_depend_on_where_its_chunks_end(tiny_spec):
+    import jax
+
+    from lambda_hat.samplers import hmc_reference as h
+
+    problem = build_problem(tiny_spec)
+    found = []
+    for chunk_size in (400, 100, 30):  # one chunk; 100 + 100 + 50; eight, the last short
+        config = FAST.model_copy(update={"num_warmup": 250, "chunk_size": chunk_size})
+        static = h._static(problem, config)
+        data, post = h.sampled_data(problem, config), problem.posterior_params()
+        compiled = h._compiled(static, type(data), tuple(a.shape for a in data), problem.d)
+        key = jax.random.key(7)
+        found.append(h._warm_up(compiled, problem, data, post, key, static, None))
+    for states, parameters, grads in found[1:]:
+        np.testing.assert_array_equal(states.position, found[0][0].position)
+        np.testing.assert_array_equal(parameters["step_size"], found[0][1]["step_size"])
+        np.testing.assert_array_equal(grads, found[0][2])
 
 
 def test_ref_json_has_every_contract_field(tiny_spec, tmp_path):

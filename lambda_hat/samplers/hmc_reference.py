@@ -1,10 +1,10 @@
 """The trusted reference: BlackJAX NUTS (or HMC) on the localized tempered posterior.
 
-Every chain starts at w* and runs its own window adaptation (vmapped), then samples in
-fixed-length compiled chunks so a wall-clock budget can end the run between chunks with
-the draws it has. float64 throughout. For linear networks (dln, rrr) L_n is evaluated from
-the data's second moments (``posterior.Moments``): the same posterior, with gradients whose
-cost does not grow with n.
+Every chain starts at w* and runs its own window adaptation (vmapped), then samples;
+both in fixed-length compiled chunks, so that a wall-clock budget can end the run between
+chunks (with the draws it has, or before the first one with ``BudgetError``). float64
+throughout. For linear networks (dln, rrr) L_n is evaluated from the data's second moments
+(``posterior.Moments``): the same posterior, with gradients whose cost does not grow with n.
 
 >>> from lambda_hat.problems.specs import ProblemSpec
 >>> from lambda_hat.problems.targets import build_problem
@@ -18,6 +18,7 @@ True
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from functools import lru_cache, partial
 from typing import Any, NamedTuple
@@ -26,7 +27,8 @@ import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from blackjax.adaptation.base import get_filter_adapt_info_fn
+from blackjax.adaptation import window_adaptation
+from blackjax.adaptation.window_adaptation import build_schedule
 
 from lambda_hat.problems.posterior import (
     Arch,
@@ -41,13 +43,16 @@ from lambda_hat.problems.posterior import (
 from lambda_hat.problems.targets import Problem
 from lambda_hat.reference.quality import convergence_evidence, judge
 from lambda_hat.reference.record import ReferenceResult, reference_code_version
-from lambda_hat.samplers.common import drive_chunks
+from lambda_hat.samplers.common import Driven, drive_chunks
 from lambda_hat.samplers.configs import ReferenceConfig
 from lambda_hat.samplers.estimator import compiled_diagnostics, llc_from_losses
 
 
 class BudgetError(RuntimeError):
-    """The budget ended before a single draw could be kept."""
+    """The budget ended before a single draw could be kept. ``slowest_chunk_sec``: the
+    slowest warmup chunk, when it ended during the warmup."""
+
+    slowest_chunk_sec: float | None = None
 
 
 class _Static(NamedTuple):
@@ -75,30 +80,72 @@ def _logdensity(data: LossData | Moments, post: PosteriorParams, arch: Arch) -> 
     return partial(log_density, data=data, post=post, arch=arch)
 
 
-def _warmup(keys, positions, data, post, static: _Static):
-    """Per-chain window adaptation (vmapped): each chain gets its own step size and mass."""
+def _adaptation(static: _Static) -> tuple[Callable, Callable, Callable]:
+    """Stan's windowed adaptation (dual-averaged step size, Welford mass matrix) as
+    ``(init, update, final)``, so that it can run in budgeted chunks.
+
+    ``blackjax.window_adaptation`` runs the whole schedule in one compiled call, which no
+    budget can interrupt (a 2 410-parameter MLP spent 368 s there on a 240 s budget).
+    ``window_adaptation.base`` is the same algorithm one step at a time: deprecated in
+    BlackJAX 1.7 but public. ``tests/test_reference.py`` checks that it gives, step for
+    step, what ``window_adaptation(...).run`` gives (bit for bit on a smooth target; on a
+    real posterior, rounding differences between the two compiled programs flip an
+    accept/reject sooner or later, and the chains go on as other, equally valid, draws),
+    and that the chunk boundaries change nothing.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return window_adaptation.base(not static.dense_mass, static.target_accept)
+
+
+def _warmup_start(positions, data, post, static: _Static):
+    """Every chain's sampler state and adaptation state at w* (vmapped)."""
+    algorithm, _ = _algorithm(static)
+    init, _, _ = _adaptation(static)
+    logdensity = _logdensity(data, post, static.arch)
+
+    def one_chain(position):
+        return algorithm.init(position, logdensity), init(position, 1.0)
+
+    return jax.vmap(one_chain)(positions)
+
+
+def _warmup_chunk(carry, keys, schedule, data, post, static: _Static):
+    """Some steps of the warmup for every chain: ``keys`` (chains, steps) and the slice of
+    the schedule they take; returns the carry and the gradient evaluations per chain."""
     algorithm, extra = _algorithm(static)
-    adaptation = blackjax.window_adaptation(
-        algorithm,
-        _logdensity(data, post, static.arch),
-        target_acceptance_rate=static.target_accept,
-        is_mass_matrix_diagonal=not static.dense_mass,
-        adaptation_info_fn=get_filter_adapt_info_fn(info_keys={"num_integration_steps"}),
-        **extra,
-    )
+    kernel = algorithm.build_kernel()
+    _, update, _ = _adaptation(static)
+    logdensity = _logdensity(data, post, static.arch)
 
-    def one_chain(key, position):
-        (result, info) = adaptation.run(key, position, num_steps=static.num_warmup)
-        grads = jnp.sum(_integration_steps(info.info, static))
-        return result.state, result.parameters, grads
+    def one_chain(state, adaptation, chain_keys):
+        def step(carry, xs):
+            state, adaptation = carry
+            key, stage = xs
+            state, info = kernel(key, state, logdensity, adaptation.step_size,
+                                 adaptation.inverse_mass_matrix, **extra)  # fmt: skip
+            adaptation = update(adaptation, stage, state.position, info.acceptance_rate)
+            return (state, adaptation), _integration_steps(info, static)
 
-    return jax.vmap(one_chain)(keys, positions)
+        (state, adaptation), grads = jax.lax.scan(step, (state, adaptation), (chain_keys, schedule))
+        return state, adaptation, jnp.sum(grads)
+
+    states, adaptations = carry
+    states, adaptations, grads = jax.vmap(one_chain)(states, adaptations, keys)
+    return (states, adaptations), grads
+
+
+def _warmup_end(adaptations, static: _Static):
+    """The adapted step size and inverse mass matrix of every chain."""
+    _, _, final = _adaptation(static)
+    step_size, inverse_mass_matrix = jax.vmap(final)(adaptations)
+    return {"step_size": step_size, "inverse_mass_matrix": inverse_mass_matrix}
 
 
 def _integration_steps(info, static: _Static) -> jax.Array:
     if static.algorithm == "nuts":
         return info.num_integration_steps
-    return jnp.full(info.num_integration_steps.shape, static.num_integration_steps)
+    return jnp.full(jnp.shape(info.num_integration_steps), static.num_integration_steps)
 
 
 def _sample_chunk(keys, states, parameters, data, post, static: _Static):
@@ -137,6 +184,28 @@ def sampled_data(problem: Problem, config: ReferenceConfig) -> LossData | Moment
     return problem.data
 
 
+def _warmup_lengths(static: _Static) -> list[int]:
+    """The warmup's chunks: as many transitions as a sampling chunk, the last shorter."""
+    size = static.chunk_size * static.thinning
+    full, rest = divmod(static.num_warmup, size)
+    return [size] * full + ([rest] if rest else [])
+
+
+def _step_keys(key: jax.Array, static: _Static, steps: int) -> jax.Array:
+    """(chains, steps) keys: each chain's key split as ``window_adaptation.run`` splits it."""
+    return jax.vmap(lambda chain_key: jax.random.split(chain_key, steps))(
+        jax.random.split(key, static.num_chains)
+    )
+
+
+class _Compiled(NamedTuple):
+    warmup_start: Any
+    warmup_chunks: dict[int, Any]  # by length
+    warmup_end: Any
+    chunk: Any
+    schedule: jax.Array  # the warmup's (stage, window end) per step: a Python loop, once
+
+
 @lru_cache(maxsize=32)
 def _compiled(
     static: _Static,
@@ -144,7 +213,8 @@ def _compiled(
     data_shapes: tuple[tuple[int, ...], ...],
     d: int,
 ):
-    """Ahead-of-time compiled warmup and chunk for one (data kind and shapes, static config)."""
+    """Ahead-of-time compiled warmup (start, chunks, end) and sampling chunk for one (data
+    kind and shapes, static config)."""
     f64 = jnp.float64
     key_spec = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), static.num_chains))
     data = kind(*(jax.ShapeDtypeStruct(shape, f64) for shape in data_shapes))
@@ -154,12 +224,23 @@ def _compiled(
         jax.ShapeDtypeStruct((), f64),
     )
     positions = jax.ShapeDtypeStruct((static.num_chains, d), f64)
-    warmup = jax.jit(_warmup, static_argnames="static")
-    warmup = warmup.lower(key_spec, positions, data, post, static=static).compile()
-    states, parameters, _ = warmup.out_info  # the chunk starts where the warmup ends
+    start = jax.jit(_warmup_start, static_argnames="static")
+    start = start.lower(positions, data, post, static=static).compile()
+    warmup_chunks = {}
+    for steps in set(_warmup_lengths(static)):
+        step_keys = jax.eval_shape(lambda steps=steps: _step_keys(jax.random.key(0), static, steps))
+        schedule = jax.ShapeDtypeStruct((steps, 2), jnp.int32)
+        warmup = jax.jit(_warmup_chunk, static_argnames="static")
+        warmup_chunks[steps] = warmup.lower(
+            start.out_info, step_keys, schedule, data, post, static=static
+        ).compile()
+    end = jax.jit(_warmup_end, static_argnames="static")
+    end = end.lower(start.out_info[1], static=static).compile()
+    states = start.out_info[0]  # the sampling chunk starts where the warmup ends
     chunk = jax.jit(_sample_chunk, static_argnames="static")
-    chunk = chunk.lower(key_spec, states, parameters, data, post, static=static).compile()
-    return warmup, chunk
+    chunk = chunk.lower(key_spec, states, end.out_info, data, post, static=static).compile()
+    schedule = build_schedule(static.num_warmup).astype(jnp.int32)
+    return _Compiled(start, warmup_chunks, end, chunk, schedule)
 
 
 class _Tally(NamedTuple):
@@ -172,6 +253,39 @@ class _Tally(NamedTuple):
     ended_at: float
     grads: np.ndarray  # (chains, kept draws): gradient evaluations behind each kept draw
     decision_margin_sec: float | None  # min over chunk starts of deadline − start − slowest
+
+
+def _warm_up(compiled: _Compiled, problem: Problem, data, post, key: jax.Array,
+             static: _Static, deadline: float | None):  # fmt: skip
+    """Every chain's window adaptation from w*, in budgeted chunks (``drive_chunks``):
+    (states, parameters, gradient evaluations per chain), or the stopped ``Driven`` when
+    the budget ended first. Each chain's keys and schedule are those of one
+    ``window_adaptation.run``."""
+    positions = jnp.tile(problem.w_star, (static.num_chains, 1))
+    carry = compiled.warmup_start(positions, data, post)
+    step_keys = _step_keys(key, static, static.num_warmup)
+    schedule = compiled.schedule
+    lengths = _warmup_lengths(static)
+    starts = [sum(lengths[:index]) for index in range(len(lengths))]
+
+    def warmup_chunk(carry, _keys):  # (drive_chunks' keys unused: the run's are fixed)
+        index = warmup_chunk.done
+        warmup_chunk.done += 1
+        window = slice(starts[index], starts[index] + lengths[index])
+        return compiled.warmup_chunks[lengths[index]](
+            carry, step_keys[:, window], schedule[window], data, post
+        )
+
+    warmup_chunk.done = 0
+    driven = drive_chunks(
+        warmup_chunk, carry, key, num_chains=static.num_chains, num_chunks=len(lengths),
+        deadline=deadline,
+    )  # fmt: skip
+    if driven.status != "ok":
+        return driven  # stopped by the budget: the caller says how far it got
+    states, adaptations = driven.state
+    grads = sum(np.asarray(output) for output in driven.outputs)
+    return states, compiled.warmup_end(adaptations), grads
 
 
 def _sample(
@@ -263,8 +377,8 @@ def run(
 
     ``budget_sec`` bounds the wall-clock time of the whole call (compile, warmup, sampling,
     diagnostics): sampling stops before a chunk that would end past it, and the result says
-    ``budget_exhausted``. The warmup is one compiled call and cannot be interrupted; if it
-    alone uses up the budget, ``BudgetError`` says so.
+    ``budget_exhausted``. The warmup runs in chunks under the same rule; if the budget
+    ends before the warmup does, or before the first draw, ``BudgetError`` says so.
     Writes no file: ``lambda_hat.reference.record.write_reference`` saves the result.
     ``progress(kept_draws_per_chain, num_draws)`` is called after every chunk.
     """
@@ -272,22 +386,29 @@ def run(
     start = time.perf_counter()
     static = _static(problem, config)
     data = sampled_data(problem, config)
-    warmup, chunk = _compiled(static, type(data), tuple(a.shape for a in data), problem.d)
+    compiled = _compiled(static, type(data), tuple(a.shape for a in data), problem.d)
     post = problem.posterior_params()
     # L0 from the same expression as the draws' L_n (they differ by rounding only).
     loss_at_w_star = float(empirical_loss(problem.w_star, data, problem.arch))
     key_warmup, key_sample = jax.random.split(jax.random.key(config.seed))
-    positions = jnp.tile(problem.w_star, (config.num_chains, 1))
-    keys = jax.random.split(key_warmup, config.num_chains)
+    deadline = None if budget_sec is None else start + budget_sec
     warmup_start = time.perf_counter()
-    states, parameters, warmup_grads = jax.block_until_ready(warmup(keys, positions, data, post))
+    warmed = _warm_up(compiled, problem, data, post, key_warmup, static, deadline)
+    if isinstance(warmed, Driven):
+        error = BudgetError(
+            f"budget_sec={budget_sec:g} ended during the warmup, after {warmed.chunks_done} of "
+            f"{len(_warmup_lengths(static))} chunks ({time.perf_counter() - start:.1f} s, "
+            "compile included); raise it or lower num_warmup"
+        )
+        error.slowest_chunk_sec = warmed.timing["slowest_chunk_sec"]
+        raise error
+    states, parameters, warmup_grads = warmed
     # Until a chunk has been timed, predict its cost from the warmup's time per transition
     # (pessimistic: early warmup uses small steps and long trajectories).
     per_transition = (time.perf_counter() - warmup_start) / config.num_warmup
     tally = _sample(
-        chunk, states, parameters, data, post, key_sample, config, static,
-        deadline=None if budget_sec is None else start + budget_sec,
-        first_chunk_sec=per_transition * static.chunk_size * static.thinning,
+        compiled.chunk, states, parameters, data, post, key_sample, config, static,
+        deadline=deadline, first_chunk_sec=per_transition * static.chunk_size * static.thinning,
         progress=progress,
     )  # fmt: skip
     if tally is None:
