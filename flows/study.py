@@ -41,6 +41,7 @@ from lambda_hat.io import read_json
 from lambda_hat.settings import Settings
 from lambda_hat.tuning.driver import Driver, make_pruner
 from lambda_hat.tuning.kinds import Member, StudyKind, member_of, members_of, study_kind
+from lambda_hat.tuning.pinning import pin_references
 from lambda_hat.tuning.search_space import MethodSpace
 from lambda_hat.tuning.storage import StorageRetry, best_value, finished_trials, open_study
 from lambda_hat.tuning.trials import Outcome, RunOutcome, RunPlan
@@ -166,6 +167,8 @@ def tune_study(
         study_as.study_name(members, method), 0, make_pruner(pruner),
     )  # fmt: skip
     retry("labelling the study", _label_study, study, study_as.dashboard_labels(members, method))
+    # Its trials and these runs against the same references (or refused in one line).
+    retry("checking the study's references", pin_references, study, members)
     log = StudyLog(settings, study, retry, study_as, members, method, n_trials, validate_top_k)
 
     # 2. The search: trials of runs on the study's common seeds, told as they finish.

@@ -87,6 +87,7 @@ from lambda_hat.problems.specs import check_held_out, load_problem_set, set_name
 from lambda_hat.results.tables import compact, write_leaderboard
 from lambda_hat.samplers.configs import DEFAULT_METHODS, DEFAULT_REFERENCE, ReferenceConfig
 from lambda_hat.settings import Settings
+from lambda_hat.tuning.pinning import ReferenceChanged
 from lambda_hat.tuning.recipes import recipe_space
 from lambda_hat.tuning.search_space import load_methods
 from lambda_hat.tuning.slots import TrialSlots
@@ -338,7 +339,9 @@ def publish(
 
 # Errors whose message says all a user needs: the terminal shows that one line (the
 # traceback is in the log and the Prefect UI).
-ONE_LINE_ERRORS = (StorageError, ClusterError, StudyStalled, UntrustedReference, DiskFull)
+ONE_LINE_ERRORS = (
+    StorageError, ClusterError, StudyStalled, UntrustedReference, DiskFull, ReferenceChanged
+)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

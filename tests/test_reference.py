@@ -160,6 +160,7 @@ def test_the_step_wise_adaptation_is_blackjax_window_adaptation(
     import jax.numpy as jnp
 
     from lambda_hat.samplers import hmc_reference as h
+    from lambda_hat.samplers.hmc_kernels import adaptation
 
     def logdensity(w):
         return -25.0 * jnp.sum((w[:3] * w[3:]) ** 2) - 0.5 * jnp.sum(w**2)
@@ -173,7 +174,7 @@ def test_the_step_wise_adaptation_is_blackjax_window_adaptation(
     )  # fmt: skip
     key, position, steps = jax.random.key(3), jnp.full(6, 0.3), 250
     (expected, _) = jax.jit(lambda k: whole.run(k, position, num_steps=steps))(key)
-    init, update, final = h._adaptation(static)
+    init, update, final = adaptation(static)
     kernel = sampler.build_kernel()
 
     def step(carry, xs):

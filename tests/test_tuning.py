@@ -478,3 +478,20 @@ def test_a_leaderboard_row_from_an_earlier_state_of_its_study_never_replaces_a_l
     write_leaderboard(path, [{**row, "trials_done": 5, "trials_failed": 1, "config_id": "c_6"}])
     rows = {r["pid"]: r for r in read_rows(path)}
     assert rows["p_x"]["config_id"] == "c_6" and rows["p_y"]["trials_done"] == 1
+
+
+def test_a_study_is_never_scored_against_two_references(tmp_path):
+    from lambda_hat.tuning.pinning import ReferenceChanged, pin_references
+
+    url = f"sqlite:///{tmp_path}/o.db"
+    pin_references(open_study(url, "p_x:sgld"), [Member("p_x", "x", 3.0, 0.1)])
+    # A later run (another process: the study read back from the storage): a pooled
+    # extension of the same reference is within its noise and goes on...
+    pin_references(open_study(url, "p_x:sgld"), [Member("p_x", "x", 3.1, 0.07)])
+    # ... an edited or other reference 950 SE away does not.
+    with pytest.raises(ReferenceChanged) as error:
+        pin_references(open_study(url, "p_x:sgld"), [Member("p_x", "x", 98.0, 0.1)])
+    assert "\n" not in str(error.value) and "p_x:sgld" in str(error.value)
+    assert open_study(url, "p_x:sgld").user_attrs["references"] == {
+        "p_x": {"llc_ref": 3.0, "se_ref": 0.1}
+    }

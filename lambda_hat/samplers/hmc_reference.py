@@ -18,26 +18,21 @@ True
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
-from functools import lru_cache, partial
+from functools import lru_cache
 from typing import Any, NamedTuple
 
-import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from blackjax.adaptation import window_adaptation
 from blackjax.adaptation.window_adaptation import build_schedule
 
 from lambda_hat.problems.posterior import (
-    Arch,
     LossData,
     Moments,
     PosteriorParams,
     empirical_loss,
     is_linear,
-    log_density,
     moments_of,
 )
 from lambda_hat.problems.targets import Problem
@@ -46,6 +41,13 @@ from lambda_hat.reference.record import ReferenceResult, reference_code_version
 from lambda_hat.samplers.common import Driven, drive_chunks
 from lambda_hat.samplers.configs import ReferenceConfig
 from lambda_hat.samplers.estimator import compiled_diagnostics, llc_from_losses
+from lambda_hat.samplers.hmc_kernels import (
+    Static,
+    sample_chunk,
+    warmup_chunk,
+    warmup_end,
+    warmup_start,
+)
 
 
 class BudgetError(RuntimeError):
@@ -55,128 +57,6 @@ class BudgetError(RuntimeError):
     slowest_chunk_sec: float | None = None
 
 
-class _Static(NamedTuple):
-    """The compile-time part of a run: one compiled warmup and chunk per distinct value."""
-
-    arch: Arch
-    algorithm: str
-    num_chains: int
-    num_warmup: int
-    chunk_size: int
-    thinning: int
-    target_accept: float
-    dense_mass: bool
-    max_num_doublings: int
-    num_integration_steps: int
-
-
-def _algorithm(static: _Static) -> tuple[Any, dict[str, Any]]:
-    if static.algorithm == "nuts":
-        return blackjax.nuts, {"max_num_doublings": static.max_num_doublings}
-    return blackjax.hmc, {"num_integration_steps": static.num_integration_steps}
-
-
-def _logdensity(data: LossData | Moments, post: PosteriorParams, arch: Arch) -> Callable:
-    return partial(log_density, data=data, post=post, arch=arch)
-
-
-def _adaptation(static: _Static) -> tuple[Callable, Callable, Callable]:
-    """Stan's windowed adaptation (dual-averaged step size, Welford mass matrix) as
-    ``(init, update, final)``, so that it can run in budgeted chunks.
-
-    ``blackjax.window_adaptation`` runs the whole schedule in one compiled call, which no
-    budget can interrupt (a 2 410-parameter MLP spent 368 s there on a 240 s budget).
-    ``window_adaptation.base`` is the same algorithm one step at a time: deprecated in
-    BlackJAX 1.7 but public. ``tests/test_reference.py`` checks that it gives, step for
-    step, what ``window_adaptation(...).run`` gives (bit for bit on a smooth target; on a
-    real posterior, rounding differences between the two compiled programs flip an
-    accept/reject sooner or later, and the chains go on as other, equally valid, draws),
-    and that the chunk boundaries change nothing.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return window_adaptation.base(not static.dense_mass, static.target_accept)
-
-
-def _warmup_start(positions, data, post, static: _Static):
-    """Every chain's sampler state and adaptation state at w* (vmapped)."""
-    algorithm, _ = _algorithm(static)
-    init, _, _ = _adaptation(static)
-    logdensity = _logdensity(data, post, static.arch)
-
-    def one_chain(position):
-        return algorithm.init(position, logdensity), init(position, 1.0)
-
-    return jax.vmap(one_chain)(positions)
-
-
-def _warmup_chunk(carry, keys, schedule, data, post, static: _Static):
-    """Some steps of the warmup for every chain: ``keys`` (chains, steps) and the slice of
-    the schedule they take; returns the carry and the gradient evaluations per chain."""
-    algorithm, extra = _algorithm(static)
-    kernel = algorithm.build_kernel()
-    _, update, _ = _adaptation(static)
-    logdensity = _logdensity(data, post, static.arch)
-
-    def one_chain(state, adaptation, chain_keys):
-        def step(carry, xs):
-            state, adaptation = carry
-            key, stage = xs
-            state, info = kernel(key, state, logdensity, adaptation.step_size,
-                                 adaptation.inverse_mass_matrix, **extra)  # fmt: skip
-            adaptation = update(adaptation, stage, state.position, info.acceptance_rate)
-            return (state, adaptation), _integration_steps(info, static)
-
-        (state, adaptation), grads = jax.lax.scan(step, (state, adaptation), (chain_keys, schedule))
-        return state, adaptation, jnp.sum(grads)
-
-    states, adaptations = carry
-    states, adaptations, grads = jax.vmap(one_chain)(states, adaptations, keys)
-    return (states, adaptations), grads
-
-
-def _warmup_end(adaptations, static: _Static):
-    """The adapted step size and inverse mass matrix of every chain."""
-    _, _, final = _adaptation(static)
-    step_size, inverse_mass_matrix = jax.vmap(final)(adaptations)
-    return {"step_size": step_size, "inverse_mass_matrix": inverse_mass_matrix}
-
-
-def _integration_steps(info, static: _Static) -> jax.Array:
-    if static.algorithm == "nuts":
-        return info.num_integration_steps
-    return jnp.full(jnp.shape(info.num_integration_steps), static.num_integration_steps)
-
-
-def _sample_chunk(keys, states, parameters, data, post, static: _Static):
-    """``chunk_size`` kept draws per chain; returns L_n at each kept draw and counters."""
-    algorithm, extra = _algorithm(static)
-    logdensity = _logdensity(data, post, static.arch)
-
-    def one_chain(key, state, params):
-        kernel = algorithm(logdensity, params["step_size"], params["inverse_mass_matrix"], **extra)
-
-        def step(state, key):
-            state, info = kernel.step(key, state)
-            return state, (info.is_divergent, info.acceptance_rate, info.num_integration_steps)
-
-        def kept_draw(state, key):
-            state, (divergent, accept, grads) = jax.lax.scan(
-                step, state, jax.random.split(key, static.thinning)
-            )
-            # L_n from the log density: no extra forward pass per draw.
-            prior = 0.5 * post.gamma * jnp.sum((state.position - post.w_star) ** 2)
-            loss = -(state.logdensity + prior) / post.n_beta
-            return state, (loss, divergent.sum(), accept.mean(), grads.sum())
-
-        state, (losses, divergent, accept, grads) = jax.lax.scan(
-            kept_draw, state, jax.random.split(key, static.chunk_size)
-        )
-        return state, losses, divergent.sum(), accept.mean(), grads  # grads per kept draw
-
-    return jax.vmap(one_chain)(keys, states, parameters)
-
-
 def sampled_data(problem: Problem, config: ReferenceConfig) -> LossData | Moments:
     """What the log density reads: the second moments where they suffice, else the rows."""
     if config.sufficient_statistics and is_linear(problem.arch):
@@ -184,14 +64,14 @@ def sampled_data(problem: Problem, config: ReferenceConfig) -> LossData | Moment
     return problem.data
 
 
-def _warmup_lengths(static: _Static) -> list[int]:
+def _warmup_lengths(static: Static) -> list[int]:
     """The warmup's chunks: as many transitions as a sampling chunk, the last shorter."""
     size = static.chunk_size * static.thinning
     full, rest = divmod(static.num_warmup, size)
     return [size] * full + ([rest] if rest else [])
 
 
-def _step_keys(key: jax.Array, static: _Static, steps: int) -> jax.Array:
+def _step_keys(key: jax.Array, static: Static, steps: int) -> jax.Array:
     """(chains, steps) keys: each chain's key split as ``window_adaptation.run`` splits it."""
     return jax.vmap(lambda chain_key: jax.random.split(chain_key, steps))(
         jax.random.split(key, static.num_chains)
@@ -208,7 +88,7 @@ class _Compiled(NamedTuple):
 
 @lru_cache(maxsize=32)
 def _compiled(
-    static: _Static,
+    static: Static,
     kind: type[LossData | Moments],
     data_shapes: tuple[tuple[int, ...], ...],
     d: int,
@@ -224,20 +104,20 @@ def _compiled(
         jax.ShapeDtypeStruct((), f64),
     )
     positions = jax.ShapeDtypeStruct((static.num_chains, d), f64)
-    start = jax.jit(_warmup_start, static_argnames="static")
+    start = jax.jit(warmup_start, static_argnames="static")
     start = start.lower(positions, data, post, static=static).compile()
     warmup_chunks = {}
     for steps in set(_warmup_lengths(static)):
         step_keys = jax.eval_shape(lambda steps=steps: _step_keys(jax.random.key(0), static, steps))
         schedule = jax.ShapeDtypeStruct((steps, 2), jnp.int32)
-        warmup = jax.jit(_warmup_chunk, static_argnames="static")
+        warmup = jax.jit(warmup_chunk, static_argnames="static")
         warmup_chunks[steps] = warmup.lower(
             start.out_info, step_keys, schedule, data, post, static=static
         ).compile()
-    end = jax.jit(_warmup_end, static_argnames="static")
+    end = jax.jit(warmup_end, static_argnames="static")
     end = end.lower(start.out_info[1], static=static).compile()
     states = start.out_info[0]  # the sampling chunk starts where the warmup ends
-    chunk = jax.jit(_sample_chunk, static_argnames="static")
+    chunk = jax.jit(sample_chunk, static_argnames="static")
     chunk = chunk.lower(key_spec, states, end.out_info, data, post, static=static).compile()
     schedule = build_schedule(static.num_warmup).astype(jnp.int32)
     return _Compiled(start, warmup_chunks, end, chunk, schedule)
@@ -256,7 +136,7 @@ class _Tally(NamedTuple):
 
 
 def _warm_up(compiled: _Compiled, problem: Problem, data, post, key: jax.Array,
-             static: _Static, deadline: float | None):  # fmt: skip
+             static: Static, deadline: float | None):  # fmt: skip
     """Every chain's window adaptation from w*, in budgeted chunks (``drive_chunks``):
     (states, parameters, gradient evaluations per chain), or the stopped ``Driven`` when
     the budget ended first. Each chain's keys and schedule are those of one
@@ -289,7 +169,7 @@ def _warm_up(compiled: _Compiled, problem: Problem, data, post, key: jax.Array,
 
 
 def _sample(
-    chunk, states, parameters, data, post, key, config: ReferenceConfig, static: _Static, *,
+    chunk, states, parameters, data, post, key, config: ReferenceConfig, static: Static, *,
     deadline: float | None, first_chunk_sec: float, progress,
 ) -> _Tally | None:  # fmt: skip
     """Compiled chunks of ``chunk_size`` draws until ``num_draws`` are kept or the budget
@@ -332,8 +212,8 @@ def _sample(
     )
 
 
-def _static(problem: Problem, config: ReferenceConfig) -> _Static:
-    return _Static(
+def _static(problem: Problem, config: ReferenceConfig) -> Static:
+    return Static(
         arch=problem.arch,
         algorithm=config.algorithm,
         num_chains=config.num_chains,
