@@ -294,7 +294,7 @@ def test_overrunning_trials_stop_at_their_budget_and_retired_jobs_are_replaced(s
     try:
         # A hang guard, not a speed claim: each replacement job loads JAX and Prefect
         # before its first 3 s run, and on a machine at half speed that took the campaign
-        # past 480 s (8 of 16 trials done), with the workers retiring as designed.
+        # past 480 s (6 of 16 trials done), with the workers retiring as designed.
         output = campaign.finish(process, "tune.log", timeout=1500)
     finally:
         process.kill()
