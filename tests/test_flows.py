@@ -473,11 +473,16 @@ def test_help_and_argument_errors_load_no_heavy_library():
 
 def test_the_studies_of_a_campaign_run_at_the_same_time(prefect_server, lambda_hat_env):
     """Two studies at batch 1 on the 2-worker local cluster: their runs overlap in time
-    (one after the other, as before, they never could). SGLD's runs are made a few seconds
-    long, so a study that starts a moment later (its subflow's set-up on a busy machine)
-    still overlaps."""
+    (one after the other, as before, they never could). Both methods' runs are made a few
+    seconds long, so a study that starts a moment later (its subflow's set-up on a busy
+    machine) still overlaps: with VI's at 0.5 s, VI's three runs once ended 0.1 s before
+    SGLD's first began, on a machine at half speed."""
     methods_file = lambda_hat_env / "methods.yaml"
-    methods_file.write_text(FAST_METHODS.replace("num_steps: 1000,", "num_steps: 20000,", 1))
+    methods_file.write_text(
+        FAST_METHODS.replace("num_steps: 1000,", "num_steps: 20000,", 1).replace(
+            "num_steps: 500,", "num_steps: 8000,", 1
+        )
+    )
     problems = lambda_hat_env / "problems.yaml"
     spec = load_problem_set("smoke").problems[0]
     problems.write_text(json.dumps({"problems": [spec.model_dump(mode="json")]}))
