@@ -17,6 +17,7 @@ True
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from functools import lru_cache
@@ -146,17 +147,15 @@ def _warm_up(compiled: _Compiled, problem: Problem, data, post, key: jax.Array,
     step_keys = _step_keys(key, static, static.num_warmup)
     schedule = compiled.schedule
     lengths = _warmup_lengths(static)
-    starts = [sum(lengths[:index]) for index in range(len(lengths))]
+    ends = list(itertools.accumulate(lengths))
+    windows = iter([slice(end - length, end) for end, length in zip(ends, lengths, strict=True)])
 
     def warmup_chunk(carry, _keys):  # (drive_chunks' keys unused: the run's are fixed)
-        index = warmup_chunk.done
-        warmup_chunk.done += 1
-        window = slice(starts[index], starts[index] + lengths[index])
-        return compiled.warmup_chunks[lengths[index]](
+        window = next(windows)  # drive_chunks calls it once per chunk, in order
+        return compiled.warmup_chunks[window.stop - window.start](
             carry, step_keys[:, window], schedule[window], data, post
         )
 
-    warmup_chunk.done = 0
     driven = drive_chunks(
         warmup_chunk, carry, key, num_chains=static.num_chains, num_chunks=len(lengths),
         deadline=deadline,
