@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import optuna
 from pydantic import ValidationError
 
 from flows.arguments import parser
@@ -61,17 +60,21 @@ def _reference_cached(artifacts_dir: Path, spec: Any, config: ReferenceConfig) -
     return current_reference(artifacts_dir, spec, config) is not None
 
 
-def _existing_storage(url: str) -> optuna.storages.RDBStorage | None:
+def _existing_storage(url: str) -> Any | None:
     """The Optuna storage, or None where a SQLite file does not exist yet (a dry run must
     not create it)."""
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         return None
+    import optuna
+
     return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
 
 
-def _finished(storage: optuna.storages.RDBStorage | None, name: str) -> int:
+def _finished(storage: Any | None, name: str) -> int:
     if storage is None:
         return 0
+    import optuna
+
     try:
         return finished_trials(optuna.load_study(study_name=name, storage=storage))
     except KeyError:

@@ -17,14 +17,16 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from prefect_dask import DaskTaskRunner
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lambda_hat.io import safe_load_yaml
 from lambda_hat.problems.specs import format_validation_error
 from lambda_hat.settings import ClusterSettings
+
+if TYPE_CHECKING:
+    from prefect_dask import DaskTaskRunner
 
 log = logging.getLogger(__name__)
 
@@ -193,4 +195,6 @@ def shares_cluster(settings: ClusterSettings) -> bool:
 
 
 def runner_for(address: str) -> DaskTaskRunner:
+    from prefect_dask import DaskTaskRunner  # (here: checking a profile needs no Prefect)
+
     return DaskTaskRunner(address=address)

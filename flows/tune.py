@@ -39,13 +39,19 @@ if __name__ == "__main__":
 
     resource_tracker.ensure_running()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    # --help and malformed arguments answer now, before Prefect, JAX and Optuna load.
+    # --help, bad arguments, bad problem or methods files, settings, sizes and the storage
+    # answer now, and a dry run prints its plan, before Prefect, JAX and matplotlib load.
     import sys as _sys
 
-    from flows.arguments import parser as _parser
+    from flows.cli import parse_args as _parse_args
+    from flows.cli import print_plan as _print_plan
 
-    _parser().parse_args(_sys.argv[1:])
+    _CHECKED = _parse_args(_sys.argv[1:])
+    if _CHECKED.dry_run:
+        _print_plan(_CHECKED)
+        _sys.exit(0)
 
+import argparse
 import sys
 import time
 from functools import partial
@@ -344,11 +350,12 @@ ONE_LINE_ERRORS = (
 )  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, checked: argparse.Namespace | None = None) -> int:
+    """The command line; ``checked``: arguments ``flows.cli.parse_args`` already checked."""
     from flows import terminal
     from flows.cli import parse_args, print_plan
 
-    args = parse_args(argv)
+    args = checked or parse_args(argv)
     if args.dry_run:
         print_plan(args)
         return 0
@@ -397,4 +404,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from flows import terminal
 
-    terminal.exit_process(main())
+    terminal.exit_process(main(checked=_CHECKED))

@@ -27,10 +27,28 @@ def disk_full(error: OSError, fallback: Path | str) -> DiskFull | None:
     )
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``os.umask``
+    sets it while it reads it, which another thread could see)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` atomically, with the mode a plain ``open`` would give
+    (``0o666`` less the umask: ``mkstemp`` alone makes every file private, mode 600)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()

@@ -21,14 +21,16 @@ from __future__ import annotations
 import math
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lambda_hat.io import read_text, safe_load_yaml
 from lambda_hat.problems.specs import format_validation_error
 from lambda_hat.samplers.configs import METHOD_CONFIGS, parse_method_config
+
+if TYPE_CHECKING:  # (loaded when a study asks: checking a methods file needs no Optuna)
+    import optuna
 
 
 class SearchSpaceError(ValueError):
@@ -51,7 +53,9 @@ class FloatParam(_Frozen):
         return self
 
     def distribution(self) -> optuna.distributions.BaseDistribution:
-        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log)
+        from optuna import distributions
+
+        return distributions.FloatDistribution(self.low, self.high, log=self.log)
 
 
 class IntParam(_Frozen):
@@ -66,7 +70,9 @@ class IntParam(_Frozen):
         return self
 
     def distribution(self) -> optuna.distributions.BaseDistribution:
-        return optuna.distributions.IntDistribution(self.low, self.high, log=self.log)
+        from optuna import distributions
+
+        return distributions.IntDistribution(self.low, self.high, log=self.log)
 
 
 class CategoricalParam(_Frozen):
@@ -87,7 +93,9 @@ class CategoricalParam(_Frozen):
         return self
 
     def distribution(self) -> optuna.distributions.BaseDistribution:
-        return optuna.distributions.CategoricalDistribution(self.choices)
+        from optuna import distributions
+
+        return distributions.CategoricalDistribution(self.choices)
 
 
 def _check_bounds(low: float, high: float, log: bool) -> None:

@@ -15,14 +15,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
-import sqlalchemy.exc
 from filelock import FileLock
-from optuna.trial import TrialState
 
 from lambda_hat.io import check_writable
+
+if TYPE_CHECKING:  # (Optuna and SQLAlchemy load on first use: a refusal needs neither)
+    import optuna
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,8 @@ def init_storage(url: str) -> None:
         with FileLock(sqlite_file + ".init.lock", timeout=120):
             _create_tables(url)
         return
+    import sqlalchemy.exc
+
     try:
         _create_tables(url)
     except sqlalchemy.exc.SQLAlchemyError:
@@ -122,6 +124,8 @@ def init_storage(url: str) -> None:
 
 
 def _create_tables(url: str) -> None:
+    import optuna
+
     storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
     storage.engine.dispose()
 
@@ -132,6 +136,8 @@ def open_study(
     """Create or resume the study ``name`` (``<pid>:<method>``). TPE with the constant
     liar keeps several trials in flight sensible; ``pruner`` (default: none) stops
     configurations that are losing between their repeats."""
+    import optuna
+
     storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
     study = optuna.create_study(
         study_name=name,
@@ -149,6 +155,8 @@ def open_study(
 
 def reseeded(seed: int) -> optuna.samplers.TPESampler:
     """The study's sampler: TPE with the constant liar, so trials in flight are modelled."""
+    import optuna
+
     return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
@@ -156,6 +164,8 @@ def finished_trials(study: optuna.Study) -> int:
     """Trials that count toward ``n_trials``: the ones the driver told a result (they carry
     a ``status`` attr: complete, failed or pruned), not the ones it reaped or lost (those
     were re-enqueued and run again)."""
+    from optuna.trial import TrialState
+
     states = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
     trials = study.get_trials(deepcopy=False, states=states)
     return sum(1 for t in trials if counted(t))
@@ -176,11 +186,16 @@ def best_value(study: optuna.Study) -> float | None:
         return None
 
 
-RETRYABLE: tuple[type[Exception], ...] = (
-    optuna.exceptions.StorageInternalError,
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-)
+def retryable() -> tuple[type[Exception], ...]:
+    """The errors of a database that is restarting or unreachable for a while."""
+    import optuna
+    import sqlalchemy.exc
+
+    return (
+        optuna.exceptions.StorageInternalError,
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.InterfaceError,
+    )
 
 
 @dataclass(frozen=True)
@@ -197,10 +212,11 @@ class StorageRetry:
     def __call__(self, what: str, operation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         deadline = time.monotonic() + self.within_sec
         delay = 0.5
+        transient = retryable()
         while True:
             try:
                 return operation(*args, **kwargs)
-            except RETRYABLE as error:
+            except transient as error:
                 reason = _first_line(error)
                 if _disk_full(reason):  # waiting frees no space: say so at once
                     raise StorageError(
