@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import os
 import platform
 import statistics
@@ -48,7 +47,8 @@ def timed(repo: Path, args: list[str], env: dict[str, str]) -> tuple[float, int,
     )  # fmt: skip
     seconds = time.perf_counter() - started
     loaded = [line for line in done.stderr.splitlines() if line.startswith("LOADED")]
-    return seconds, done.returncode, ast.literal_eval(loaded[-1].removeprefix("LOADED ")) if loaded else []
+    modules = ast.literal_eval(loaded[-1].removeprefix("LOADED ")) if loaded else []
+    return seconds, done.returncode, modules
 
 
 def measure(repo: Path, args: list[str], repeats: int, env: dict[str, str]) -> dict:
@@ -80,7 +80,8 @@ def main() -> None:
         "repo": str(args.repo),
         "commit": subprocess.run(
             ["git", "-C", str(args.repo), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip(),  # fmt: skip
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
