@@ -26,12 +26,15 @@ class StudyProgress:
         artifact_id: Any,
         read_best: Callable[[], float | None],  # called once, here
         every_sec: float = 2.0,
+        what: str = "",
     ):
         self._artifact_id = artifact_id
         self._every_sec = every_sec
+        self._what = what  # (the study, in the description after "k of N trials")
         self._lock = threading.Lock()
         self._percent: float | None = None
-        self._sent: float | None = None
+        self._description: str | None = None
+        self._sent: tuple[float, str | None] | None = None
         self._best: float | None = read_best()
         self._stop = threading.Event()
         # The copied context carries the flow run and the Prefect API settings.
@@ -41,13 +44,14 @@ class StudyProgress:
         )  # fmt: skip
         self._thread.start()
 
-    def trial_done(self, percent: float, objective: float | None) -> float | None:
-        """Note a finished trial; the best value known (the study's when this run started,
-        or a lower one this run told since)."""
+    def trial_done(self, done: int, total: int, objective: float | None) -> float | None:
+        """Note a finished trial (``done`` of ``total``); the best value known (the study's
+        when this run started, or a lower one this run told since)."""
         with self._lock:
-            self._percent = percent
+            self._percent = 100.0 * min(done, total) / total
             if objective is not None and (self._best is None or objective < self._best):
                 self._best = objective
+            self._description = describe(done, total, self._best, self._what)
             return self._best
 
     def close(self, send: bool = True) -> None:
@@ -67,7 +71,17 @@ class StudyProgress:
 
     def _send(self) -> None:
         with self._lock:
-            percent = self._percent
-        if percent is not None and percent != self._sent:
-            update_progress_artifact(self._artifact_id, percent)
-            self._sent = percent
+            state = (self._percent, self._description)
+        if state[0] is not None and state != self._sent:
+            update_progress_artifact(self._artifact_id, state[0], description=state[1])
+            self._sent = state
+
+
+def describe(done: int, total: int, best: float | None, what: str = "") -> str:
+    """The progress artifact's description.
+
+    >>> describe(3, 8, 0.123456, "study p_1:sgld")
+    '3 of 8 trials, best so far 0.1235 (study p_1:sgld)'
+    """
+    shown = "none yet" if best is None else f"{best:.4g}"
+    return f"{done} of {total} trials, best so far {shown}" + (f" ({what})" if what else "")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lambda_hat.results import summary
 from lambda_hat.results.tables import LEADERBOARD_COLUMNS
 from lambda_hat.tuning.recipe_file import write_recipe
 from lambda_hat.tuning.recipes import recommended_config, transfer_fields
@@ -35,120 +36,53 @@ def build_leaderboard(
     return rows
 
 
-def _num(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1%}"
-
-
-def validated_text(row: dict[str, Any]) -> str:
-    """``0.123 [0.080, 0.166] (n=8)`` (a recipe: its mean relative error over problems),
-    or why there is no validated figure."""
-    if row.get("kind") == "recipe":
-        if row["validated_rel_error_mean"] is None:
-            return "not validated"
-        return (
-            f"{_pct(row['validated_rel_error_mean'])} [{_pct(row['validated_rel_error_ci_low'])}, "
-            f"{_pct(row['validated_rel_error_ci_high'])}] relative, {row['n_problems']} "
-            f"problems (n={row['n_validation_runs']})"
-        )
-    if row["validated_error_mean"] is None:
-        return "not validated"
-    return (
-        f"{_num(row['validated_error_mean'])} [{_num(row['validated_error_ci_low'])}, "
-        f"{_num(row['validated_error_ci_high'])}] (n={row['n_validation_runs']})"
-    )
-
-
-def transfer_text(row: dict[str, Any]) -> str:
-    """The held-out problems' mean relative error with its 95 % interval, or ``–``."""
-    if row.get("transfer_rel_error_mean") is None:
-        failed = row.get("n_transfer_failed")
-        return f"all {failed} runs failed" if failed else "–"
-    failed = f", {row['n_transfer_failed']} failed" if row.get("n_transfer_failed") else ""
-    return (
-        f"{_pct(row['transfer_rel_error_mean'])} [{_pct(row['transfer_rel_error_ci_low'])}, "
-        f"{_pct(row['transfer_rel_error_ci_high'])}] over {row['n_transfer_problems']} "
-        f"held-out problems (n={row['n_transfer_runs']}{failed})"
-    )
-
-
 def leaderboard_line(row: dict[str, Any]) -> str:
     """One terminal/log line per study."""
     head = f"{row['problem_name']} {row['method']}: "
     if row["search_objective"] is None:
         return head + "no completed trial"
+    params = summary.readable_config(summary.tuned_params(row))
     if row["validated_error_mean"] is None and row["validated_rel_error_mean"] is None:
-        return head + (
-            f"search objective {_num(row['search_objective'])} (not validated); "
-            f"params {row['params_json']}"
-        )
-    held_out = "" if row.get("n_transfer_runs") is None else f", transfer {transfer_text(row)}"
+        return head + (f"search objective {row['search_objective']:.3f} (not validated); {params}")
+    held_out = (
+        "" if row.get("n_transfer_runs") is None
+        else f", transfer {summary.transfer_text(row)}"
+    )  # fmt: skip
     return head + (
-        f"validated error {validated_text(row)}{held_out}, search objective "
-        f"{_num(row['search_objective'])}; params {row['params_json']}"
+        f"validated error {summary.validated_text(row)}{held_out}, search objective "
+        f"{row['search_objective']:.3f}; {params}"
     )
 
 
-def leaderboard_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The ``leaderboard`` table artifact: readable columns, the pid beside the name."""
-    return [
-        {
-            "problem": row["problem_name"],
-            "pid": row["pid"],
-            "method": row["method"],
-            "llc_ref": (
-                "per problem"
-                if row.get("kind") == "recipe"
-                else f"{_num(row['llc_ref'])} ± {_num(row['se_ref'])}"
-            ),
-            "validated |error| [95% CI]": validated_text(row),
-            "validated rel. error": _pct(row["validated_rel_error_mean"]),
-            "transfer rel. error [95% CI]": transfer_text(row),
-            "validated bias": _num(row["validated_bias"]),
-            "validated sd": _num(row["validated_sd"]),
-            "search objective": _num(row["search_objective"]),
-            "params": row["params_json"] or "",
-            "trials (pruned, failed)": (
-                f"{row['trials_done']} ({row['trials_pruned']}, {row['trials_failed']})"
-            ),
-        }
-        for row in rows
-    ]
+def leaderboard_table(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The ``leaderboard`` table artifact: the report's columns and cells."""
+    header, cells = summary.leaderboard_view(rows)
+    return [dict(zip(header, row, strict=True)) for row in cells]
 
 
 def report_markdown(
     rows: list[dict[str, Any]], references: list[dict[str, Any]], problems: str, seconds: float
 ) -> str:
+    """The ``tune-report`` artifact: each method's verdict, the leaderboard (the report's
+    columns), the references."""
+    header, cells = summary.leaderboard_view(rows)
     lines = [
         f"# lambda_hat tuning report: `{problems}`",
         "",
         f"{len(references)} problems, {len(rows)} studies, {seconds:.0f} s.",
         "",
+        *[f"- **{item.verdict}**" for item in summary.method_summaries(rows)],
+        "",
         "Validated error: mean |llc_hat − llc_ref| of the recommended configuration over fresh "
-        "seeds it was not selected on, with its 95 % t interval. The search objective (the "
-        "best trial's mean over its repeats) is shown beside it: it is biased low.",
+        "seeds it was not selected on, with its 95 % t interval; ★ the best method of a "
+        "problem. The search objective (the best trial's mean over its repeats) is biased "
+        "low. A recipe row (`recipe-<set>`) is one configuration for every problem of the set.",
         "",
-        "A recipe row (`recipe-<set>`) is one configuration for every problem of the set: its "
-        "validated error is the mean over problems of each problem's mean relative error. "
-        "Transfer: the recommended configuration on the held-out problems (`--holdout`), on "
-        "fresh seeds, mean relative error over them.",
+        summary.markdown_table(header, cells),
         "",
-        "| problem | method | llc_ref | validated error [95 % CI] | rel. | transfer (held out) "
-        "| bias | search obj. | trials (pruned, failed) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "## References",
+        "",
     ]
-    for row in rows:
-        lines.append(
-            f"| {row['problem_name']} | {row['method']} | {_num(row.get('llc_ref'))} | "
-            f"{validated_text(row)} | {_pct(row['validated_rel_error_mean'])} | "
-            f"{transfer_text(row)} | {_num(row.get('validated_bias'))} | "
-            f"{_num(row['search_objective'])} | "
-            f"{row['trials_done']} ({row['trials_pruned']}, {row['trials_failed']}) |"
-        )
-    lines += ["", "## References", ""]
     for ref in references:
         theory = ref.get("lambda_theory")
         lines.append(
@@ -162,12 +96,18 @@ def report_markdown(
 
 
 def plots_markdown(index_html: str) -> str:
-    """The report section of the ``tune-report`` artifact: where the page and its PNGs are
-    (the Prefect UI cannot show local images; the page opens offline in any browser)."""
+    """The report section of the ``tune-report`` artifact: where the page and its PNGs are,
+    relative to the artifacts directory (the Prefect UI cannot show local images, and a
+    ``file://`` link or an absolute path means nothing on another machine)."""
     folder = Path(index_html).parent
     pngs = sorted(path.name for path in folder.glob("*.png"))
-    lines = ["", "## Plots", "", f"Open `{index_html}` in a browser (self-contained, offline).", ""]
-    lines += [f"- [`{name}`]({(folder / name).as_uri()})" for name in pngs]
+    lines = [
+        "", "## Plots", "",
+        f"Open `{folder.name}/{Path(index_html).name}` under the artifacts directory "
+        "(`LAMBDA_HAT_ARTIFACTS_DIR`, default `artifacts/`) in a browser: one self-contained "
+        f"page that opens offline, or rebuild it with `python -m lambda_hat report`. "
+        f"{len(pngs)} PNGs beside it: " + ", ".join(f"`{name}`" for name in pngs) + ".",
+    ]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,7 @@ differs (how a run is judged, what the pruner sees, what a trial is told).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -34,7 +35,7 @@ from flows.checks import (
     DEFAULT_VALIDATION_SEEDS,
     StudyStalled,
 )
-from flows.progress import StudyProgress
+from flows.progress import StudyProgress, describe
 from flows.records import recorder, trial_fields
 from flows.reference import storage_paths
 from lambda_hat.io import read_json
@@ -55,6 +56,9 @@ from lambda_hat.tuning.validation import (
     validation_plans,
 )
 from tasks.runs import run_method_task
+
+# The search objective's name in Optuna (the dashboard's axis and column).
+OBJECTIVE_NAME = "|llc_hat - llc_ref| (search objective)"
 
 
 def artifact_key(*parts: str) -> str:
@@ -77,10 +81,29 @@ def _describe(outcome: Outcome, kind: StudyKind) -> str:
 
 
 def _label_study(study, labels: dict[str, Any]) -> None:
-    """What optuna-dashboard shows beside the study: which problems, which references."""
+    """What optuna-dashboard shows beside the study: which problems, which references,
+    and what its objective is."""
     for key, value in labels.items():
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)
+    if study.metric_names != [OBJECTIVE_NAME]:
+        study.set_metric_names([OBJECTIVE_NAME])
+
+
+def _store_validation(study, row: dict[str, Any]) -> None:
+    """The recommendation and its validated error as study attributes, so that the
+    dashboard shows them beside its "best" (the search objective, biased low)."""
+    validated = {
+        "config_id": row.get("config_id"),
+        "trial": row.get("search_trial_number"),
+        "params": json.loads(row["params_json"]) if row.get("params_json") else None,
+        "mean": row.get("validated_error_mean"),
+        "ci95": [row.get("validated_error_ci_low"), row.get("validated_error_ci_high")],
+        "rel_mean": row.get("validated_rel_error_mean"),
+        "bias": row.get("validated_bias"),
+        "n_runs": row.get("n_validation_runs"),
+    }
+    study.set_user_attr("recommended", validated)
 
 
 def submitter(settings: Settings, spec_of: Callable[[RunPlan], dict[str, Any]]):
@@ -200,8 +223,14 @@ def tune_study(
             judge=lambda plan, result: study_as.judge(plan, result, member_of(members, plan.pid)),
         )  # fmt: skip
 
-    # 4. What the campaign gets back: the leaderboard row from the runs in hand.
+    # 4. What the campaign gets back: the leaderboard row from the runs in hand (its
+    # validated figures also stored on the study, for the dashboard).
     counts = retry("counting", trial_counts, study)
+    row = leaderboard_row(
+        study_name=study.study_name, method=method, kind=study_as, members=members,
+        candidates=candidates, validation_rows=judged_rows(validated, members), counts=counts,
+    )  # fmt: skip
+    retry("storing the validated error", _store_validation, study, row)
     return StudyResult(
         study_name=study.study_name,
         kind=study_as.name,
@@ -213,15 +242,7 @@ def tune_study(
         counts=counts,
         trials_run_now=len(outcomes),
         trials_finished=retry("counting", finished_trials, study),
-        leaderboard_row=leaderboard_row(
-            study_name=study.study_name,
-            method=method,
-            kind=study_as,
-            members=members,
-            candidates=candidates,
-            validation_rows=judged_rows(validated, members),
-            counts=counts,
-        ),  # fmt: skip
+        leaderboard_row=row,
         ask_submit_sec=driver.ask_submit_sec,
         timeline=log.timeline,
     )
@@ -255,15 +276,16 @@ class StudyLog:
                 "; validating its best configurations" if validate_top_k else "",
             )  # fmt: skip
         problems = f"{len(members)} problem{'s' if len(members) > 1 else ''}"
+        read_best = partial(retry, "reading the best value", best_value, study)
+        what = f"study {self.name}: {self.label}, {method}, {problems}"
         self.progress = StudyProgress(
             create_progress_artifact(
                 100.0 * min(already, n_trials) / n_trials,
                 key=artifact_key("progress", self.label, method),
-                description=f"trials finished in study {self.name} ({self.label}, {method}, "
-                f"{problems})",
+                description=describe(min(already, n_trials), n_trials, None, what),
             ),
-            partial(retry, "reading the best value", best_value, study),
-        )
+            read_best, what=what,
+        )  # fmt: skip
 
     def record_run(self, run: RunOutcome) -> None:
         self.record(run)
@@ -276,10 +298,11 @@ class StudyLog:
         # The trial's figures go onto each of its runs' rows (rewritten, same run ids).
         self.record(*outcome.runs, extra=trial_fields(outcome, self.kind, self.members))
         told = outcome.objective if outcome.state.name == "COMPLETE" else None
-        best = self.progress.trial_done(100.0 * min(done, total) / total, told)
+        best = self.progress.trial_done(done, total, told)
+        # "trial N" is Optuna's trial number, as the dashboard, report and tables show it.
         self.logger.info(
-            "%s %s: trial %d/%d %s; best so far %s",
-            self.label, self.method, done, total, _describe(outcome, self.kind),
+            "%s %s: trial %d (%d of %d finished) %s; best so far %s",
+            self.label, self.method, outcome.number, done, total, _describe(outcome, self.kind),
             "none" if best is None else f"{best:.4g}",
         )  # fmt: skip
 

@@ -52,9 +52,11 @@ if __name__ == "__main__":
         _sys.exit(0)
 
 import argparse
+import shlex
 import sys
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
@@ -90,6 +92,7 @@ from flows.transfer import transfer, transfer_entries
 from lambda_hat.io import DiskFull, check_writable
 from lambda_hat.problems.sizes import check_fits
 from lambda_hat.problems.specs import check_held_out, load_problem_set, set_name
+from lambda_hat.results.metadata import describe_run, save_run
 from lambda_hat.results.tables import compact, write_leaderboard
 from lambda_hat.samplers.configs import DEFAULT_METHODS, DEFAULT_REFERENCE, ReferenceConfig
 from lambda_hat.settings import Settings
@@ -98,6 +101,7 @@ from lambda_hat.tuning.recipes import recipe_space
 from lambda_hat.tuning.search_space import load_methods
 from lambda_hat.tuning.slots import TrialSlots
 from lambda_hat.tuning.storage import (
+    SAMPLER_DESCRIPTION,
     StorageError,
     StorageRetry,
     check_storage,
@@ -107,7 +111,17 @@ from lambda_hat.tuning.validation import StudyResult
 from tasks.report import build_report_task
 
 
-@flow(name="tune", log_prints=True)
+def _tune_run_name() -> str:
+    """``tune-<set>-<methods>`` (``recipe-…`` with ``--recipe``): the top flow run's name."""
+    from prefect.runtime import flow_run
+
+    parameters = flow_run.parameters
+    methods = "-".join(parameters.get("methods") or DEFAULT_METHODS)
+    kind = "recipe" if parameters.get("recipe") else "tune"
+    return f"{kind}-{set_name(parameters.get('problems', 'default'))}-{methods}"
+
+
+@flow(name="tune", flow_run_name=_tune_run_name, log_prints=True)
 def tune(
     problems: str = "default",
     methods: list[str] = list(DEFAULT_METHODS),  # noqa: B006 - Prefect shows it in the form
@@ -136,6 +150,16 @@ def tune(
     forward_library_logs()
     logger = get_run_logger()
     settings = Settings()
+    parameters = {"problems": problems, "methods": methods, "n_trials": n_trials,
+                  "repeats": repeats, "batch": batch, "pruner": pruner, "objective": objective,
+                  "validate_top_k": validate_top_k, "validation_seeds": validation_seeds,
+                  "recipe": recipe, "holdout": holdout, "methods_file": methods_file,
+                  "reference_warmup": reference_warmup,
+                  "reference_draws": reference_draws}  # fmt: skip
+    logger.info(
+        "tune %s; command: %s; settings: %s",
+        ", ".join(f"{k}={v}" for k, v in parameters.items()), command_line(), settings.public(),
+    )  # fmt: skip
     # 1. Everything checked before anything runs (one line naming the field if not).
     specs, held_specs = problem_specs(settings, problems, holdout)
     spaces = load_methods(methods_file)
@@ -145,7 +169,6 @@ def tune(
     )  # fmt: skip
     prepare_outputs(settings)
     config = ReferenceConfig(num_warmup=reference_warmup, num_draws=reference_draws)
-    logger.info("settings: %s", settings.public())
     started = time.perf_counter()
     tuning = {"n_trials": n_trials, "batch": batch, "budget_sec": settings.budgets.trial_sec,
               "repeats": repeats, "pruner": pruner, "validate_top_k": validate_top_k,
@@ -167,9 +190,15 @@ def tune(
         + (f" and the held-out {holdout}" if holdout else "")
         + ", with their quality verdicts",
     )
+    metadata = describe_run(
+        command=command_line(), problems=problems, methods=methods, holdout=holdout,
+        recipe=recipe, search={**tuning, "objective": objective}, sampler=SAMPLER_DESCRIPTION,
+        cluster=settings.cluster.model_dump(mode="json"),
+        spaces={m: spaces[m].model_dump(mode="json") for m in methods},
+    )  # fmt: skip
     published = publish(
         studies, transfer_rows, references, settings, problems, methods,
-        time.perf_counter() - started,
+        time.perf_counter() - started, metadata,
     )  # fmt: skip
     if recipe and published["leaderboard"]:
         published["recipes"] = write_recipes(
@@ -278,6 +307,15 @@ def campaign(
     return studies, transfer_rows
 
 
+def command_line() -> str:
+    """The command that started this run, or the flow run's name under a deployment."""
+    if Path(sys.argv[0]).name == "tune.py":
+        return shlex.join(["python", "flows/tune.py", *sys.argv[1:]])
+    from prefect.runtime import flow_run
+
+    return f"Prefect flow run {flow_run.name} (deployment {flow_run.deployment_id})"
+
+
 def problem_specs(
     settings: Settings, problems: str, holdout: str | None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -313,8 +351,10 @@ def publish(
     problems: str,
     methods: list[str],
     seconds: float,
+    metadata: dict[str, Any],
 ) -> dict[str, Any]:
-    """runs.parquet compacted, the leaderboard (Parquet and artifact), the report page."""
+    """runs.parquet compacted, the leaderboard (Parquet and artifact), the run's record
+    (``results/campaign.json``), the report page."""
     results = settings.results_dir.resolve()
     if not studies:
         return {"leaderboard": [], "report": None}
@@ -322,6 +362,7 @@ def publish(
     compact(results / "runs.parquet", rebuild_from=settings.artifacts_dir.resolve() / "runs")
     rows = build_leaderboard(studies, transfer_rows)
     write_leaderboard(results / "leaderboard.parquet", rows)
+    save_run(results, metadata)
     create_table_artifact(
         key="leaderboard",
         table=leaderboard_table(rows),
@@ -330,7 +371,7 @@ def publish(
     )
     report = build_report_task(
         str(settings.artifacts_dir.resolve()), str(results / "runs.parquet"), rows, references,
-        title=f"lambda_hat: {', '.join(methods)} on {problems}",
+        title=f"lambda_hat: {', '.join(methods)} on {problems}", metadata=metadata,
     )  # fmt: skip
     create_markdown_artifact(
         key="tune-report",

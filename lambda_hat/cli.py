@@ -1,14 +1,19 @@
-"""``python -m lambda_hat``: the user's command line beside the flows.
+"""``python -m lambda_hat`` (or ``lambda-hat``): the user's command line beside the flows.
 
     python -m lambda_hat reference --problems smoke     # HMC references, a table
+    python -m lambda_hat leaderboard                    # the last campaign's answer
+    python -m lambda_hat report                         # index.html again, from results/
+    python -m lambda_hat export                         # each recommendation as a methods file
     python -m lambda_hat compact                        # runs.parquet from its parts
 
 ``reference`` computes the reference of every problem of a set with the flows' settings
 (unless told otherwise) and saves it where the flows look (``lambda_hat.reference.record``):
 a reference computed here is the flows' cached reference, and one the flows computed is
 shown here without sampling again (``--refresh`` recomputes). ``compact`` folds the part
-files of ``runs.parquet`` into it, as every tune run does at its end. Neither imports
-Prefect; JAX loads only when a reference is sampled.
+files of ``runs.parquet`` into it, as every tune run does at its end. ``leaderboard``,
+``report`` and ``export`` read what a tune run left (``lambda_hat.results.campaign``) and
+write nothing but their own output. None imports Prefect; JAX loads only when a
+reference is sampled, matplotlib only for ``report``.
 """
 
 from __future__ import annotations
@@ -54,7 +59,30 @@ def _parser() -> argparse.ArgumentParser:
     compact = commands.add_parser(
         "compact", help="fold runs.parquet's part files into it (rebuilt if damaged)"
     )
-    for sub in (ref, compact):
+    board = commands.add_parser(
+        "leaderboard", help="print the leaderboard and each method's verdict, as the report shows",
+        formatter_class=DefaultsHelp,
+    )  # fmt: skip
+    board.add_argument("--format", choices=["text", "markdown"], default="text")
+    report = commands.add_parser(
+        "report", help="rebuild the report (index.html and its plots) from results/",
+        formatter_class=DefaultsHelp,
+    )  # fmt: skip
+    report.add_argument(
+        "--out-dir", type=Path, default=None, help="default: <artifacts-dir>/report"
+    )
+    export = commands.add_parser(
+        "export", help="write each recommended configuration as a methods file (--methods-file)",
+        formatter_class=DefaultsHelp,
+    )  # fmt: skip
+    export.add_argument(
+        "--out-dir", type=Path, default=None, help="default: <artifacts-dir>/recommended"
+    )
+    export.add_argument(
+        "--methods-file", default=None,
+        help="the search spaces the campaign used, where results/campaign.json lacks them",
+    )  # fmt: skip
+    for sub in (ref, compact, board, report, export):
         sub.add_argument(
             "--artifacts-dir", type=Path, default=None, help="default: LAMBDA_HAT_ARTIFACTS_DIR"
         )
@@ -174,6 +202,83 @@ def compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def _campaign(args: argparse.Namespace):
+    from lambda_hat.results.campaign import load
+
+    artifacts_dir, results_dir = _dirs(args)
+    return load(artifacts_dir, results_dir, with_runs=args.command == "report")
+
+
+def leaderboard(args: argparse.Namespace) -> int:
+    from lambda_hat.results import summary
+
+    campaign = _campaign(args)
+    header, cells = summary.leaderboard_view(campaign.leaderboard)
+    verdicts = [item.verdict for item in summary.method_summaries(campaign.leaderboard)]
+    if args.format == "markdown":
+        print(summary.markdown_table(header, cells))
+        print("\n" + "\n".join(f"- {line}" for line in verdicts))
+    else:
+        print(summary.text_table(header, cells))
+        print("\n" + "\n".join(verdicts))
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    from lambda_hat.results.report import build_report
+
+    campaign = _campaign(args)
+    artifacts_dir, _ = _dirs(args)
+    metadata = campaign.metadata or {}
+    title = f"lambda_hat: {', '.join(metadata.get('methods') or [])} on " + str(
+        metadata.get("problems", "?")
+    )
+    page = build_report(
+        args.out_dir or artifacts_dir / "report", campaign.runs, campaign.leaderboard,
+        campaign.references, campaign.evidence, title, metadata=campaign.metadata,
+    )  # fmt: skip
+    print(f"report: {page}")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from lambda_hat.tuning.recipe_file import write_recommendation
+    from lambda_hat.tuning.recipes import recommended_config
+    from lambda_hat.tuning.search_space import MethodSpace, SearchSpaceError, load_methods
+
+    campaign = _campaign(args)
+    artifacts_dir, _ = _dirs(args)
+    recorded = (campaign.metadata or {}).get("spaces")
+    try:
+        spaces = (
+            load_methods(args.methods_file) if args.methods_file or not recorded
+            else {m: MethodSpace.model_validate(v) for m, v in recorded.items()}
+        )  # fmt: skip
+    except SearchSpaceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out_dir = args.out_dir or artifacts_dir / "recommended"
+    written = 0
+    for row in campaign.leaderboard:
+        if row.get("config_id") is None or row["method"] not in spaces:
+            continue
+        config = recommended_config(row, spaces)
+        path = out_dir / f"{row['problem_name']}-{row['method']}.yaml"
+        write_recommendation(path, row, config)
+        print(path)
+        written += 1
+    print(f"{written} recommended configurations written to {out_dir}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    from lambda_hat.results.campaign import NoResults
+
     args = _parser().parse_args(argv)
-    return {"reference": reference, "compact": compact}[args.command](args)
+    commands = {"reference": reference, "compact": compact, "leaderboard": leaderboard,
+                "report": report, "export": export}  # fmt: skip
+    try:
+        return commands[args.command](args)
+    except NoResults as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1

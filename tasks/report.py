@@ -20,6 +20,7 @@ def build_report_task(
     references: list[dict[str, Any]],
     title: str,
     page_name: str = "index.html",
+    metadata: dict[str, Any] | None = None,
 ) -> str:
     """Write ``<artifacts_dir>/report/<page_name>`` and its PNGs; returns the page's path.
     ``runs_parquet`` None: the references alone (the reference flow)."""
@@ -31,6 +32,7 @@ def build_report_task(
             evidence[ref["pid"]] = record
     runs = read_rows(Path(runs_parquet)) if runs_parquet else []
     page = build_report(
-        Path(artifacts_dir) / "report", runs, leaderboard, references, evidence, title, page_name
-    )
+        Path(artifacts_dir) / "report", runs, leaderboard, references, evidence, title, page_name,
+        metadata=metadata,
+    )  # fmt: skip
     return str(page)

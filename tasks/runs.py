@@ -28,7 +28,7 @@ def run_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
 
 @task(
     name="run-method",
-    task_run_name="{method}-{stage}-{run_id}",
+    task_run_name="{method}-{spec[name]}-{stage}-{run_id}",
     cache_key_fn=run_cache_key,
     persist_result=True,
     result_serializer="json",  # nothing in the results dir is ever unpickled

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from lambda_hat.results import plots
 from lambda_hat.results.plots import pareto_front
 from lambda_hat.results.report import (
     build_report,
@@ -108,9 +109,11 @@ def test_the_report_writes_every_plot_and_a_self_contained_page(tmp_path):
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
     html = page.read_text()
     assert html.count('src="data:image/png;base64,') == 4
-    assert not re.search(r"(src|href)=\"(?!data:)", html) and "http" not in html
+    # Images inline; links only to its own sections and the user guide beside the code.
+    assert not re.search(r'(src|href)="(?!data:|#|file://[^"]*/docs/user-guide\.md")', html)
+    assert "http" not in html
     assert "t &lt;&amp;&gt;" in html  # escaped, not markup
-    assert "0.2 [0, 2.7] (n=2)" in html  # the validated error as the leaderboard has it
+    assert "0.200 [0.000, 2.700] (n=2)" in html  # the validated error as every view shows it
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, None])
@@ -121,3 +124,49 @@ def test_missing_or_non_finite_numbers_leave_gaps_not_errors(tmp_path, bad):
     page = build_report(tmp_path, runs, board, [REFERENCE], {"p_1": evidence})
     assert "not validated" in page.read_text()
     assert all(p.read_bytes().startswith(PNG_MAGIC) for p in tmp_path.glob("*.png"))
+
+
+def test_a_failed_trial_is_plotted_with_its_reason_and_a_single_best_still_shows(tmp_path):
+    runs = [
+        run_row(trial_number=0, trial_objective=0.4),
+        run_row(trial_number=1, trial_state="fail", trial_objective=None, objective=None,
+                status="diverged", rel_error=None),
+    ]  # fmt: skip
+    trials = study_trials(runs, "p_1:sgld")
+    assert [(t["number"], t["state"], t["reason"]) for t in trials] == [
+        (0, "COMPLETE", None), (1, "FAIL", "diverged"),
+    ]  # fmt: skip
+    figure_path = plots.study_progress(trials, None, "t", tmp_path / "s.png")
+    assert figure_path.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_best_so_far_and_failed_marks_are_drawn_even_for_one_trial():
+    from matplotlib.figure import Figure
+
+    axes = Figure().add_subplot()
+    plots._best_so_far(axes, [{"number": 0, "objective": 0.4}], [0])
+    (line,) = axes.get_lines()
+    assert len(line.get_xdata()) == 2  # a segment, not a single invisible point
+    plots._failed_marks(axes, [{"number": 3, "reason": "diverged"}])
+    assert [t.get_text() for t in axes.texts] == ["diverged"]
+
+
+def test_an_axis_with_blow_ups_goes_to_log_scale():
+    assert plots._blown_up([0.1, 0.12, 0.2, 50.0])
+    assert not plots._blown_up([0.1, 0.12, 0.2, 0.5])
+
+
+def test_the_answer_names_every_method_and_marks_each_problems_best():
+    from lambda_hat.results.summary import best_per_problem, leaderboard_view, method_summaries
+
+    board = [
+        {**BOARD[0]},
+        {**BOARD[0], "method": "vi", "validated_error_mean": 2.0, "validated_error_ci_low": 1.8,
+         "validated_error_ci_high": 2.2, "validated_rel_error_mean": 0.6, "validated_bias": 2.0,
+         "validated_sd": 0.1, "n_validation_runs": 5},
+    ]  # fmt: skip
+    assert [s.method for s in method_summaries(board)] == ["sgld", "vi"]
+    assert best_per_problem(board)["p_1"].method == "sgld"
+    header, cells = leaderboard_view(board)
+    assert [row[1] for row in cells] == ["sgld ★", "vi"]
+    assert not any("transfer" in name for name in header)  # no held-out problems

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from lambda_hat.io import atomic_write_bytes
-from lambda_hat.results import plots
+from lambda_hat.results import plots, summary
+from lambda_hat.results.metadata import metadata_rows
 
 STYLE = """
 body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
@@ -32,6 +33,9 @@ th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
 .note { color: #555; font-size: 0.9em; }
+table.meta th { text-align: left; background: #f6f6f6; }
+dt { font-weight: bold; margin-top: 0.4em; }
+nav ul { columns: 2; }
 """
 
 
@@ -59,30 +63,35 @@ def study_trials(runs: Sequence[dict[str, Any]], study_name: str) -> list[dict[s
         if objective is None:
             values = [r["objective"] for r in rows if plots.finite(r.get("objective"))]
             objective = statistics.fmean(values) if values else None
+        reasons = [r["status"] for r in rows if r.get("status") not in (None, "ok")]
         trials.append({
             "number": number,
             "objective": objective,
             "objective_se": rows[0].get("trial_objective_se"),
             "state": rows[0]["trial_state"].upper(),  # rows keep Optuna's state in lower case
+            "reason": reasons[0] if reasons else None,
         })  # fmt: skip
     return trials
 
 
-def problem_configs(runs: Sequence[dict[str, Any]], pid: str) -> list[dict[str, Any]]:
+def problem_configs(
+    runs: Sequence[dict[str, Any]], pid: str, recommended: frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
     """Mean cost and relative error of each (method, configuration) on one problem, over
-    its finished runs (search and validation)."""
+    its finished runs (search and validation); ``recommended``: the config ids to mark."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in runs:
         if row.get("pid") == pid and row.get("status") == "ok" and row.get("config_id"):
             groups[(row["method"], row["config_id"])].append(row)
     configs = []
-    for (method, _), rows in sorted(groups.items()):
+    for (method, config_id), rows in sorted(groups.items()):
         costs = [r["full_grad_equiv"] for r in rows if r.get("full_grad_equiv") is not None]
         errors = [r["rel_error"] for r in rows if r.get("rel_error") is not None]
         if costs and errors:
             configs.append(
                 {"method": method, "cost": statistics.fmean(costs),
-                 "rel_error": statistics.fmean(errors)}
+                 "rel_error": statistics.fmean(errors),
+                 "recommended": config_id in recommended}
             )  # fmt: skip
     return configs
 
@@ -114,6 +123,27 @@ def calibration_points(
     return points
 
 
+# The parameter each method's slice plot is drawn against: the one that sets its scale.
+SLICE_PARAMETER = {"sgld": "step_size", "psgld": "step_size", "mclmc": "desired_energy_var",
+                   "vi": "learning_rate"}  # fmt: skip
+
+
+def slice_points(
+    runs: Sequence[dict[str, Any]], method: str, parameter: str
+) -> list[dict[str, Any]]:
+    """Every finished search run of a method: its problem, its value of ``parameter``
+    and its relative error."""
+    column = f"hp_{parameter}"
+    return [
+        {"problem": row.get("problem_name") or row["pid"], "value": row[column],
+         "rel_error": row["rel_error"]}
+        for row in runs
+        if row.get("method") == method and row.get("stage") == "search"
+        and row.get("status") == "ok" and plots.finite(row.get(column))
+        and plots.finite(row.get("rel_error"))
+    ]  # fmt: skip
+
+
 def _image(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
@@ -126,62 +156,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         for row in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _interval(mean: Any, low: Any, high: Any, percent: bool = False) -> str:
-    shown = (lambda v: "–" if v is None else f"{v:.1%}") if percent else _num
-    return f"{shown(mean)} [{shown(low)}, {shown(high)}]"
-
-
-def _validated(row: dict[str, Any]) -> str:
-    if row.get("kind") == "recipe":
-        if row.get("validated_rel_error_mean") is None:
-            return "not validated"
-        return (
-            _interval(row["validated_rel_error_mean"], row["validated_rel_error_ci_low"],
-                      row["validated_rel_error_ci_high"], percent=True)
-            + f" relative over {row['n_problems']} problems (n={row['n_validation_runs']})"
-        )  # fmt: skip
-    if row.get("validated_error_mean") is None:
-        return "not validated"
-    return (
-        _interval(row["validated_error_mean"], row["validated_error_ci_low"],
-                  row["validated_error_ci_high"])
-        + f" (n={row['n_validation_runs']})"
-    )  # fmt: skip
-
-
-def _transfer(row: dict[str, Any]) -> str:
-    if row.get("transfer_rel_error_mean") is None:
-        return "–"
-    return _interval(
-        row["transfer_rel_error_mean"], row["transfer_rel_error_ci_low"],
-        row["transfer_rel_error_ci_high"], percent=True,
-    ) + f" over {row['n_transfer_problems']} (n={row['n_transfer_runs']})"  # fmt: skip
-
-
-def _leaderboard_html(leaderboard: Sequence[dict[str, Any]]) -> str:
-    rows = []
-    for row in leaderboard:
-        rel = row.get("validated_rel_error_mean")
-        reference = (
-            "per problem" if row.get("kind") == "recipe"
-            else f"{_num(row.get('llc_ref'))} ± {_num(row.get('se_ref'))}"
-        )  # fmt: skip
-        rows.append([
-            row["problem_name"], row["method"], _validated(row),
-            "–" if rel is None else f"{rel:.1%}", _transfer(row),
-            f"{_num(row.get('search_objective'))} ± {_num(row.get('search_objective_se'))}",
-            reference,
-            f"{row.get('trials_done')}/{row.get('trials_pruned')}/{row.get('trials_failed')}",
-            row.get("params_json") or "–",
-        ])  # fmt: skip
-    return _table(
-        ["problem", "method", "validated error [95 % CI]", "relative",
-         "transfer: held-out rel. error [95 % CI]", "search objective ± SE", "llc_ref ± SE",
-         "trials done/pruned/failed", "configuration"],
-        rows,
-    )  # fmt: skip
 
 
 def _validated_band(board: dict[str, Any], prefix: str) -> dict[str, Any] | None:
@@ -221,6 +195,92 @@ def _references_html(references: Sequence[dict[str, Any]]) -> str:
     return _table(["problem", "pid", "llc_ref ± SE", "λ (theory)", "quality", "reasons"], rows)
 
 
+GLOSSARY = [
+    ("validated error", "mean |llc_hat − llc_ref| of the recommended configuration over fresh "
+     "seeds it was not selected on, with its 95 % t interval (lower end clipped at 0): the "
+     "error to expect when you use it"),
+    ("search objective", "the best trial's mean |llc_hat − llc_ref| over its repeats, on the "
+     "seeds it was selected on: biased low (the winner's curse), shown for comparison only"),
+    ("relative", "the validated error divided by llc_ref"),
+    ("bias", "mean llc_hat − llc_ref over the validation seeds, with its 95 % t interval; "
+     "low or high where the interval excludes 0"),
+    ("fails", f"a validated relative error above {100 * summary.FAIL_REL:.0f} %, or none"),
+    ("★ best", "the method with the lowest validated error on a problem; methods whose "
+     "interval overlaps its own are not distinguishable from it on these seeds"),
+    ("quality", "the reference's verdict: trusted, or why not (R-hat, ESS, divergences, "
+     "disagreement between chains or halves, or with the exact or theoretical value)"),
+    ("transfer", "a recommendation run on held-out problems it was not tuned on, on fresh "
+     "seeds: mean relative error over them"),
+    ("recipe", "one configuration per method for a whole problem set; its error is the mean "
+     "over problems of each problem's mean relative error"),
+]  # fmt: skip
+
+
+def _anchor(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
+def _section(title: str, anchor: str | None = None) -> tuple[str, str]:
+    """(an <h2> with an id, its table-of-contents entry)."""
+    anchor = anchor or _anchor(title)
+    heading = f'<h2 id="{anchor}">{html.escape(title)}</h2>'
+    return heading, f'<li><a href="#{anchor}">{html.escape(title)}</a></li>'
+
+
+def _answer_html(leaderboard: Sequence[dict[str, Any]], spaces: dict[str, Any]) -> list[str]:
+    """Per method: the verdict, then each problem's recommended configuration (tuned and
+    fixed values) with its validated error and bias."""
+    parts = []
+    best = summary.best_per_problem(leaderboard)
+    for item in summary.method_summaries(leaderboard):
+        fixed = (spaces.get(item.method) or {}).get("fixed") or {}
+        rows = []
+        for row in item.rows:
+            mark = best.get(row["pid"])
+            note = ""
+            if mark is not None and mark.method == item.method:
+                note = "★ best" + (f" (tied with {', '.join(mark.tied_with)})"
+                                   if mark.tied_with else "")  # fmt: skip
+            rows.append([
+                row["problem_name"], summary.readable_config(summary.tuned_params(row), fixed),
+                summary.validated_text(row), summary._pct(row.get("validated_rel_error_mean")),
+                summary.bias_text(row), note,
+            ])  # fmt: skip
+        parts += [f"<h3>{html.escape(item.method)}</h3>",
+                  f"<p><b>{html.escape(item.verdict)}</b></p>",
+                  _table(["problem", "recommended configuration", "validated |error| [95 % CI]",
+                          "relative", "bias [95 % CI]", ""], rows)]  # fmt: skip
+    recipes = [row for row in leaderboard if row.get("kind") == "recipe"]
+    if recipes:
+        parts.append("<h3>recipes</h3>")
+        parts.append(_table(
+            ["set", "method", "configuration", "validated mean relative error", "transfer"],
+            [[r["problem_name"], r["method"],
+              summary.readable_config(summary.tuned_params(r),
+                                      (spaces.get(r["method"]) or {}).get("fixed")),
+              summary.validated_text(r), summary.transfer_text(r)] for r in recipes],
+        ))  # fmt: skip
+    return parts
+
+
+def _metadata_html(metadata: dict[str, Any] | None) -> str:
+    if not metadata:
+        return '<p class="note">No run record (results/campaign.json) was found.</p>'
+    rows = "".join(
+        f"<tr><th>{html.escape(label)}</th><td>{html.escape(text)}</td></tr>"
+        for label, text in metadata_rows(metadata)
+    )
+    return f'<table class="meta">{rows}</table>'
+
+
+def _guide_link() -> str:
+    guide = Path(__file__).resolve().parents[2] / "docs" / "user-guide.md"
+    where = "docs/user-guide.md in the lambda_hat repository"
+    if guide.exists():
+        return f'<a href="{html.escape(guide.as_uri())}">{where}</a>'
+    return where
+
+
 def build_report(
     out_dir: Path | str,
     runs: Sequence[dict[str, Any]],
@@ -229,50 +289,92 @@ def build_report(
     evidence: dict[str, dict[str, Any]],
     title: str = "lambda_hat tuning report",
     page_name: str = "index.html",
+    metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Draw every plot into ``out_dir`` and write ``out_dir/<page_name>``; returns its path.
-    ``evidence`` maps a pid to its reference's ``convergence.json``."""
+    ``evidence`` maps a pid to its reference's ``convergence.json``; ``metadata`` is the
+    run's record (``lambda_hat.results.metadata``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    parts = [f"<h1>{html.escape(title)}</h1>",
-             '<p class="note">Every error is measured on fresh seeds the configuration was not '
-             "selected on, with its 95 % t interval; the search objective is shown beside it."
-             "</p>", "<h2>Leaderboard</h2>", _leaderboard_html(leaderboard),
-             "<h2>References</h2>", _references_html(references)]  # fmt: skip
-    parts += _recipes_html(out, runs, leaderboard)
+    spaces = (metadata or {}).get("spaces") or {}
+    methods = summary.method_order(leaderboard)
+    body: list[str] = []
+    toc: list[str] = []
+
+    def section(title: str, *content: str, anchor: str | None = None) -> None:
+        heading, entry = _section(title, anchor)
+        body.extend([heading, *content])
+        toc.append(entry)
+
+    if leaderboard:
+        section("The answer: which configuration, and how wrong", *_answer_html(
+            leaderboard, spaces), anchor="answer")  # fmt: skip
+        header, cells = summary.leaderboard_view(leaderboard)
+        section("Leaderboard", _table(header, cells))
+    if references:
+        section("References", _references_html(references))
+    recipe_parts = _recipes_html(out, runs, leaderboard)
+    if recipe_parts:
+        section("Recipe studies", *recipe_parts, anchor="recipes")
+    best = summary.best_per_problem(leaderboard)
     for ref in references:
         name = ref.get("name", ref["pid"])
-        parts.append(f"<h2>{html.escape(name)} ({html.escape(ref['pid'])})</h2>")
+        parts = []
         if ref["pid"] in evidence:
             png = plots.reference_convergence(
                 evidence[ref["pid"]], f"HMC reference: {name}", out / f"reference-{name}.png"
             )
             parts.append(_image(png, f"reference chains of {name}"))
+        boards = [b for b in leaderboard if b["pid"] == ref["pid"]]
+        chosen = frozenset(b["config_id"] for b in boards if b.get("config_id"))
         png = plots.error_vs_cost(
-            problem_configs(runs, ref["pid"]),
-            f"error against cost: {name}",
-            out / f"cost-{name}.png",
-        )
+            problem_configs(runs, ref["pid"], chosen), f"error against cost: {name}",
+            out / f"cost-{name}.png", methods,
+        )  # fmt: skip
         parts.append(_image(png, f"error against cost on {name}"))
-        for board in (b for b in leaderboard if b["pid"] == ref["pid"]):
-            study = f"{ref['pid']}:{board['method']}"
+        for board in boards:
             validated = _validated_band(board, "validated_error")
             png = plots.study_progress(
-                study_trials(runs, study), validated, f"{name} · {board['method']}",
-                out / f"study-{name}-{board['method']}.png",
+                study_trials(runs, board.get("study_name") or f"{ref['pid']}:{board['method']}"),
+                validated,
+                f"{name} · {board['method']}", out / f"study-{name}-{board['method']}.png",
             )  # fmt: skip
             parts.append(_image(png, f"study {name} {board['method']}"))
-    methods = sorted({b["method"] for b in leaderboard})
-    if methods:
-        parts.append("<h2>Calibration across problems</h2>")
+        mark = best.get(ref["pid"])
+        lead = f"<p>Best: <b>{html.escape(mark.method)}</b>.</p>" if mark else ""
+        section(f"Problem {name} ({ref['pid']})", lead, *parts, anchor=f"problem-{name}")
+    calibration = [
+        _image(plots.calibration(calibration_points(runs, leaderboard, method), method,
+                                 out / f"calibration-{method}.png"), f"calibration of {method}")
+        for method in methods
+    ]  # fmt: skip
+    if calibration:
+        section("Calibration across problems", *calibration, anchor="calibration")
+    slices = []
     for method in methods:
-        png = plots.calibration(
-            calibration_points(runs, leaderboard, method), method, out / f"calibration-{method}.png"
-        )  # fmt: skip
-        parts.append(_image(png, f"calibration of {method}"))
+        parameter = SLICE_PARAMETER.get(method)
+        points = slice_points(runs, method, parameter) if parameter else []
+        if points:
+            png = plots.error_vs_parameter(
+                points, method, parameter, out / f"slice-{method}-{parameter}.png"
+            )
+            slices.append(_image(png, f"{method}: error against {parameter}"))
+    if slices:
+        section("Error against the step size, per problem", *slices, anchor="slices")
+    section("Glossary", "<dl>" + "".join(
+        f"<dt>{html.escape(term)}</dt><dd>{html.escape(text)}</dd>" for term, text in GLOSSARY
+    ) + "</dl>")  # fmt: skip
+    head = [
+        f"<h1>{html.escape(title)}</h1>",
+        _metadata_html(metadata),
+        f"<nav><b>Contents</b><ul>{''.join(toc)}</ul></nav>",
+        f'<p class="note">Every error is measured on fresh seeds the configuration was not '
+        f"selected on, with its 95 % t interval; the search objective is shown beside it. "
+        f"User guide: {_guide_link()}.</p>",
+    ]
     page = (
         f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>"
+        f"<style>{STYLE}</style></head><body>{''.join(head + body)}</body></html>"
     )
     index = out / page_name
     atomic_write_bytes(index, page.encode("utf-8"))

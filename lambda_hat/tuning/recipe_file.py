@@ -79,3 +79,45 @@ def write_recipe(
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, text.encode("utf-8"))
     return path
+
+
+def recommendation_document(row: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """A per-problem study's recommendation as a methods file, with its evidence: the
+    problem and its reference, the validated error and bias with their 95 % intervals,
+    and the search objective it was chosen on (biased low)."""
+    evidence: dict[str, Any] = {
+        "study": row["study_name"],
+        "problem": row["problem_name"],
+        "pid": row["pid"],
+        "config_id": row["config_id"],
+        "llc_ref": row.get("llc_ref"),
+        "se_ref": row.get("se_ref"),
+        "tuned_params": json.loads(row["params_json"]),
+        "validated_error": _interval(row, "validated_error"),
+        "validated_rel_error": _interval(row, "validated_rel_error"),
+        "validated_bias": row.get("validated_bias"),
+        "validation_runs": row.get("n_validation_runs"),
+        "search_objective": row.get("search_objective"),
+    }
+    if row.get("n_transfer_runs"):
+        evidence["transfer_rel_error"] = _interval(row, "transfer_rel_error")
+    return {"methods": {row["method"]: {"fixed": config, "space": {}}}, "evidence": evidence}
+
+
+def write_recommendation(path: Path, row: dict[str, Any], config: dict[str, Any]) -> Path:
+    """Write a leaderboard row's recommended configuration (``config``: the full method
+    config) as a methods file, atomically; a recipe row as ``write_recipe`` does."""
+    if row.get("kind") == "recipe":
+        document = recipe_document(row, config, tuned_on=[], holdout=None)
+        document["evidence"].pop("tuned_on")
+    else:
+        document = recommendation_document(row, config)
+    header = (
+        f"# lambda_hat: the recommended {row['method']} configuration of {row['study_name']} "
+        f"({row['problem_name']}).\n"
+        f"# Use: python flows/tune.py --methods {row['method']} --methods-file {path.name} "
+        "--problems <your set>\n"
+    )
+    text = header + yaml.safe_dump(document, sort_keys=False, default_flow_style=None)
+    atomic_write_bytes(path, text.encode("utf-8"))
+    return path

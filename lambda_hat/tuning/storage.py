@@ -153,6 +153,13 @@ def open_study(
     return study
 
 
+# What ``reseeded`` builds, in words, for the report's header.
+SAMPLER_DESCRIPTION = (
+    "Optuna TPESampler with the constant liar (its first 10 trials are random start-up), "
+    "reseeded on each resume"
+)
+
+
 def reseeded(seed: int) -> optuna.samplers.TPESampler:
     """The study's sampler: TPE with the constant liar, so trials in flight are modelled."""
     import optuna
