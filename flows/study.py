@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, Literal
 
+import optuna
 import prefect.runtime
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact
@@ -87,7 +89,9 @@ def _label_study(study, labels: dict[str, Any]) -> None:
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)
     if study.metric_names != [OBJECTIVE_NAME]:
-        study.set_metric_names([OBJECTIVE_NAME])
+        with warnings.catch_warnings():  # (experimental since Optuna 3.2, stable in use)
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([OBJECTIVE_NAME])
 
 
 def _store_validation(study, row: dict[str, Any]) -> None:

@@ -311,9 +311,10 @@ def command_line() -> str:
     """The command that started this run, or the flow run's name under a deployment."""
     if Path(sys.argv[0]).name == "tune.py":
         return shlex.join(["python", "flows/tune.py", *sys.argv[1:]])
-    from prefect.runtime import flow_run
+    from prefect.runtime import deployment, flow_run
 
-    return f"Prefect flow run {flow_run.name} (deployment {flow_run.deployment_id})"
+    where = f"deployment {deployment.name}" if deployment.id else "called in Python"
+    return f"Prefect flow run {flow_run.name} ({where}); its parameters are below"
 
 
 def problem_specs(

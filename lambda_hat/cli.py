@@ -236,6 +236,7 @@ def report(args: argparse.Namespace) -> int:
     page = build_report(
         args.out_dir or artifacts_dir / "report", campaign.runs, campaign.leaderboard,
         campaign.references, campaign.evidence, title, metadata=campaign.metadata,
+        traces=campaign.traces,
     )  # fmt: skip
     print(f"report: {page}")
     return 0

@@ -8,6 +8,7 @@ from typing import Any
 from prefect import task
 
 from lambda_hat.io import read_json
+from lambda_hat.results.campaign import recommended_traces
 from lambda_hat.results.report import build_report
 from lambda_hat.results.tables import read_rows
 
@@ -31,8 +32,9 @@ def build_report_task(
         if isinstance(record, dict):
             evidence[ref["pid"]] = record
     runs = read_rows(Path(runs_parquet)) if runs_parquet else []
+    traces = recommended_traces(Path(artifacts_dir), runs, leaderboard)
     page = build_report(
         Path(artifacts_dir) / "report", runs, leaderboard, references, evidence, title, page_name,
-        metadata=metadata,
+        metadata=metadata, traces=traces,
     )  # fmt: skip
     return str(page)

@@ -17,13 +17,18 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.reference import reference
+from flows.study import OBJECTIVE_NAME
 from flows.tune import tune
 from lambda_hat.problems.sizes import estimate, human
 from lambda_hat.problems.specs import load_problem_set
+from lambda_hat.problems.targets import build_problem
 from lambda_hat.results.report import study_trials
 from lambda_hat.results.tables import COLUMNS, flatten_row, parts_dir, read_rows, run_records
+from lambda_hat.samplers.run_method import run_trial
 from lambda_hat.settings import Settings
 from lambda_hat.tuning.driver import study_seeds
+from lambda_hat.tuning.search_space import load_methods
+from lambda_hat.tuning.trials import config_id_for
 
 from .conftest import REPO
 
@@ -214,6 +219,32 @@ methods:
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def assert_exported_runs_reproduce(root: Path, board: dict, validation_row: dict, spec) -> None:
+    """``python -m lambda_hat export`` on the run's files: the recommendation as a methods
+    file that loads back (``--methods-file``) as the same configuration, whose run on a
+    validation seed gives that run's llc_hat again."""
+    out = root / "exported"
+    done = subprocess.run(
+        [sys.executable, "-m", "lambda_hat", "export", "--out-dir", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    path = out / f"{board['problem_name']}-{board['method']}.yaml"
+    space = load_methods(path)[board["method"]]
+    config = space.config({})
+    assert config_id_for(board["method"], config.model_dump(mode="json")) == board["config_id"]
+    again = run_trial(
+        build_problem(spec), board["method"], config, budget_sec=validation_row["budget_sec"],
+        seed=validation_row["seed"],
+    )  # fmt: skip
+    assert again.llc_hat == pytest.approx(validation_row["llc_hat"], rel=1e-9)
+    shown = subprocess.run(
+        [sys.executable, "-m", "lambda_hat", "leaderboard"],
+        capture_output=True, text=True, timeout=300, cwd=root,
+    )  # fmt: skip
+    assert shown.returncode == 0 and f"{board['method']}: " in shown.stdout, shown.stderr
+
+
 def assert_report(index: Path, problem_name: str) -> None:
     """Every plot a valid, non-empty PNG, named for people; the page self-contained."""
     names = {path.name for path in index.parent.glob("*.png")}
@@ -228,7 +259,9 @@ def assert_report(index: Path, problem_name: str) -> None:
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
     page = index.read_text()
     assert page.count('src="data:image/png;base64,') == len(names)
-    assert not re.search(r"(src|href)=\"(?!data:)", page)  # nothing to fetch: opens offline
+    # Nothing to fetch (opens offline): links go to its own sections and the user guide.
+    assert not re.search(r'(src|href)="(?!data:|#|file://[^"]*/docs/user-guide\.md")', page)
+    assert 'id="answer"' in page and "code version" in page  # the answer, the run's record
     assert "http://" not in page and "https://" not in page
 
 
@@ -311,6 +344,15 @@ def test_repeats_pruning_and_validation_through_the_flow(prefect_server, lambda_
     )
     assert transfer[0]["llc_ref"] != board["llc_ref"]
     assert_report(Path(result["report"]), spec.name)
+    # The recommendation's chains against the reference, from its first validation run.
+    trace = Path(result["report"]).parent / f"trace-{spec.name}-sgld.png"
+    assert trace.read_bytes().startswith(PNG_MAGIC)
+    first = min((r for r in chosen), key=lambda r: r["seed"])
+    metrics = json.loads(
+        (lambda_hat_env / "artifacts" / "runs" / spec.pid / "sgld" / first["run_id"]
+         / "metrics.json").read_text()
+    )["diagnostics"]  # fmt: skip
+    assert metrics["trace"] and all(0 < len(chain) <= 100 for chain in metrics["trace"])
     plotted = study_trials(rows, name)  # the study plot's points: every told trial
     assert [(t["number"], t["state"]) for t in plotted] == [
         (t.number, t.state.name) for t in study.trials
@@ -322,6 +364,12 @@ def test_repeats_pruning_and_validation_through_the_flow(prefect_server, lambda_
     assert study.user_attrs["se_ref"] == board["se_ref"]
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert all({"llc_hat", "abs_error", "runtime_sec"} <= set(t.user_attrs) for t in done)
+    # ... its objective's name, and the validated error beside Optuna's biased "best".
+    assert study.metric_names == [OBJECTIVE_NAME]
+    recommended = study.user_attrs["recommended"]
+    assert recommended["mean"] == pytest.approx(board["validated_error_mean"])
+    assert recommended["config_id"] == board["config_id"] and recommended["n_runs"] == 3
+    assert_exported_runs_reproduce(lambda_hat_env, board, chosen[0], spec)
 
     # Rerunning the same command recomputes nothing and adds no row.
     again = tune(**run)

@@ -34,6 +34,7 @@ class Campaign:
     references: list[dict[str, Any]]
     evidence: dict[str, dict[str, Any]]
     metadata: dict[str, Any] | None
+    traces: dict[str, dict[str, Any]]
 
 
 def load(artifacts_dir: Path, results_dir: Path, with_runs: bool = True) -> Campaign:
@@ -58,4 +59,33 @@ def load(artifacts_dir: Path, results_dir: Path, with_runs: bool = True) -> Camp
         chains = read_json(reference_dir(Path(artifacts_dir), pid) / "convergence.json")
         if isinstance(chains, dict):
             evidence[pid] = chains
-    return Campaign(leaderboard, runs, references, evidence, read_run(Path(results_dir)))
+    traces = recommended_traces(Path(artifacts_dir), runs, leaderboard)
+    return Campaign(leaderboard, runs, references, evidence, read_run(Path(results_dir)), traces)
+
+
+def recommended_traces(
+    artifacts_dir: Path, runs: list[dict[str, Any]], leaderboard: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """For each per-problem study (by study name), the chains' trace of its recommended
+    configuration's first validation run (from that run's ``metrics.json``), where kept."""
+    traces = {}
+    for board in leaderboard:
+        if board.get("kind") == "recipe" or not board.get("config_id"):
+            continue
+        first = next(
+            (row for row in runs
+             if row.get("stage") == "validation" and row.get("pid") == board["pid"]
+             and row.get("method") == board["method"]
+             and row.get("config_id") == board["config_id"] and row.get("status") == "ok"),
+            None,
+        )  # fmt: skip
+        if first is None:
+            continue
+        metrics = read_json(
+            Path(artifacts_dir) / "runs" / board["pid"] / board["method"] / first["run_id"]
+            / "metrics.json"
+        )  # fmt: skip
+        diagnostics = (metrics or {}).get("diagnostics") or {}
+        if diagnostics.get("trace"):
+            traces[board["study_name"]] = {**diagnostics, "seed": first.get("seed")}
+    return traces

@@ -287,3 +287,30 @@ def error_vs_parameter(
     if usable:
         axes.legend(fontsize="small")
     return _save(figure, path)
+
+
+def method_trace(
+    trace: dict[str, Any], llc_ref: float, se_ref: float, title: str, path: Path | str
+) -> Path:
+    """One run's chains of nβ(L_n(w_t) − L_n(w*)) against the kept draw, with the HMC
+    reference's llc_ref ± 2 SE as a band (devinterp's ``plot_trace``, against the truth).
+    Each chain's mean is its LLC estimate, so a chain whose trace sits apart from the band
+    is biased, and one still drifting at the end has not mixed.
+
+    ``trace``: ``{"trace": [[...] per chain], "trace_every": k}`` (a run's diagnostics)."""
+    figure = _figure()
+    axes = figure.add_subplot()
+    every = trace.get("trace_every", 1)
+    for chain, values in enumerate(trace.get("trace", [])):
+        xs = [every * k for k, v in enumerate(values) if finite(v)]
+        axes.plot(xs, [v for v in values if finite(v)], lw=0.7, label=f"chain {chain}")
+    if finite(llc_ref):
+        band = 2 * se_ref if finite(se_ref) else 0.0
+        axes.axhspan(llc_ref - band, llc_ref + band, color="black", alpha=0.15)
+        axes.axhline(llc_ref, color="black", label="llc_ref ± 2 SE (HMC)")
+    axes.set_xlabel("kept draw")
+    axes.set_ylabel("nβ(L_n(w) − L_n(w*))")
+    axes.set_title(title)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize="x-small")
+    return _save(figure, path)

@@ -290,10 +290,12 @@ def build_report(
     title: str = "lambda_hat tuning report",
     page_name: str = "index.html",
     metadata: dict[str, Any] | None = None,
+    traces: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """Draw every plot into ``out_dir`` and write ``out_dir/<page_name>``; returns its path.
     ``evidence`` maps a pid to its reference's ``convergence.json``; ``metadata`` is the
-    run's record (``lambda_hat.results.metadata``)."""
+    run's record (``lambda_hat.results.metadata``); ``traces`` maps a study to its
+    recommendation's validation trace (``lambda_hat.results.campaign``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     spaces = (metadata or {}).get("spaces") or {}
@@ -340,6 +342,15 @@ def build_report(
                 f"{name} · {board['method']}", out / f"study-{name}-{board['method']}.png",
             )  # fmt: skip
             parts.append(_image(png, f"study {name} {board['method']}"))
+            trace = (traces or {}).get(board.get("study_name"))
+            if trace:
+                png = plots.method_trace(
+                    trace, ref["llc_ref"], ref["se_ref"],
+                    f"{name} · {board['method']}: the recommendation's chains "
+                    f"(validation seed {trace.get('seed')})",
+                    out / f"trace-{name}-{board['method']}.png",
+                )  # fmt: skip
+                parts.append(_image(png, f"trace {name} {board['method']}"))
         mark = best.get(ref["pid"])
         lead = f"<p>Best: <b>{html.escape(mark.method)}</b>.</p>" if mark else ""
         section(f"Problem {name} ({ref['pid']})", lead, *parts, anchor=f"problem-{name}")

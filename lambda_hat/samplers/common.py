@@ -320,6 +320,23 @@ def estimate(losses: np.ndarray, L0: float, n_beta: float) -> dict[str, float | 
     }
 
 
+# Points kept per chain of a run's trace of nβ(L_n − L0), for the report's trace plot.
+TRACE_POINTS = 100
+
+
+def thinned_trace(losses: np.ndarray, L0: float, n_beta: float) -> dict[str, Any]:
+    """Each chain's nβ(L_n(w_t) − L0) at every k-th kept draw (at most ``TRACE_POINTS``),
+    non-finite values as None (JSON has no NaN).
+
+    >>> thinned_trace(np.array([[1.0, 1.5, 2.0]]), L0=1.0, n_beta=2.0)
+    {'trace_every': 1, 'trace': [[0.0, 1.0, 2.0]]}
+    """
+    every = max(1, math.ceil(losses.shape[1] / TRACE_POINTS))
+    values = n_beta * (np.asarray(losses[:, ::every], dtype=float) - L0)
+    trace = [[round(float(v), 6) if math.isfinite(v) else None for v in chain] for chain in values]
+    return {"trace_every": every, "trace": trace}
+
+
 def result_from_drive(
     method: str,
     drive: Drive,
@@ -335,6 +352,7 @@ def result_from_drive(
     """Turn a finished chunk loop into a ``MethodResult``. A diverged run has no estimate
     (never an inf objective); a budget-exhausted one keeps the draws it has."""
     stats = estimate(drive.losses, L0, n_beta) if drive.status != "diverged" else {}
+    trace = thinned_trace(drive.losses, L0, n_beta) if drive.losses.size else {}
     n_draws = int(drive.losses.size) if drive.status != "diverged" else 0
     error = drive.reason
     if drive.status == "budget_exhausted" and n_draws == 0:
@@ -360,5 +378,6 @@ def result_from_drive(
             "rhat": stats.get("rhat"),
             **diagnostics,
             **{key: round(value, 4) for key, value in timing.items()},
+            **trace,
         },
     )
