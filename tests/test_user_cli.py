@@ -174,3 +174,43 @@ def test_atomic_writes_keep_the_umasks_mode(tmp_path, umask):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o666 & ~umask
+
+
+def test_the_user_guides_synopsis_shows_the_defaults_that_help_shows():
+    """Every ``[--option value]`` in the user guide's synopsis of ``flows/tune.py`` is
+    that option's default in the parser ``--help`` prints."""
+    from flows.arguments import parser
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "user-guide.md").read_text()
+    synopsis = guide.split("    python flows/tune.py [", 1)[1].split(
+        "    python flows/reference", 1
+    )[0]
+    shown = dict(re.findall(r"\[--([a-z-]+) ([0-9][0-9.]*)\]", synopsis))
+    assert {"n-trials", "batch", "repeats", "validate-top-k", "reference-draws"} <= set(shown)
+    defaults = parser().parse_args([])
+    for option, value in shown.items():
+        default = getattr(defaults, option.replace("-", "_"))
+        if default is None:  # (from the settings: LAMBDA_HAT_TUNING__*)
+            from lambda_hat.settings import TuningSettings
+
+            default = getattr(TuningSettings(), option.replace("-", "_"))
+        assert float(value) == float(default), option
+
+
+def test_leaderboard_update_rewrites_only_the_marked_block(campaign, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\n\n<!-- results:begin -->\nold, typed by hand\n"
+                      "<!-- results:end -->\n\n## after\n")  # fmt: skip
+    done = lambda_hat("leaderboard", "--update", str(readme), cwd=campaign)
+    assert done.returncode == 0, done.stderr
+    text = readme.read_text()
+    assert text.startswith("# title\n\n<!-- results:begin -->") and text.endswith("## after\n")
+    assert "typed by hand" not in text and "| alpha | sgld ★ |" in text
+    assert "python flows/tune.py --n-trials 4" in text  # where the numbers come from
+    for summary in method_summaries(BOARD):
+        assert f"- {summary.verdict}" in text
+    unmarked = tmp_path / "plain.md"
+    unmarked.write_text("no markers\n")
+    done = lambda_hat("leaderboard", "--update", str(unmarked), cwd=campaign)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--update" in done.stderr
+    assert unmarked.read_text() == "no markers\n"
