@@ -264,8 +264,10 @@ def report(args: argparse.Namespace) -> int:
     campaign = _campaign(args)
     artifacts_dir, _ = _dirs(args)
     metadata = campaign.metadata or {}
-    title = f"lambda_hat: {', '.join(metadata.get('methods') or [])} on " + str(
-        metadata.get("problems", "?")
+    title = (
+        f"lambda_hat: {', '.join(metadata['methods'])} on {metadata['problems']}"
+        if metadata.get("methods") and metadata.get("problems")
+        else "lambda_hat tuning report"
     )
     page = build_report(
         args.out_dir or artifacts_dir / "report", campaign.runs, campaign.leaderboard,

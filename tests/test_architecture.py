@@ -41,6 +41,8 @@ def test_the_science_package_never_imports_prefect():
         "lambda_hat.samplers.configs",
         "lambda_hat.reference.record",
         "lambda_hat.results.report",
+        "lambda_hat.results.summary",
+        "lambda_hat.results.campaign",
         "lambda_hat.cli",
     ],
 )
