@@ -314,7 +314,7 @@ def command_line() -> str:
     from prefect.runtime import deployment, flow_run
 
     where = f"deployment {deployment.name}" if deployment.id else "called in Python"
-    return f"Prefect flow run {flow_run.name} ({where}); its parameters are below"
+    return f"Prefect flow run {flow_run.name} ({where})"
 
 
 def problem_specs(

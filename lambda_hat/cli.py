@@ -287,13 +287,20 @@ def export(args: argparse.Namespace) -> int:
     artifacts_dir, _ = _dirs(args)
     recorded = (campaign.metadata or {}).get("spaces")
     try:
-        spaces = (
-            load_methods(args.methods_file) if args.methods_file or not recorded
-            else {m: MethodSpace.model_validate(v) for m, v in recorded.items()}
-        )  # fmt: skip
+        spaces = load_methods(args.methods_file)
     except SearchSpaceError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if recorded and not args.methods_file:  # the spaces the last run used, where it has them
+        for method, space in recorded.items():
+            spaces[method] = MethodSpace.model_validate(space)
+        older = sorted({r["method"] for r in campaign.leaderboard} - set(recorded))
+        if older:
+            print(
+                f"warning: {', '.join(older)}: not in the last run's record (an earlier "
+                "campaign's rows); their fixed values are the default search space's",
+                file=sys.stderr,
+            )
     out_dir = args.out_dir or artifacts_dir / "recommended"
     written = 0
     for row in campaign.leaderboard:

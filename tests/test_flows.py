@@ -47,6 +47,16 @@ methods:
 SMALL_REFERENCE = {"reference_warmup": 100, "reference_draws": 200}
 
 
+def artifacts(*keys: str) -> list:
+    """Every artifact of these keys (read back as the UI shows them)."""
+    with get_client(sync_client=True) as client:
+        return list(
+            client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=list(keys)))
+            )
+        )
+
+
 def artifact_keys(*keys: str) -> set[str]:
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
@@ -152,6 +162,15 @@ def test_tune_end_to_end_then_resume(prefect_server, lambda_hat_env):
         "tune-report",
         *progress,
     }
+    # The markdown says where the report is without a path of this machine's.
+    (markdown,) = artifacts("tune-report")
+    assert "file://" not in markdown.data and str(lambda_hat_env) not in markdown.data
+    assert "report/index.html" in markdown.data and "★" in markdown.data
+    bars = artifacts(*progress)
+    assert len(bars) == len(progress)
+    assert all(bar.description.startswith("4 of 4 trials, best so far ") for bar in bars), [
+        bar.description for bar in bars
+    ]
 
     # Resume: the same studies to 6 trials run exactly 2 new trials each.
     resumed = tune(n_trials=6, methods_file=str(methods_file), **run)
@@ -359,6 +378,7 @@ def test_repeats_pruning_and_validation_through_the_flow(prefect_server, lambda_
     ]
     # optuna-dashboard shows which problem a study is, and each trial's figures.
     assert study.user_attrs["problem_name"] == spec.name and study.user_attrs["pid"] == spec.pid
+    assert study.user_attrs["name"] == f"{spec.name} · sgld"
     assert study.user_attrs["method"] == "sgld" and study.user_attrs["lambda_theory"] > 0
     assert study.user_attrs["llc_ref"] == board["llc_ref"]
     assert study.user_attrs["se_ref"] == board["se_ref"]

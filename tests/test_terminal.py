@@ -130,7 +130,7 @@ def _finish(process: subprocess.Popen, watch: ProcessWatch, timeout: float) -> i
 
 def test_ctrl_c_prints_one_line_then_the_same_command_finishes_with_one_server(tmp_path):
     first, watch = _start(tmp_path, "first.txt")
-    _wait_for_line(tmp_path / "first.txt", "trial 1/4", first, timeout=600)
+    _wait_for_line(tmp_path / "first.txt", "(1 of 4 finished)", first, timeout=600)
     os.killpg(first.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     code = _finish(first, watch, timeout=300)
     lines = (tmp_path / "first.txt").read_text().strip().splitlines()
@@ -150,7 +150,7 @@ def test_ctrl_c_prints_one_line_then_the_same_command_finishes_with_one_server(t
     assert len(watch.servers) == 1, watch.servers  # one for the run, none per worker
     assert watch.alive() == []
     # The terminal: the flow's own lines, not Dask's or every task's state.
-    assert "trial 4/4" in text and "validated error" in text
+    assert "(4 of 4 finished)" in text and "validated error" in text
     for noise in ("distributed.", "Task run", "Error logging to API", "Traceback"):
         assert noise not in text, noise
     last = text.strip().splitlines()[-1]

@@ -93,7 +93,8 @@ class PerProblem:
 
     def dashboard_labels(self, members: list[Member], method: str) -> dict[str, Any]:
         (member,) = members
-        return {"problem_name": member.name, "pid": member.pid, "method": method,
+        return {"name": f"{member.name} · {method}",  # (a human name beside <pid>:<method>)
+                "problem_name": member.name, "pid": member.pid, "method": method,
                 "llc_ref": member.llc_ref, "se_ref": member.se_ref,
                 "lambda_theory": member.lambda_theory}  # fmt: skip
 
@@ -191,6 +192,7 @@ class Recipe:
 
     def dashboard_labels(self, members: list[Member], method: str) -> dict[str, Any]:
         return {
+            "name": f"recipe {self.set_name} · {method}",
             "set_name": self.set_name,
             "method": method,
             "pids": [member.pid for member in members],
