@@ -5,7 +5,8 @@
 # wins): bash scripts/run.sh --problems smoke --methods sgld --n-trials 4
 #
 # Laptop defaults, sized to finish in about 10 minutes on 2 cores (measured 7 min 48 s, and
-# 10 min 19 s on a slower day when the code before it took 11 min 1 s):
+# 10 min 19 s on a slower day when the code before it took 11 min 1 s; 21 min 18 s on
+# 2026-12-02 on a VM running at half its morning pace):
 # 4 trials of 3 repeats per study, the best configuration validated on 5 fresh seeds. `python flows/tune.py`
 # alone uses the thorough defaults (8 trials, top 3 validated on 8 seeds each) that a
 # cluster run should use (docs/user-guide.md, "What a reported error means").

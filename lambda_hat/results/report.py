@@ -242,7 +242,7 @@ def _answer_html(leaderboard: Sequence[dict[str, Any]], spaces: dict[str, Any]) 
                                    if mark.tied_with else "")  # fmt: skip
             rows.append([
                 row["problem_name"], summary.readable_config(summary.tuned_params(row), fixed),
-                summary.validated_text(row), summary._pct(row.get("validated_rel_error_mean")),
+                summary.validated_text(row), summary.percent(row.get("validated_rel_error_mean")),
                 summary.bias_text(row), note,
             ])  # fmt: skip
         parts += [f"<h3>{html.escape(item.method)}</h3>",
@@ -345,8 +345,8 @@ def build_report(
             if trace:
                 png = plots.method_trace(
                     trace, ref["llc_ref"], ref["se_ref"],
-                    f"{name} · {board['method']}: the recommendation's chains "
-                    f"(validation seed {trace.get('seed')})",
+                    f"{name} · {board['method']}: the recommendation's chains, one "
+                    "validation run",
                     out / f"trace-{name}-{board['method']}.png",
                 )  # fmt: skip
                 parts.append(_image(png, f"trace {name} {board['method']}"))

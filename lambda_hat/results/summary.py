@@ -53,7 +53,7 @@ def _num(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if finite else "–"
 
 
-def _pct(value: Any) -> str:
+def percent(value: Any) -> str:
     finite = isinstance(value, int | float) and math.isfinite(value)
     return f"{value:.1%}" if finite else "–"
 
@@ -83,10 +83,10 @@ def validated_text(row: dict[str, Any]) -> str:
     if row.get("kind") == "recipe":
         if row.get("validated_rel_error_mean") is None:
             return "not validated"
+        low, high = row["validated_rel_error_ci_low"], row["validated_rel_error_ci_high"]
         return (
-            f"{_pct(row['validated_rel_error_mean'])} [{_pct(row['validated_rel_error_ci_low'])}, "
-            f"{_pct(row['validated_rel_error_ci_high'])}] relative, {row['n_problems']} "
-            f"problems (n={row['n_validation_runs']})"
+            f"{percent(row['validated_rel_error_mean'])} [{percent(low)}, {percent(high)}] "
+            f"relative, {row['n_problems']} problems (n={row['n_validation_runs']})"
         )
     if row.get("validated_error_mean") is None:
         return "not validated"
@@ -102,9 +102,10 @@ def transfer_text(row: dict[str, Any]) -> str:
         failed = row.get("n_transfer_failed")
         return f"all {failed} runs failed" if failed else "–"
     failed = f", {row['n_transfer_failed']} failed" if row.get("n_transfer_failed") else ""
+    low, high = row["transfer_rel_error_ci_low"], row["transfer_rel_error_ci_high"]
     return (
-        f"{_pct(row['transfer_rel_error_mean'])} [{_pct(row['transfer_rel_error_ci_low'])}, "
-        f"{_pct(row['transfer_rel_error_ci_high'])}] over {row['n_transfer_problems']} "
+        f"{percent(row['transfer_rel_error_mean'])} [{percent(low)}, {percent(high)}] "
+        f"over {row['n_transfer_problems']} "
         f"held-out problems (n={row['n_transfer_runs']}{failed})"
     )
 
@@ -255,7 +256,7 @@ def leaderboard_cells(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
         )  # fmt: skip
         cells.append([
             row["problem_name"], row["method"] + star, reference, validated_text(row),
-            _pct(row.get("validated_rel_error_mean")), bias_text(row), transfer_text(row),
+            percent(row.get("validated_rel_error_mean")), bias_text(row), transfer_text(row),
             f"{_num(row.get('search_objective'))} ± {_num(row.get('search_objective_se'))}",
             f"{row.get('trials_done')} ({row.get('trials_pruned')}, {row.get('trials_failed')})",
             readable_config(tuned_params(row)),
