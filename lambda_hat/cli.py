@@ -27,6 +27,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lambda_hat.arguments import DefaultsHelp, OneLineErrors
+from lambda_hat.io import check_writable
 from lambda_hat.problems.specs import PRESETS, SpecError, format_validation_error
 from lambda_hat.reference.record import ReferenceResult, current_reference, write_reference
 from lambda_hat.samplers.configs import DEFAULT_REFERENCE, ReferenceConfig
@@ -322,7 +323,18 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"reference": reference, "compact": compact, "leaderboard": leaderboard,
                 "report": report, "export": export}  # fmt: skip
     try:
+        if getattr(args, "out_dir", None) is not None:
+            check_writable(args.out_dir, "--out-dir")
+        if getattr(args, "update", None) is not None:  # (rewritten by a rename beside it)
+            check_writable(args.update.parent, "--update")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
         return commands[args.command](args)
     except NoResults as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # (a full disk, a folder taken away meanwhile)
+        print(f"error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
         return 1

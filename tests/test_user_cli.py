@@ -214,3 +214,12 @@ def test_leaderboard_update_rewrites_only_the_marked_block(campaign, tmp_path):
     done = lambda_hat("leaderboard", "--update", str(unmarked), cwd=campaign)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--update" in done.stderr
     assert unmarked.read_text() == "no markers\n"
+
+
+def test_an_output_that_cannot_be_written_is_refused_in_one_line(campaign):
+    for args in (["report", "--out-dir", "/proc/version/report"],
+                 ["export", "--out-dir", "/proc/version/x"],
+                 ["leaderboard", "--update", "/proc/version/README.md"]):  # fmt: skip
+        done = lambda_hat(*args, cwd=campaign)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, (args, done.stderr)
+        assert "/proc/version is not a directory" in done.stderr
