@@ -168,5 +168,5 @@ def test_the_answer_names_every_method_and_marks_each_problems_best():
     assert [s.method for s in method_summaries(board)] == ["sgld", "vi"]
     assert best_per_problem(board)["p_1"].method == "sgld"
     header, cells = leaderboard_view(board)
-    assert [row[1] for row in cells] == ["sgld ★", "vi"]
+    assert [row[header.index("method")] for row in cells] == ["sgld ★", "vi"]
     assert not any("transfer" in name for name in header)  # no held-out problems

@@ -112,7 +112,7 @@ def test_leaderboard_prints_every_method_and_its_verdict(campaign):
     done = lambda_hat("leaderboard", cwd=campaign)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].split()[:2] == ["problem", "method"]
+    assert lines[0].split()[:3] == ["problem", "pid", "method"]
     assert "vi ★" in done.stdout and "sgld ★" in done.stdout  # each problem's best marked
     assert "tuned: step_size 0.000123" in done.stdout  # 3 significant figures
     verdicts = [line for line in lines if line.startswith(("sgld:", "vi:"))]
@@ -120,7 +120,7 @@ def test_leaderboard_prints_every_method_and_its_verdict(campaign):
     assert verdicts[1].startswith("vi: 2.0–33.0 % relative error on 2 problems")
     assert "fails (> 10 %) on 1 of 2" in verdicts[1]
     markdown = lambda_hat("leaderboard", "--format", "markdown", cwd=campaign)
-    assert markdown.returncode == 0 and "| problem | method |" in markdown.stdout
+    assert markdown.returncode == 0 and "| problem | pid | method |" in markdown.stdout
 
 
 def test_report_rebuilds_the_page_with_the_answer_on_top(campaign):
@@ -205,7 +205,7 @@ def test_leaderboard_update_rewrites_only_the_marked_block(campaign, tmp_path):
     assert done.returncode == 0, done.stderr
     text = readme.read_text()
     assert text.startswith("# title\n\n<!-- results:begin -->") and text.endswith("## after\n")
-    assert "typed by hand" not in text and "| alpha | sgld ★ |" in text
+    assert "typed by hand" not in text and "| alpha | p_aaaaaaaaaaaa | sgld ★ |" in text
     assert "python flows/tune.py --n-trials 4" in text  # where the numbers come from
     for summary in method_summaries(BOARD):
         assert f"- {summary.verdict}" in text

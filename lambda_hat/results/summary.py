@@ -236,7 +236,7 @@ def best_per_problem(rows: Sequence[dict[str, Any]]) -> dict[str, Best]:
 
 
 LEADERBOARD_HEADER = (
-    "problem", "method", "llc_ref ± SE", "validated |error| [95 % CI]", "relative",
+    "problem", "pid", "method", "llc_ref ± SE", "validated |error| [95 % CI]", "relative",
     "bias [95 % CI]", "transfer: held-out rel. error [95 % CI]", "search objective ± SE",
     "trials done (pruned, failed)", "configuration",
 )  # fmt: skip
@@ -255,7 +255,7 @@ def leaderboard_cells(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
             else f"{_num(row.get('llc_ref'))} ± {_num(row.get('se_ref'))}"
         )  # fmt: skip
         cells.append([
-            row["problem_name"], row["method"] + star, reference, validated_text(row),
+            row["problem_name"], row["pid"], row["method"] + star, reference, validated_text(row),
             percent(row.get("validated_rel_error_mean")), bias_text(row), transfer_text(row),
             f"{_num(row.get('search_objective'))} ± {_num(row.get('search_objective_se'))}",
             f"{row.get('trials_done')} ({row.get('trials_pruned')}, {row.get('trials_failed')})",
