@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.reference import reference
 from flows.study import OBJECTIVE_NAME
@@ -48,13 +49,17 @@ SMALL_REFERENCE = {"reference_warmup": 100, "reference_draws": 200}
 
 
 def artifacts(*keys: str) -> list:
-    """Every artifact of these keys (read back as the UI shows them)."""
+    """The latest artifact of each key (one Prefect server serves the whole test run, so
+    earlier tests' runs have artifacts of the same keys)."""
     with get_client(sync_client=True) as client:
-        return list(
-            client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=list(keys)))
-            )
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=list(keys))),
+            sort=ArtifactSort.CREATED_DESC,
         )
+    latest: dict[str, object] = {}
+    for artifact in found:
+        latest.setdefault(artifact.key, artifact)
+    return list(latest.values())
 
 
 def artifact_keys(*keys: str) -> set[str]:
