@@ -87,9 +87,11 @@ def campaign(tmp_path):
 
 
 def lambda_hat(*args: str, cwd: Path, umask: int | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "lambda_hat", *args]
+    if umask is not None:  # (through a shell: a preexec_fn would fork this JAX process)
+        command = ["sh", "-c", f'umask {umask:03o}; exec "$0" "$@"', *command]
     return subprocess.run(
-        [sys.executable, "-m", "lambda_hat", *args], cwd=cwd, capture_output=True, text=True,
-        timeout=300, preexec_fn=(lambda: os.umask(umask)) if umask is not None else None,
+        command, cwd=cwd, capture_output=True, text=True, timeout=300,
         env={**os.environ, "LAMBDA_HAT_RESULTS_DIR": str(cwd / "results"),
              "LAMBDA_HAT_ARTIFACTS_DIR": str(cwd / "artifacts")},
     )  # fmt: skip
