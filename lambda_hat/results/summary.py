@@ -116,10 +116,16 @@ def bias_interval(row: dict[str, Any], level: float = 0.95) -> tuple[float, floa
     bias, sd, n = row.get("validated_bias"), row.get("validated_sd"), row.get("n_validation_runs")
     if bias is None or sd is None or not n or n < 2:
         return None
-    from lambda_hat.tuning.stats import _t_quantile
+    from lambda_hat.tuning.stats import t_quantile
 
-    half = _t_quantile(level, n - 1) * sd / math.sqrt(n)
+    half = t_quantile(level, n - 1) * sd / math.sqrt(n)
     return bias - half, bias + half
+
+
+def _direction(interval: tuple[float, float] | None) -> str:
+    if interval is None:
+        return "unbiased"
+    return "low" if interval[1] < 0 else "high" if interval[0] > 0 else "unbiased"
 
 
 def bias_text(row: dict[str, Any]) -> str:
@@ -128,17 +134,14 @@ def bias_text(row: dict[str, Any]) -> str:
     interval = bias_interval(row)
     if interval is None:
         return _num(row.get("validated_bias"))
-    return f"{_num(row['validated_bias'])} [{_num(interval[0])}, {_num(interval[1])}] " + (
-        f"({direction})" if (direction := bias_direction(row)) != "unbiased" else "(no clear bias)"
-    )
+    direction = _direction(interval)
+    sign = "no clear bias" if direction == "unbiased" else direction
+    return f"{_num(row['validated_bias'])} [{_num(interval[0])}, {_num(interval[1])}] ({sign})"
 
 
 def bias_direction(row: dict[str, Any]) -> str:
     """``low``/``high`` where the bias's 95 % interval excludes 0, else ``unbiased``."""
-    interval = bias_interval(row)
-    if interval is None:
-        return "unbiased"
-    return "low" if interval[1] < 0 else "high" if interval[0] > 0 else "unbiased"
+    return _direction(bias_interval(row))
 
 
 def failed(row: dict[str, Any]) -> bool:

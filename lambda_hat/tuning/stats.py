@@ -20,7 +20,7 @@ import statistics
 from typing import Any
 
 
-def _t_quantile(level: float, dof: int) -> float:
+def t_quantile(level: float, dof: int) -> float:
     from scipy import stats  # scipy comes with jax; imported here to keep imports light
 
     return float(stats.t.ppf(0.5 + level / 2, dof))
@@ -31,7 +31,7 @@ def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float] 
     if len(values) < 2:
         return None
     mean = statistics.fmean(values)
-    half = _t_quantile(level, len(values) - 1) * statistics.stdev(values)
+    half = t_quantile(level, len(values) - 1) * statistics.stdev(values)
     half /= math.sqrt(len(values))
     return mean - half, mean + half
 
@@ -65,7 +65,7 @@ def family_error(per_problem: dict[str, list[float]], level: float = 0.95) -> di
     low = high = se = None
     if all(len(values) > 1 for values in errors.values()):
         se = math.sqrt(sum(statistics.variance(v) / len(v) for v in errors.values())) / count
-        half = _t_quantile(level, sum(len(values) - 1 for values in errors.values())) * se
+        half = t_quantile(level, sum(len(values) - 1 for values in errors.values())) * se
         low, high = max(mean - half, 0.0), mean + half
     return {
         "mean": mean,
