@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import zipfile
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 
 import jax
@@ -80,6 +80,12 @@ class Problem:
     @property
     def n_beta(self) -> float:
         return self.n * self.beta
+
+    @cached_property
+    def full_batch_data(self) -> LossData | Moments:
+        """What a full-data computation reads: for a linear network the data's second
+        moments (the same L_n and gradient, at a cost independent of n), else the rows."""
+        return moments_of(self.data) if is_linear(self.arch) else self.data
 
     def posterior_params(self) -> PosteriorParams:
         return PosteriorParams(self.w_star, jnp.float64(self.n_beta), jnp.float64(self.gamma))

@@ -4,6 +4,12 @@ divergence checks, hyperparameters as traced scalars, and a compile counter.
 A runner compiles two kinds of function once per (problem shape, static config): a setup
 (initial state, tuning) and a fixed-length *chunk* of kept draws. Hyperparameter values
 enter both as traced arguments, so the trials of a study share one compile.
+
+Every full-data computation (VI's ELBO and its draws, MCLMC's gradient, SGLD's L_n at a
+kept draw and its start) reads ``Problem.full_batch_data``: for a linear network the
+data's second moments, so its cost does not grow with n. SGLD's minibatch gradients read
+rows. ``Cost`` still counts a full-data gradient as 1 either way, so costs compare across
+methods and problems: it measures the algorithm's work, not the arithmetic it took.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from lambda_hat.io import atomic_write_json
-from lambda_hat.problems.posterior import LossData, PosteriorParams
+from lambda_hat.problems.posterior import Arch, LossData, Moments, PosteriorParams, is_linear
 from lambda_hat.problems.targets import Problem
 from lambda_hat.samplers.configs import Precision, Status
 from lambda_hat.samplers.estimator import compiled_diagnostics, llc_from_losses
@@ -94,6 +100,13 @@ def cast_problem(problem: Problem, precision: Precision) -> tuple[LossData, Post
     return data, post
 
 
+def cast_full_batch(problem: Problem, precision: Precision) -> LossData | Moments:
+    """What a full-data computation reads, in the runner's precision: a linear network's
+    second moments (summed over n in float64 first, then cast), else the rows."""
+    data = problem.full_batch_data
+    return type(data)(*(jnp.asarray(a, dtype_of(precision)) for a in data))
+
+
 def scalars(values: dict[str, float], precision: Precision) -> dict[str, jax.Array]:
     """Hyperparameters as 0-d arrays: traced by the compiled kernels, never baked in."""
     dtype = dtype_of(precision)
@@ -129,6 +142,20 @@ def data_spec(shape: Shape, precision: Precision) -> tuple[LossData, PosteriorPa
         jax.ShapeDtypeStruct((), dtype),
     )
     return data, post
+
+
+def full_batch_spec(shape: Shape, precision: Precision, arch: Arch) -> LossData | Moments:
+    """Abstract shapes of what ``cast_full_batch`` returns for a problem of this shape."""
+    if not is_linear(arch):
+        return data_spec(shape, precision)[0]
+    dtype = dtype_of(precision)
+    _, n_in, n_out, _ = shape
+    return Moments(
+        jax.ShapeDtypeStruct((n_in, n_in), dtype),
+        jax.ShapeDtypeStruct((n_in, n_out), dtype),
+        jax.ShapeDtypeStruct((), dtype),
+        jax.ShapeDtypeStruct((), dtype),
+    )
 
 
 def explode_limit(d: int) -> float:

@@ -33,8 +33,6 @@ from lambda_hat.problems.posterior import (
     Moments,
     PosteriorParams,
     empirical_loss,
-    is_linear,
-    moments_of,
 )
 from lambda_hat.problems.targets import Problem
 from lambda_hat.reference.quality import convergence_evidence, judge
@@ -60,9 +58,7 @@ class BudgetError(RuntimeError):
 
 def sampled_data(problem: Problem, config: ReferenceConfig) -> LossData | Moments:
     """What the log density reads: the second moments where they suffice, else the rows."""
-    if config.sufficient_statistics and is_linear(problem.arch):
-        return moments_of(problem.data)
-    return problem.data
+    return problem.full_batch_data if config.sufficient_statistics else problem.data
 
 
 def _warmup_lengths(static: Static) -> list[int]:

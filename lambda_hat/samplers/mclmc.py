@@ -36,9 +36,11 @@ from lambda_hat.samplers.common import (
     Cost,
     MethodResult,
     Shape,
+    cast_full_batch,
     cast_problem,
     count_compile,
     data_spec,
+    full_batch_spec,
     result_from_drive,
     scalars,
     shape_of,
@@ -153,7 +155,8 @@ def _hp(config: MCLMCConfig) -> dict[str, jax.Array]:
 def _compiled(static: _Static, shape: Shape):
     """Ahead-of-time compiled setup and chunk for one (problem shape, static config)."""
     count_compile()
-    data, post = data_spec(shape, static.precision)
+    _, post = data_spec(shape, static.precision)
+    data = full_batch_spec(shape, static.precision, static.arch)
     hp = jax.eval_shape(lambda: _hp(MCLMCConfig(precision=static.precision)))
     keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), static.num_chains))
     setup = jax.jit(_setup, static_argnames="static")
@@ -192,7 +195,8 @@ def run(
     started = time.perf_counter()
     static = _static(problem, config)
     setup, chunk = _compiled(static, shape_of(problem))
-    data, post = cast_problem(problem, config.precision)
+    _, post = cast_problem(problem, config.precision)
+    data = cast_full_batch(problem, config.precision)  # full-data gradients only
     hp = _hp(config)
     key_setup, key_sample = jax.random.split(jax.random.key(seed))
     states, params, tune_steps, L0 = setup(

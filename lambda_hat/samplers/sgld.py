@@ -46,10 +46,12 @@ from lambda_hat.samplers.common import (
     Cost,
     MethodResult,
     Shape,
+    cast_full_batch,
     cast_problem,
     count_compile,
     data_spec,
     estimate,
+    full_batch_spec,
     result_from_drive,
     scalars,
     shape_of,
@@ -91,8 +93,9 @@ def _step(chain: _Chain, key, data: LossData, post: PosteriorParams, hp, static:
     return _Chain(w, v, chain.t + 1), loss
 
 
-def _kept_draw(chain: _Chain, key, data, post, hp, static: _Static):
-    """``thinning`` steps (a traced count), then the loss at the draw."""
+def _kept_draw(chain: _Chain, key, data, full, post, hp, static: _Static):
+    """``thinning`` steps (a traced count) on minibatches of the rows ``data``, then the
+    loss at the draw (from ``full``: the second moments on a linear network)."""
 
     def body(i, carry):
         chain, loss_sum = carry
@@ -102,14 +105,13 @@ def _kept_draw(chain: _Chain, key, data, post, hp, static: _Static):
     zero = jnp.zeros((), chain.w.dtype)
     chain, loss_sum = jax.lax.fori_loop(0, hp["thinning"], body, (chain, zero))
     minibatch_loss = loss_sum / hp["thinning"]
-    full = static.full_batch
-    loss = empirical_loss(chain.w, data, static.arch) if full else minibatch_loss
+    loss = empirical_loss(chain.w, full, static.arch) if static.full_batch else minibatch_loss
     return chain, (loss, minibatch_loss)
 
 
-def _chunk(chains: _Chain, keys, data, post, hp, static: _Static):
+def _chunk(chains: _Chain, keys, data, full, post, hp, static: _Static):
     def one_chain(chain, key):
-        draw = partial(_kept_draw, data=data, post=post, hp=hp, static=static)
+        draw = partial(_kept_draw, data=data, full=full, post=post, hp=hp, static=static)
         return jax.lax.scan(draw, chain, jax.random.split(key, static.chunk_draws))
 
     chains, (losses, minibatch) = jax.vmap(one_chain)(chains, keys)
@@ -117,9 +119,9 @@ def _chunk(chains: _Chain, keys, data, post, hp, static: _Static):
     return chains, ChunkOut(losses, bad, minibatch)
 
 
-def _init(data, post, hp, static: _Static):
+def _init(full, post, hp, static: _Static):
     """Every chain at w*, V from the full-data gradient there, and L0 in this precision."""
-    loss0, grad0 = jax.value_and_grad(empirical_loss)(post.w_star, data, static.arch)
+    loss0, grad0 = jax.value_and_grad(empirical_loss)(post.w_star, full, static.arch)
     g0 = -post.n_beta * grad0
     chain = _Chain(post.w_star, g0**2, jnp.zeros((), post.w_star.dtype))
     chains = jax.tree.map(lambda a: jnp.broadcast_to(a, (static.num_chains, *a.shape)), chain)
@@ -145,12 +147,13 @@ def _compiled(static: _Static, shape: Shape):
     """Ahead-of-time compiled init and chunk for one (problem shape, static config)."""
     count_compile()
     data, post = data_spec(shape, static.precision)
+    full = full_batch_spec(shape, static.precision, static.arch)
     hp = jax.eval_shape(lambda: _hp(SGLDConfig(precision=static.precision)))
-    init = jax.jit(_init, static_argnames="static").lower(data, post, hp, static=static).compile()
+    init = jax.jit(_init, static_argnames="static").lower(full, post, hp, static=static).compile()
     chains, _ = init.out_info
     keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), static.num_chains))
     chunk = jax.jit(_chunk, static_argnames="static")
-    chunk = chunk.lower(chains, keys, data, post, hp, static=static).compile()
+    chunk = chunk.lower(chains, keys, data, full, post, hp, static=static).compile()
     return init, chunk
 
 
@@ -206,12 +209,13 @@ def run(
     static = _static(problem, config)
     init, chunk = _compiled(static, shape_of(problem))
     data, post = cast_problem(problem, config.precision)
+    full = cast_full_batch(problem, config.precision)
     hp = _hp(config, problem.n_beta)
-    chains, L0 = init(data, post, hp)
+    chains, L0 = init(full, post, hp)
     L0 = float(L0)
     schedule = _schedule(config)
     loop = ChunkLoop(
-        lambda state, keys: chunk(state, keys, data, post, hp),
+        lambda state, keys: chunk(state, keys, data, full, post, hp),
         num_chains=config.num_chains,
         L0=L0,
         n_beta=problem.n_beta,

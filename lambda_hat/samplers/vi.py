@@ -40,11 +40,13 @@ from lambda_hat.samplers.common import (
     Drive,
     MethodResult,
     Shape,
+    cast_full_batch,
     cast_problem,
     count_compile,
     data_spec,
     divergence_reason,
     explode_limit,
+    full_batch_spec,
     result_from_drive,
     scalars,
     shape_of,
@@ -131,7 +133,8 @@ def _hp(config: VIConfig) -> dict[str, jax.Array]:
 def _compiled(static: _Static, shape: Shape):
     """Ahead-of-time compiled setup, chunk and evaluation for one (shape, static config)."""
     count_compile()
-    data, post = data_spec(shape, static.precision)
+    _, post = data_spec(shape, static.precision)
+    data = full_batch_spec(shape, static.precision, static.arch)
     hp = jax.eval_shape(lambda: _hp(VIConfig(precision=static.precision)))
     keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), static.num_chains))
     setup = jax.jit(_setup, static_argnames="static").lower(data, post, hp, static=static)
@@ -174,7 +177,8 @@ def run(
     started = time.perf_counter()
     static = _static(problem, config)
     setup, chunk, evaluate = _compiled(static, shape_of(problem))
-    data, post = cast_problem(problem, config.precision)
+    _, post = cast_problem(problem, config.precision)
+    data = cast_full_batch(problem, config.precision)  # every VI step reads all the data
     hp = _hp(config)
     states, L0 = setup(data, post, hp)
     L0 = float(L0)
