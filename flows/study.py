@@ -57,7 +57,7 @@ from lambda_hat.tuning.validation import (
     trial_counts,
     validation_plans,
 )
-from tasks.runs import run_method_task
+from tasks.runs import run_group_task, run_method_task
 
 # The search objective's name in Optuna (the dashboard's axis and column).
 OBJECTIVE_NAME = "|llc_hat - llc_ref| (search objective)"
@@ -133,6 +133,35 @@ def submitter(settings: Settings, spec_of: Callable[[RunPlan], dict[str, Any]]):
         )  # fmt: skip
 
     return submit
+
+
+def group_submitter(settings: Settings, spec_of: Callable[[RunPlan], dict[str, Any]]):
+    """``submit_group(plans) -> future``: runs of one configuration on one problem as one
+    cached task on the flow's runner (``run_group_task``); its result is one per plan."""
+    paths = storage_paths(settings)
+    task = run_group_task.with_options(
+        result_storage=settings.results_dir.resolve() / "prefect-results"
+    )
+
+    def submit_group(plans: list[RunPlan]):
+        first = plans[0]
+        runs = [{"run_id": plan.run_id, "seed": plan.seed} for plan in plans]
+        # A group whose run files are not all readable is recomputed, not taken from the
+        # cache (the task itself reuses the runs that did finish): as ``submitter`` does.
+        return task.with_options(refresh_cache=not _all_finished(settings, plans)).submit(
+            runs, spec_of(first), first.method, first.config, first.budget_sec, **paths,
+            stage=first.stage, group_size=len(plans),
+        )  # fmt: skip
+
+    return submit_group
+
+
+def _all_finished(settings: Settings, plans: list[RunPlan]) -> bool:
+    runs_dir = settings.artifacts_dir.resolve() / "runs"
+    return all(
+        read_json(runs_dir / plan.pid / plan.method / plan.run_id / "metrics.json") is not None
+        for plan in plans
+    )
 
 
 def stall_guard(what: str, settings: Settings, budget_sec: float):
@@ -223,7 +252,8 @@ def tune_study(
         )  # fmt: skip
         log.validating(len(candidates), validation_seeds, len(plans))
         validated = run_all(
-            plans, submit=submit, first_done=first_done, record=log.record_run,
+            plans, submit_group=group_submitter(settings, lambda plan: spec_of[plan.pid]),
+            first_done=first_done, record=log.record_run,
             judge=lambda plan, result: study_as.judge(plan, result, member_of(members, plan.pid)),
         )  # fmt: skip
 

@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.context import get_run_context
 
 from flows.records import recorder
-from flows.study import stall_guard, submitter
+from flows.study import group_submitter, stall_guard
 from lambda_hat.samplers.configs import parse_method_config
 from lambda_hat.settings import Settings
 from lambda_hat.tuning.kinds import Recipe, member_of, members_of
@@ -97,7 +97,7 @@ def transfer(
 
     outcomes = run_all(
         plans,
-        submit=submitter(settings, lambda plan: spec_of[plan.pid]),
+        submit_group=group_submitter(settings, lambda plan: spec_of[plan.pid]),
         first_done=stall_guard(f"transfer to {set_name}", settings, budget_sec),
         record=record,
         judge=lambda plan, result: held_out.judge(plan, result, member_of(members, plan.pid)),

@@ -289,6 +289,28 @@ def assert_report(index: Path, problem_name: str) -> None:
     assert "http://" not in page and "https://" not in page
 
 
+def validation_task_runs(problem_name: str, run_ids: set[str]) -> list[str]:
+    """The validation task runs that ran any of ``run_ids``: what follows the run id in
+    each one's name (``+R`` for a group of R runs; empty for a single run)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    prefix = f"sgld-{problem_name}-validation-"
+    with get_client(sync_client=True) as client:
+        names = [
+            task_run.name
+            for task_run in client.read_task_runs(
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=prefix))
+            )
+        ]
+    found = []
+    for name in names:
+        run_id, _, size = name.removeprefix(prefix).partition("+")
+        if run_id in run_ids:
+            found.append(f"+{size}" if size else "")
+    return found
+
+
 def test_repeats_pruning_and_validation_through_the_flow(prefect_server, lambda_hat_env):
     methods_file = lambda_hat_env / "methods.yaml"
     methods_file.write_text(PRUNE_METHODS)
@@ -345,6 +367,10 @@ def test_repeats_pruning_and_validation_through_the_flow(prefect_server, lambda_
     assert len(by_config) == min(2, len(complete)) and set(by_config) <= complete
     assert all(len(v) == 3 for v in by_config.values())
     assert not {r["seed"] for r in validation} & {r["seed"] for r in search}
+    # A configuration's validation runs are one task run (its 3 seeds), not three.
+    assert validation_task_runs(spec.name, {r["run_id"] for r in validation}) == ["+3"] * len(
+        by_config
+    )
     # The leaderboard's validated figures are what the rows give.
     (board,) = read_rows(lambda_hat_env / "results" / "leaderboard.parquet")
     chosen = by_config[board["config_id"]]

@@ -13,7 +13,7 @@ from lambda_hat.samplers.configs import MethodConfigError
 from lambda_hat.settings import Settings
 from lambda_hat.tuning.storage import StorageError, check_storage
 from tasks.reference import hmc_reference
-from tasks.runs import run_method_task
+from tasks.runs import run_group_task, run_method_task
 
 from .conftest import REPO
 
@@ -37,6 +37,7 @@ def test_persisted_task_results_are_json_not_pickles():
     # Prefect's default result serializer is cloudpickle: a cache entry in the results
     # directory would be unpickled on the next cache hit.
     assert run_method_task.result_serializer == "json"
+    assert run_group_task.result_serializer == "json"
     assert hmc_reference.result_serializer == "json"
 
 

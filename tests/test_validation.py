@@ -2,7 +2,7 @@
 the search's, the interval, and the leaderboard row computed from the run records."""
 
 import statistics
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import optuna
 import pytest
@@ -13,6 +13,7 @@ from lambda_hat.tuning.search_space import load_methods
 from lambda_hat.tuning.storage import open_study
 from lambda_hat.tuning.trials import study_seeds
 from lambda_hat.tuning.validation import (
+    Candidate,
     leaderboard_row,
     run_all,
     top_configurations,
@@ -44,8 +45,14 @@ def test_validation_reruns_the_top_k_on_fresh_seeds_and_the_row_matches_the_reco
             candidates, space, study_name="p_test:sgld", pids=["p_test"], method="sgld",
             seeds=5, budget_sec=10.0,
         )  # fmt: skip
+        submitted = []
+
+        def submit_group(group):
+            submitted.append(group)
+            return pool.submit(lambda: [noisy_llc(plan) for plan in group])
+
         outcomes = run_all(
-            plans, submit=submit, first_done=first_done, record=records.append,
+            plans, submit_group=submit_group, first_done=first_done, record=records.append,
             judge=lambda plan, result: PerProblem().judge(plan, result, MEMBER),
         )  # fmt: skip
     assert len({c.config_id for c in candidates}) == 3
@@ -53,6 +60,10 @@ def test_validation_reruns_the_top_k_on_fresh_seeds_and_the_row_matches_the_reco
     values = [c.search_objective for c in candidates]
     assert values == sorted(values)
     assert len(outcomes) == len(records) == 3 * 5
+    # One submission per configuration: its 5 seeds together, outcomes still in plan order.
+    assert [len(group) for group in submitted] == [5, 5, 5]
+    assert all(len({plan.config_id for plan in group}) == 1 for group in submitted)
+    assert [outcome.plan for outcome in outcomes] == plans
     search_seeds = set(study_seeds("p_test:sgld", 100))
     fresh = {r.plan.seed for r in records}
     assert len(fresh) == 5 and not fresh & search_seeds
@@ -93,3 +104,31 @@ def test_no_complete_trial_means_no_candidate_and_an_empty_row(tmp_path):
         candidates=[], validation_rows=[], counts={},
     )  # fmt: skip
     assert row["config_id"] is None and row["validated_error_mean"] is None
+
+
+def test_a_lost_group_is_submitted_again_and_its_runs_keep_their_places():
+    plans = validation_plans(
+        [Candidate("c_a", {"step_size": 1e-6}, 0, 0.1, None),
+         Candidate("c_b", {"step_size": 1e-5}, 1, 0.2, None)],
+        load_methods()["sgld"], study_name="p_test:sgld", pids=["p_test"], method="sgld",
+        seeds=3, budget_sec=10.0,
+    )  # fmt: skip
+    calls = []
+
+    def submit_group(group):
+        calls.append([plan.attempt for plan in group])
+        future = Future()
+        if group[0].hyperparams["step_size"] == 1e-5 and group[0].attempt == 1:
+            future.set_exception(OSError("worker lost"))  # the whole task is lost
+        else:
+            future.set_result([noisy_llc(plan) for plan in group])
+        return future
+
+    outcomes = run_all(
+        plans, submit_group=submit_group, first_done=lambda futures: futures[0],
+        judge=lambda plan, result: PerProblem().judge(plan, result, MEMBER),
+    )  # fmt: skip
+    assert calls == [[1, 1, 1], [1, 1, 1], [2, 2, 2]]
+    assert [o.plan.run_id for o in outcomes] == [plan.run_id for plan in plans]
+    assert all(o.result["status"] == "ok" for o in outcomes)
+    assert [o.plan.attempt for o in outcomes] == [1, 1, 1, 2, 2, 2]

@@ -216,9 +216,22 @@ def resolve(
     return result, None
 
 
-def _result_of(future: Any) -> dict[str, Any]:
-    """The run's result dict. The runner never raises (a diverged or failing run is a
-    result), so an exception here is the infrastructure's: the run is ``lost``."""
+def group_results(future: Hashable, size: int) -> list[dict[str, Any]]:
+    """The results of a group's future (one submission that ran ``size`` runs in order):
+    one per run, or ``size`` times the same ``lost`` result when the task raised."""
+    results = _result_of(future)
+    if isinstance(results, dict):  # the infrastructure's failure: every run of it is lost
+        return [results] * size
+    if len(results) != size:
+        lost = {"status": "lost", "llc_hat": None, "error": f"{len(results)} results for {size}"}
+        return [lost] * size
+    return list(results)
+
+
+def _result_of(future: Any) -> Any:
+    """The run's result dict (a list of them for a group). The runner never raises (a
+    diverged or failing run is a result), so an exception here is the infrastructure's:
+    the run is ``lost``."""
     try:
         return future.result()
     except OSError as error:

@@ -7,6 +7,11 @@ seed); the *validated error* of a configuration is the mean |llc_hat − llc_ref
 runs with a 95 % t interval, and the recommended configuration is the one with the lowest
 validated error. Runs are cached by run id, so validating again recomputes nothing.
 
+A configuration's R runs on one problem are one submission (``SubmitGroup``): one task
+that runs them one after the other on one worker, each with its own run id, seed, files
+and row. Nothing prunes validation, so nothing is lost by grouping; the workers stay
+busy with the other groups and studies, and the campaign creates R times fewer task runs.
+
 The intervals are ``lambda_hat.tuning.stats``'s; what a configuration's validated error is
 (absolute for one problem, the family's relative error for a recipe) is the study kind's.
 """
@@ -14,6 +19,7 @@ The intervals are ``lambda_hat.tuning.stats``'s; what a configuration's validate
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
@@ -22,11 +28,24 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from lambda_hat.tuning.driver import FirstDone, Submit
+from lambda_hat.tuning.driver import FirstDone
 from lambda_hat.tuning.kinds import Member, StudyKind, member_of
 from lambda_hat.tuning.search_space import MethodSpace
 from lambda_hat.tuning.storage import counted
-from lambda_hat.tuning.trials import RunOutcome, RunPlan, plan_runs, resolve, study_seeds
+from lambda_hat.tuning.trials import (
+    MAX_ATTEMPTS,
+    RunOutcome,
+    RunPlan,
+    group_results,
+    plan_runs,
+    study_seeds,
+)
+
+# ``submit_group(plans) -> future``: one task that runs ``plans`` in order; its result is
+# one result dict per plan.
+SubmitGroup = Callable[[list[RunPlan]], Hashable]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -90,32 +109,48 @@ def validation_plans(
     ]
 
 
+def run_groups(plans: list[RunPlan]) -> list[list[int]]:
+    """Indices of ``plans`` grouped by (problem, configuration), in plan order."""
+    groups: dict[tuple, list[int]] = {}
+    for index, plan in enumerate(plans):
+        groups.setdefault((plan.pid, plan.method, plan.config_id, plan.stage), []).append(index)
+    return list(groups.values())
+
+
 def run_all(
     plans: list[RunPlan],
     *,
     judge: Callable[[RunPlan, dict[str, Any]], RunOutcome],
-    submit: Submit,
+    submit_group: SubmitGroup,
     first_done: FirstDone,
     record: Callable[[RunOutcome], None] | None = None,
 ) -> list[RunOutcome]:
-    """Submit every plan, record each run as it finishes (a lost run is submitted again,
-    like in the search), and return the outcomes in plan order, each judged by
-    ``judge(plan, result)`` (``StudyKind.judge`` against the plan's own problem)."""
-    in_flight: dict[Hashable, tuple[int, RunPlan]] = {
-        submit(plan): (index, plan) for index, plan in enumerate(plans)
-    }
+    """Submit every plan, a configuration's runs on one problem as one group; record each
+    run as its group finishes (a lost run is submitted again, like in the search), and
+    return the outcomes in plan order, each judged by ``judge(plan, result)``
+    (``StudyKind.judge`` against the plan's own problem)."""
+    plans = list(plans)
+    in_flight: dict[Hashable, list[int]] = {}
+    for group in run_groups(plans):
+        in_flight[submit_group([plans[index] for index in group])] = group
     done: dict[int, RunOutcome] = {}
     while in_flight:
         future = first_done(list(in_flight))
-        index, plan = in_flight.pop(future)
-        result, again = resolve(future, plan, submit)
-        if again is not None:
-            in_flight[again] = (index, replace(plan, attempt=plan.attempt + 1))
-            continue
-        outcome = judge(plan, result)
-        if record is not None:
-            record(outcome)
-        done[index] = outcome
+        group = in_flight.pop(future)
+        again = []
+        for index, result in zip(group, group_results(future, len(group)), strict=True):
+            if result["status"] == "lost" and plans[index].attempt < MAX_ATTEMPTS:
+                log.warning("run %s lost (%s); running it again", plans[index].run_id,
+                            result.get("error"))  # fmt: skip
+                plans[index] = replace(plans[index], attempt=plans[index].attempt + 1)
+                again.append(index)
+                continue
+            outcome = judge(plans[index], result)
+            if record is not None:
+                record(outcome)
+            done[index] = outcome
+        if again:
+            in_flight[submit_group([plans[index] for index in again])] = again
     return [done[index] for index in range(len(plans))]
 
 
