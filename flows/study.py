@@ -53,6 +53,7 @@ from lambda_hat.tuning.validation import (
     judged_rows,
     leaderboard_row,
     run_all,
+    run_groups,
     top_configurations,
     trial_counts,
     validation_plans,
@@ -251,9 +252,13 @@ def tune_study(
             method=method, seeds=validation_seeds, budget_sec=budget_sec,
         )  # fmt: skip
         log.validating(len(candidates), validation_seeds, len(plans))
+        # A group runs its runs one after the other: its stall bound is theirs together.
+        longest = max(len(group) for group in run_groups(plans))
         validated = run_all(
             plans, submit_group=group_submitter(settings, lambda plan: spec_of[plan.pid]),
-            first_done=first_done, record=log.record_run,
+            first_done=stall_guard(f"validating {study.study_name}", settings,
+                                   budget_sec * longest),
+            record=log.record_run,
             judge=lambda plan, result: study_as.judge(plan, result, member_of(members, plan.pid)),
         )  # fmt: skip
 

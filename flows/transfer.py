@@ -25,7 +25,7 @@ from lambda_hat.tuning.kinds import Recipe, member_of, members_of
 from lambda_hat.tuning.recipes import recommended_config
 from lambda_hat.tuning.search_space import MethodSpace
 from lambda_hat.tuning.trials import RunOutcome, RunPlan, plan_runs, study_seeds
-from lambda_hat.tuning.validation import judged_rows, run_all
+from lambda_hat.tuning.validation import judged_rows, run_all, run_groups
 
 
 def transfer_entries(
@@ -98,7 +98,12 @@ def transfer(
     outcomes = run_all(
         plans,
         submit_group=group_submitter(settings, lambda plan: spec_of[plan.pid]),
-        first_done=stall_guard(f"transfer to {set_name}", settings, budget_sec),
+        # A group runs its runs one after the other: its stall bound is theirs together.
+        first_done=stall_guard(
+            f"transfer to {set_name}",
+            settings,
+            budget_sec * max((len(group) for group in run_groups(plans)), default=1),
+        ),
         record=record,
         judge=lambda plan, result: held_out.judge(plan, result, member_of(members, plan.pid)),
     )
