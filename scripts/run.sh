@@ -5,7 +5,7 @@
 #
 # It uses flows/tune.py's own defaults, the thorough ones: 8 trials of 3 repeats per study,
 # the top 3 configurations validated on 8 fresh seeds each. Measured on a fresh clone on 2
-# cores: 8 min 32 s (2026-12-02), since the cheap methods read a linear network's second
+# cores: 8 min 16 s (2026-12-02), since the cheap methods read a linear network's second
 # moments (before, the same job needed smaller "laptop defaults", 4 trials and the best
 # configuration on 5 seeds, to finish in 10 to 21 minutes).
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
