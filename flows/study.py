@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
 import optuna
@@ -125,7 +126,7 @@ def submitter(settings: Settings, spec_of: Callable[[RunPlan], dict[str, Any]]):
     def submit(plan: RunPlan):
         spec = spec_of(plan)
         run_dir = runs_dir / plan.pid / plan.method / plan.run_id
-        recompute = read_json(run_dir / "metrics.json") is None
+        recompute = not _finished(runs_dir, plan)
         if recompute and (run_dir / "metrics.json").exists():
             logger.warning("%s: metrics.json is unreadable; recomputing the run", run_dir)
         return task.with_options(refresh_cache=recompute).submit(
@@ -149,7 +150,9 @@ def group_submitter(settings: Settings, spec_of: Callable[[RunPlan], dict[str, A
         runs = [{"run_id": plan.run_id, "seed": plan.seed} for plan in plans]
         # A group whose run files are not all readable is recomputed, not taken from the
         # cache (the task itself reuses the runs that did finish): as ``submitter`` does.
-        return task.with_options(refresh_cache=not _all_finished(settings, plans)).submit(
+        runs_dir = settings.artifacts_dir.resolve() / "runs"
+        recompute = not all(_finished(runs_dir, plan) for plan in plans)
+        return task.with_options(refresh_cache=recompute).submit(
             runs, spec_of(first), first.method, first.config, first.budget_sec, **paths,
             stage=first.stage, group_size=len(plans),
         )  # fmt: skip
@@ -157,12 +160,9 @@ def group_submitter(settings: Settings, spec_of: Callable[[RunPlan], dict[str, A
     return submit_group
 
 
-def _all_finished(settings: Settings, plans: list[RunPlan]) -> bool:
-    runs_dir = settings.artifacts_dir.resolve() / "runs"
-    return all(
-        read_json(runs_dir / plan.pid / plan.method / plan.run_id / "metrics.json") is not None
-        for plan in plans
-    )
+def _finished(runs_dir: Path, plan: RunPlan) -> bool:
+    """Whether the plan's run left a readable metrics.json."""
+    return read_json(runs_dir / plan.pid / plan.method / plan.run_id / "metrics.json") is not None
 
 
 def stall_guard(what: str, settings: Settings, budget_sec: float):

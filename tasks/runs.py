@@ -28,14 +28,21 @@ def run_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     return f"run-{validate_id(parameters['run_id'])}"
 
 
+# What both run tasks share: JSON results (nothing in the results dir is ever unpickled),
+# and retries for infrastructure failures only (a failing run is a result, not a raise).
+_RUN_TASK_OPTIONS: dict[str, Any] = {
+    "persist_result": True,
+    "result_serializer": "json",
+    "retries": 2,
+    "retry_delay_seconds": 5,
+}
+
+
 @task(
     name="run-method",
     task_run_name="{method}-{spec[name]}-{stage}-{run_id}",
     cache_key_fn=run_cache_key,
-    persist_result=True,
-    result_serializer="json",  # nothing in the results dir is ever unpickled
-    retries=2,
-    retry_delay_seconds=5,
+    **_RUN_TASK_OPTIONS,
 )
 def run_method_task(
     run_id: str,
@@ -64,10 +71,7 @@ def run_group_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> 
     name="run-group",
     task_run_name="{method}-{spec[name]}-{stage}-{runs[0][run_id]}+{group_size}",
     cache_key_fn=run_group_cache_key,
-    persist_result=True,
-    result_serializer="json",
-    retries=2,
-    retry_delay_seconds=5,
+    **_RUN_TASK_OPTIONS,
 )
 def run_group_task(
     runs: list[dict[str, Any]],
