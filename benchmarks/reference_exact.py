@@ -23,8 +23,9 @@ from pathlib import Path
 from lambda_hat.compile_cache import enable_compilation_cache
 from lambda_hat.io import atomic_write_json
 from lambda_hat.problems.exact import exact_llc
+from lambda_hat.problems.optimum import OptimumError
 from lambda_hat.problems.specs import ProblemSpec
-from lambda_hat.problems.targets import OptimumError, build_problem
+from lambda_hat.problems.targets import build_problem
 from lambda_hat.samplers.configs import ReferenceConfig
 from lambda_hat.samplers.hmc_reference import run as run_reference
 

@@ -163,7 +163,8 @@ def reference(args: argparse.Namespace) -> int:
 
 def _compute(spec, config: ReferenceConfig, budget_sec, artifacts_dir: Path, results_dir: Path):
     from lambda_hat.compile_cache import enable_compilation_cache
-    from lambda_hat.problems.targets import OptimumError, build_problem
+    from lambda_hat.problems.optimum import OptimumError
+    from lambda_hat.problems.targets import build_problem
     from lambda_hat.samplers.hmc_reference import BudgetError, run
 
     enable_compilation_cache()

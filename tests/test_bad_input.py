@@ -27,6 +27,14 @@ def problem(**changes) -> str:
     return json.dumps({"problems": [spec]})
 
 
+def digits(**changes) -> str:
+    """A problems file with the first digits problem, sections changed as given."""
+    spec = load_problem_set("digits").problems[0].model_dump(mode="json")
+    for section, value in changes.items():
+        spec[section].update(value)
+    return json.dumps({"problems": [spec]})
+
+
 def _damaged_db() -> bytes:
     """A real Optuna SQLite file with trials, cut short as a full disk or a killed copy
     leaves it: it still opens and answers SELECT 1; its pages do not."""
@@ -211,6 +219,18 @@ CASES = [
     ("problems: a noise that overflows 1/σ²", ["--problems", "p.yaml"],
      {"p.yaml": problem(data={"noise_sigma": 1e-200})}, {},
      "problems.0.data.noise_sigma: Input should be greater than or equal to 0.000001"),
+    ("problems: a categorical linear network", ["--problems", "p.yaml"],
+     {"p.yaml": problem(data={"likelihood": "categorical"})}, {},
+     "problems.0: data.likelihood: categorical needs model.family mlp"),
+    ("problems: a noise level for a classifier", ["--problems", "p.yaml"],
+     {"p.yaml": digits(data={"n": 100, "likelihood": "categorical", "noise_sigma": 0.3})}, {},
+     "problems.0: data.noise_sigma: only for likelihood gaussian"),
+    ("problems: more digits than ship", ["--problems", "p.yaml"],
+     {"p.yaml": digits(data={"n": 5000})}, {},
+     "problems.0: data.n: digits has 1797 images, got 5000"),
+    ("problems: digits into the wrong widths", ["--problems", "p.yaml"],
+     {"p.yaml": digits(model={"widths": [8, 4, 10]})}, {},
+     "problems.0: model.widths: digits need input 64 and output 10, got (8, 10)"),
 ]  # fmt: skip
 
 

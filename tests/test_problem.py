@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from lambda_hat.problems.data import make_dataset
-from lambda_hat.problems.targets import OptimumError, build_problem
+from lambda_hat.problems.optimum import OptimumError
+from lambda_hat.problems.targets import build_problem
 from lambda_hat.samplers.estimator import llc_from_losses
 
 from .conftest import make_spec
@@ -57,7 +58,9 @@ def test_mlp_optimum_from_random_init():
 
 
 def test_a_w_star_far_from_stationary_is_refused():
-    spec = make_spec(optimum={"init": "random", "adam_steps": 0, "lbfgs_steps": 0})
+    spec = make_spec(
+        optimum={"init": "random", "adam_steps": 0, "lbfgs_steps": 0, "newton_steps": 0}
+    )
     with pytest.raises(OptimumError, match="gradient norm .* exceeds optimum.max_grad_norm=0.0001"):
         build_problem(spec)
 

@@ -1,7 +1,8 @@
 """The empirical loss L_n and the localized tempered posterior shared by every estimator.
 
 log π(w) = −nβ·L_n(w) − (γ/2)·‖w − w*‖²,   β = β0 / log n,
-L_n(w)   = (1/n) Σ_i ½‖y_i − f(x_i; w)‖² / σ²   (Gaussian NLL up to a constant).
+L_n(w)   = (1/n) Σ_i ½‖y_i − f(x_i; w)‖² / σ²   (Gaussian NLL up to a constant), or
+L_n(w)   = −(1/n) Σ_i Σ_k y_ik · log softmax(f(x_i; w))_k   (categorical, y one-hot).
 
 For a linear network (dln, rrr: no activation, no bias) f(x; w) = W(w)·x with W the product
 of the layer matrices, so L_n(w) = ½[tr(W Σxx Wᵀ) − 2 tr(W Σxy) + Σyy]/σ² depends on the data
@@ -31,10 +32,12 @@ from lambda_hat.problems.models import Layer, forward, unflatten
 
 
 class Arch(NamedTuple):
-    """The static part of a loss: layer shapes and activation (hashable, jit-static)."""
+    """The static part of a loss: layer shapes, activation and likelihood (hashable,
+    jit-static)."""
 
     layers: tuple[Layer, ...]
     activation: str | None
+    likelihood: str = "gaussian"  # or "categorical"
 
 
 class LossData(NamedTuple):
@@ -55,7 +58,9 @@ class Moments(NamedTuple):
 
 
 def is_linear(arch: Arch) -> bool:
-    return arch.activation is None and not any(layer.bias for layer in arch.layers)
+    """A linear Gaussian regression: its loss depends on the data only via ``Moments``."""
+    linear = arch.activation is None and not any(layer.bias for layer in arch.layers)
+    return linear and arch.likelihood == "gaussian"
 
 
 def moments_of(data: LossData) -> Moments:
@@ -90,7 +95,10 @@ def empirical_loss(w: jax.Array, data: LossData | Moments, arch: Arch) -> jax.Ar
         matrix = end_to_end(w, arch.layers)
         fit = jnp.sum((matrix @ data.xx) * matrix) - 2.0 * jnp.sum(matrix.T * data.xy)
         return 0.5 * (fit + data.yy) / data.sigma**2
-    residual = data.y - forward(w, data.x, arch.layers, arch.activation)
+    output = forward(w, data.x, arch.layers, arch.activation)
+    if arch.likelihood == "categorical":
+        return -jnp.mean(jnp.sum(data.y * jax.nn.log_softmax(output, axis=-1), axis=-1))
+    residual = data.y - output
     return 0.5 * jnp.mean(jnp.sum(residual**2, axis=-1)) / data.sigma**2
 
 

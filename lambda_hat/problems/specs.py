@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lambda_hat.ids import problem_id
 from lambda_hat.io import read_text, safe_load_yaml
 
-PRESETS = ("smoke", "default", "dln-family", "dln-family-holdout")
+PRESETS = ("smoke", "default", "dln-family", "dln-family-holdout", "digits")
 
 
 class SpecError(ValueError):
@@ -101,8 +101,22 @@ class InputSpec(_Frozen):
     scale: float = Field(default=1.0, gt=0, le=MAX_MAGNITUDE)
 
 
+DIGITS_IMAGES, DIGITS_PIXELS, DIGITS_CLASSES = 1797, 64, 10  # scikit-learn's bundled 8×8 set
+
+
 class DataSpec(_Frozen):
+    """Where the data comes from and how it is scored.
+
+    ``source: teacher`` draws inputs and labels them with a random teacher network;
+    ``source: digits`` takes ``n`` of scikit-learn's 1 797 bundled 8×8 digit images (pixels
+    scaled to [−1, 1]; nothing is downloaded). ``likelihood: gaussian`` scores outputs by
+    the Gaussian NLL with std ``noise_sigma``; ``categorical`` by softmax cross-entropy
+    (the teacher's outputs are then logits, and each label is drawn from their softmax).
+    """
+
     n: int = Field(ge=2, description="number of samples (>= 2 so that log n > 0)")
+    source: Literal["teacher", "digits"] = "teacher"
+    likelihood: Literal["gaussian", "categorical"] = "gaussian"
     input: InputSpec = InputSpec()
     noise_sigma: float = Field(
         default=0.5, ge=1 / MAX_MAGNITUDE, le=MAX_MAGNITUDE, description="Gaussian noise std of y"
@@ -124,8 +138,14 @@ class PosteriorSpec(_Frozen):
     gamma: float = Field(default=1.0, ge=0, le=MAX_MAGNITUDE**2)
 
 
+# The LLC shift a residual gradient may cause (docs/user-guide.md): below every reference's
+# standard error at the sizes shipped (measured: the smallest is about 0.02).
+MAX_LLC_SHIFT = 0.01
+
+
 class OptimumSpec(_Frozen):
-    """How w* is found: Adam then L-BFGS in float64 until ‖∇L_n‖ < grad_tol."""
+    """How w* is found: Adam, then L-BFGS, then Newton–CG, in float64, until
+    ‖∇L_n‖ < grad_tol; and when it is accepted (see ``lambda_hat.problems.optimum``)."""
 
     init: Literal["teacher", "random"] = "teacher"
     init_jitter: float = Field(
@@ -138,9 +158,25 @@ class OptimumSpec(_Frozen):
     adam_steps: int = Field(default=2000, ge=0)
     adam_lr: float = Field(default=1e-2, gt=0)
     lbfgs_steps: int = Field(default=500, ge=0)
+    newton_steps: int = Field(
+        default=200,
+        ge=0,
+        le=100_000,
+        description="trust-region Newton–CG iterations after L-BFGS, run only while "
+        "‖∇L_n‖ > grad_tol (nonlinear nets: L-BFGS crawls along their flat valleys)",
+    )
     grad_tol: float = Field(default=1e-8, gt=0)
     max_grad_norm: float = Field(
-        default=1e-4, gt=0, description="refuse a w* whose gradient norm exceeds this"
+        default=1e-4,
+        gt=0,
+        description="accept a w* whose gradient norm is at most this, whatever its LLC shift",
+    )
+    max_llc_shift: float = Field(
+        default=MAX_LLC_SHIFT,
+        ge=0,
+        le=MAX_MAGNITUDE,
+        description="else accept it if the gradient can move the posterior's LLC by at "
+        "most this: (nβ·‖∇L_n(w*)‖)²/γ (see docs/user-guide.md, 'The optimum w*')",
     )
     saddle_tol: float = Field(
         default=1e-6,
@@ -160,6 +196,37 @@ class ProblemSpec(_Frozen):
     posterior: PosteriorSpec = PosteriorSpec()
     optimum: OptimumSpec = OptimumSpec()
     seed: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _data_matches_model(self) -> ProblemSpec:
+        data, widths = self.data, self.widths
+        if data.likelihood == "categorical":
+            if self.model.family != "mlp":
+                raise ValueError(
+                    "data.likelihood: categorical needs model.family mlp (dln/rrr are "
+                    "Gaussian regressions)"
+                )
+            if widths[-1] < 2:
+                raise ValueError("model.widths: a categorical model needs >= 2 outputs (classes)")
+            if data.noise_sigma != DataSpec.model_fields["noise_sigma"].default:
+                raise ValueError("data.noise_sigma: only for likelihood gaussian")
+        if data.source == "digits":
+            if data.likelihood != "categorical":
+                raise ValueError("data.likelihood: digits are labelled images; use categorical")
+            if (widths[0], widths[-1]) != (DIGITS_PIXELS, DIGITS_CLASSES):
+                raise ValueError(
+                    f"model.widths: digits need input {DIGITS_PIXELS} and output "
+                    f"{DIGITS_CLASSES}, got ({widths[0]}, {widths[-1]})"
+                )
+            if data.n > DIGITS_IMAGES:
+                raise ValueError(f"data.n: digits has {DIGITS_IMAGES} images, got {data.n}")
+            if self.teacher != TeacherSpec():
+                raise ValueError("teacher: digits have no teacher; drop the teacher fields")
+            if self.optimum.init != "random":
+                raise ValueError("optimum.init: digits have no teacher; use 'random'")
+            if data.input != InputSpec():
+                raise ValueError("data.input: only for source teacher")
+        return self
 
     @model_validator(mode="after")
     def _teacher_matches_model(self) -> ProblemSpec:
@@ -187,7 +254,11 @@ class ProblemSpec(_Frozen):
                         f"teacher.widths: input/output must match model widths "
                         f"({widths[0]}, {widths[-1]}), got ({tw[0]}, {tw[-1]})"
                     )
-            if self.optimum.init == "teacher" and tw not in (None, widths):
+            if (
+                self.optimum.init == "teacher"
+                and tw not in (None, widths)
+                and self.data.source == "teacher"
+            ):
                 raise ValueError(
                     "optimum.init: 'teacher' needs teacher.widths equal to model.widths; "
                     "use 'random'"
@@ -205,12 +276,31 @@ class ProblemSpec(_Frozen):
         return self.widths
 
     def normalized(self) -> dict[str, Any]:
-        """Every field that changes the problem, with defaults filled in (not ``name``)."""
-        return self.model_dump(mode="json", exclude={"name"})
+        """Every field that changes the problem, with defaults filled in (not ``name``).
+
+        Fields added after the first release enter only when set away from their default,
+        so the problems that existed before them keep their ids (and their cached w* and
+        references). Fields a problem does not read are dropped, so they cannot split it.
+        """
+        fields = self.model_dump(mode="json", exclude={"name"})
+        for (group, key), default in _ADDED_LATER.items():
+            if fields[group][key] == default:
+                del fields[group][key]
+        if self.data.likelihood == "categorical":
+            del fields["data"]["noise_sigma"]
+        return fields
 
     @property
     def pid(self) -> str:
         return problem_id(self.normalized())
+
+
+_ADDED_LATER = {
+    ("data", "source"): "teacher",
+    ("data", "likelihood"): "gaussian",
+    ("optimum", "max_llc_shift"): MAX_LLC_SHIFT,
+    ("optimum", "newton_steps"): 200,
+}
 
 
 class ProblemSet(_Frozen):

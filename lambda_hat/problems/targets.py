@@ -18,19 +18,24 @@ from __future__ import annotations
 import logging
 import zipfile
 from dataclasses import dataclass
-from functools import cached_property, partial
+from functools import cached_property
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from lambda_hat import __version__
 from lambda_hat.io import atomic_write_json, atomic_write_npz, read_json
 from lambda_hat.problems import theory
 from lambda_hat.problems.data import make_dataset
 from lambda_hat.problems.models import activation_of, model_layers, num_params, random_params
+from lambda_hat.problems.optimum import (
+    check_optimum,
+    grad_norm,
+    hessian_extremes,
+    train_optimum,
+)
 from lambda_hat.problems.posterior import (
     Arch,
     LossData,
@@ -41,13 +46,9 @@ from lambda_hat.problems.posterior import (
     is_linear,
     moments_of,
 )
-from lambda_hat.problems.specs import OptimumSpec, ProblemSpec
+from lambda_hat.problems.specs import ProblemSpec
 
 log = logging.getLogger(__name__)
-
-
-class OptimumError(RuntimeError):
-    """Training did not reach a w* with a near-zero gradient."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class Problem:
     w_star: jax.Array
     L0: float
     grad_norm: float
-    hessian_min_eig: float | None  # relative to the largest; None when d is too large
+    hessian_min_eig: float | None  # relative to the largest (Lanczos above the dense sizes)
     beta: float
     lambda_theory: theory.LearningCoefficient | None
 
@@ -101,54 +102,6 @@ def closed_form(spec: ProblemSpec) -> theory.LearningCoefficient | None:
     return None
 
 
-@partial(jax.jit, static_argnames=("arch", "steps", "lr"))
-def _adam(w: jax.Array, data: LossData | Moments, arch: Arch, steps: int, lr: float) -> jax.Array:
-    optimizer = optax.adam(lr)
-    grad_fn = jax.grad(empirical_loss)
-
-    def step(carry, _):
-        w, opt_state = carry
-        updates, opt_state = optimizer.update(grad_fn(w, data, arch), opt_state)
-        return (optax.apply_updates(w, updates), opt_state), None
-
-    (w, _), _ = jax.lax.scan(step, (w, optimizer.init(w)), None, length=steps)
-    return w
-
-
-@partial(jax.jit, static_argnames=("arch", "steps"))
-def _lbfgs(w: jax.Array, data: LossData | Moments, arch: Arch, steps: int) -> jax.Array:
-    optimizer = optax.lbfgs()
-    loss = partial(empirical_loss, data=data, arch=arch)
-    value_and_grad = optax.value_and_grad_from_state(loss)
-
-    def step(carry, _):
-        w, state = carry
-        value, grad = value_and_grad(w, state=state)
-        updates, state = optimizer.update(grad, state, w, value=value, grad=grad, value_fn=loss)
-        return (optax.apply_updates(w, updates), state), None
-
-    (w, _), _ = jax.lax.scan(step, (w, optimizer.init(w)), None, length=steps)
-    return w
-
-
-def _grad_norm(w: jax.Array, data: LossData | Moments, arch: Arch) -> float:
-    return float(jnp.linalg.norm(jax.grad(empirical_loss)(w, data, arch)))
-
-
-def train_optimum(
-    w0: np.ndarray, data: LossData | Moments, arch: Arch, opt: OptimumSpec
-) -> jax.Array:
-    """Adam to get near a minimum, then L-BFGS (in rounds) until ‖∇L_n‖ < grad_tol."""
-    w = jnp.asarray(w0)
-    if opt.adam_steps:
-        w = _adam(w, data, arch, opt.adam_steps, opt.adam_lr)
-    rounds = 0
-    while opt.lbfgs_steps and _grad_norm(w, data, arch) > opt.grad_tol and rounds < 5:
-        w = _lbfgs(w, data, arch, opt.lbfgs_steps)
-        rounds += 1
-    return w
-
-
 def _initial_point(spec: ProblemSpec, teacher: np.ndarray, arch: Arch) -> np.ndarray:
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 1]))
     if spec.optimum.init == "random":
@@ -156,33 +109,13 @@ def _initial_point(spec: ProblemSpec, teacher: np.ndarray, arch: Arch) -> np.nda
     return teacher + spec.optimum.init_jitter * rng.normal(size=teacher.shape)
 
 
-def hessian_min_eigenvalue(
-    w: jax.Array, data: LossData | Moments, arch: Arch, max_dim: int = 1000
-) -> float | None:
-    """Smallest Hessian eigenvalue of L_n at w relative to the largest (None if d > max_dim
-    on data rows, whose dense Hessian's forward pass holds d tangents of the whole dataset,
-    or d > 4·max_dim on second moments).
-
-    A gradient norm near zero does not make a minimum: a teacher whose factors are exactly
-    rank r sits on a saddle of L_n (the noise-fitting directions need several factors to
-    move at once). Third-order saddles stay invisible here; ``init_jitter`` is the only
-    defence against those.
-    """
-    # On moments the tangents are cheap; the dense eigensolve (d³) is the limit left.
-    if w.shape[0] > (4 * max_dim if isinstance(data, Moments) else max_dim):
-        return None
-    eigenvalues = np.linalg.eigvalsh(np.asarray(jax.hessian(empirical_loss)(w, data, arch)))
-    return float(eigenvalues[0] / max(abs(eigenvalues[-1]), 1e-300))
-
-
 def build_problem(spec: ProblemSpec, cache_dir: Path | None = None) -> Problem:
     """Data, w*, L0 for ``spec``; w* is loaded from ``cache_dir`` when saved there before."""
     pid = spec.pid
     dataset = make_dataset(spec)
-    arch = Arch(model_layers(spec), activation_of(spec))
-    data = LossData(
-        jnp.asarray(dataset.x), jnp.asarray(dataset.y), jnp.float64(spec.data.noise_sigma)
-    )
+    arch = Arch(model_layers(spec), activation_of(spec), spec.data.likelihood)
+    sigma = spec.data.noise_sigma if spec.data.likelihood == "gaussian" else 1.0  # unread
+    data = LossData(jnp.asarray(dataset.x), jnp.asarray(dataset.y), jnp.float64(sigma))
     fit_data = moments_of(data) if is_linear(arch) else data
     w_star = _load_target(cache_dir, pid) if cache_dir else None
     trained = w_star is None
@@ -190,20 +123,10 @@ def build_problem(spec: ProblemSpec, cache_dir: Path | None = None) -> Problem:
         w_star = train_optimum(
             _initial_point(spec, dataset.teacher, arch), fit_data, arch, spec.optimum
         )
-    grad_norm = _grad_norm(w_star, fit_data, arch)
-    if not np.isfinite(grad_norm) or grad_norm > spec.optimum.max_grad_norm:
-        raise OptimumError(
-            f"problem {spec.name} ({pid}): w* gradient norm {grad_norm:.3g} exceeds "
-            f"optimum.max_grad_norm={spec.optimum.max_grad_norm:g}; raise optimum.adam_steps/"
-            "lbfgs_steps or loosen max_grad_norm"
-        )
-    min_eig = hessian_min_eigenvalue(w_star, fit_data, arch)
-    if min_eig is not None and min_eig < -spec.optimum.saddle_tol:
-        raise OptimumError(
-            f"problem {spec.name} ({pid}): w* is a saddle point (relative Hessian eigenvalue "
-            f"{min_eig:.3g} < -optimum.saddle_tol={spec.optimum.saddle_tol:g}); "
-            "raise optimum.init_jitter or use optimum.init: random"
-        )
+    gradient = grad_norm(w_star, fit_data, arch)
+    beta = inverse_temperature(spec.data.n, spec.posterior.beta0)
+    low, high = hessian_extremes(w_star, fit_data, arch)
+    check_optimum(spec, gradient, low, high, spec.data.n * beta)
     L0 = float(empirical_loss(w_star, fit_data, arch))
     assert num_params(arch.layers) == w_star.shape[0]
     problem = Problem(
@@ -213,9 +136,9 @@ def build_problem(spec: ProblemSpec, cache_dir: Path | None = None) -> Problem:
         data=data,
         w_star=jnp.asarray(w_star),
         L0=L0,
-        grad_norm=grad_norm,
-        hessian_min_eig=min_eig,
-        beta=inverse_temperature(spec.data.n, spec.posterior.beta0),
+        grad_norm=gradient,
+        hessian_min_eig=low / max(abs(high), 1e-300),
+        beta=beta,
         lambda_theory=closed_form(spec),
     )
     if cache_dir and trained:
