@@ -35,6 +35,12 @@ def digits(**changes) -> str:
     return json.dumps({"problems": [spec]})
 
 
+def custom(factory: str, n: int = 10) -> str:
+    """A problems file with one custom problem (factories in tests/factories.py)."""
+    spec = {"name": "mine", "model": {"family": "custom", "factory": factory}, "data": {"n": n}}
+    return json.dumps({"problems": [spec]})
+
+
 def _damaged_db() -> bytes:
     """A real Optuna SQLite file with trials, cut short as a full disk or a killed copy
     leaves it: it still opens and answers SELECT 1; its pages do not."""
@@ -231,6 +237,35 @@ CASES = [
     ("problems: digits into the wrong widths", ["--problems", "p.yaml"],
      {"p.yaml": digits(model={"widths": [8, 4, 10]})}, {},
      "problems.0: model.widths: digits need input 64 and output 10, got (8, 10)"),
+    ("problems: a factory that does not import", ["--problems", "p.yaml"],
+     {"p.yaml": custom("no_such_package.models:make")}, {},
+     "problems.0: model.factory 'no_such_package.models:make': cannot import "
+     "no_such_package.models (ModuleNotFoundError"),
+    ("problems: a factory that is not there", ["--problems", "p.yaml"],
+     {"p.yaml": custom("tests.factories:absent")}, {},
+     "model.factory 'tests.factories:absent': tests.factories has no function absent"),
+    ("problems: a factory that is not a module:function", ["--problems", "p.yaml"],
+     {"p.yaml": custom("tests/factories.py")}, {},
+     "problems.0.model.custom.factory: String should match pattern"),
+    ("problems: a factory returning the wrong type", ["--problems", "p.yaml"],
+     {"p.yaml": custom("tests.factories:returns_a_dict")}, {},
+     "'tests.factories:returns_a_dict': returned dict, expected "
+     "lambda_hat.problems.custom.CustomProblem"),
+    ("problems: a factory whose x and y disagree", ["--problems", "p.yaml"],
+     {"p.yaml": custom("tests.factories:mismatched_rows")}, {},
+     "'tests.factories:mismatched_rows': y has (9,) rows, x has 10"),
+    ("problems: a factory with non-finite data", ["--problems", "p.yaml"],
+     {"p.yaml": custom("tests.factories:nan_inputs")}, {},
+     "'tests.factories:nan_inputs': x: contains non-finite values (NaN or inf)"),
+    ("problems: a factory whose model fails", ["--problems", "p.yaml"],
+     {"p.yaml": custom("tests.factories:broken_apply")}, {},
+     "'tests.factories:broken_apply': apply(params, x) raised KeyError: 'missing'"),
+    ("problems: a factory that raises", ["--problems", "p.yaml"],
+     {"p.yaml": custom("tests.factories:raises")}, {},
+     "'tests.factories:raises': raised RuntimeError: cannot find my checkpoint"),
+    ("problems: a factory's n disagrees with the spec", ["--problems", "p.yaml"],
+     {"p.yaml": custom("tests.factories:good", n=12)}, {},
+     "problems.0: data.n: the factory returned 10 samples, not 12"),
 ]  # fmt: skip
 
 

@@ -556,6 +556,26 @@ def test_tuning_refuses_an_untrusted_reference_in_one_line(prefect_server, lambd
     assert artifact_keys("reference-table") == {"reference-table"}
 
 
+def test_the_example_custom_problem_runs_end_to_end(prefect_server, lambda_hat_env):
+    # What the user guide tells a newcomer to type, from the repository root: the factory
+    # examples.my_model:make_problem is found there without installing anything.
+    argv = [
+        sys.executable, "flows/tune.py", "--problems", "examples/my_model.yaml",
+        "--methods", "sgld", "--n-trials", "1", "--repeats", "1", "--validate-top-k", "1",
+        "--validation-seeds", "2", "--reference-warmup", "300", "--reference-draws", "400",
+    ]  # fmt: skip
+    out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    rows = read_rows(lambda_hat_env / "results" / "runs.parquet")
+    assert {row["stage"] for row in rows} == {"search", "validation"}
+    assert all(row["status"] == "ok" and row["llc_hat"] > 0 for row in rows), rows
+    spec = load_problem_set(str(REPO / "examples" / "my_model.yaml")).problems[0]
+    ref_path = lambda_hat_env / "artifacts" / "problems" / spec.pid / "ref.json"
+    ref = json.loads(ref_path.read_text())
+    assert ref["name"] == "moons_tanh3" and ref["quality"] != "untrusted", ref["quality"]
+    assert {row["pid"] for row in rows} == {spec.pid}
+
+
 def test_help_and_argument_errors_load_no_heavy_library():
     """Fast by construction (not a wall-clock bound): JAX, Prefect and Optuna take seconds
     to import, and --help or a malformed argument must not wait for them."""

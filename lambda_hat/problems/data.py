@@ -18,7 +18,8 @@ from lambda_hat.problems.models import (
     model_layers,
     random_params,
 )
-from lambda_hat.problems.specs import DIGITS_CLASSES, MLPModel, ProblemSpec
+from lambda_hat.problems.spec_fields import DIGITS_CLASSES
+from lambda_hat.problems.specs import MLPModel, ProblemSpec
 
 
 class Dataset(NamedTuple):

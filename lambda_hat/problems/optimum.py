@@ -33,7 +33,8 @@ from scipy.optimize import minimize
 
 from lambda_hat.problems.curvature import extreme_eigenvalues, hessian_vector_product
 from lambda_hat.problems.posterior import Arch, LossData, Moments, empirical_loss
-from lambda_hat.problems.specs import OptimumSpec, ProblemSpec
+from lambda_hat.problems.spec_fields import OptimumSpec
+from lambda_hat.problems.specs import ProblemSpec
 
 
 class OptimumError(RuntimeError):

@@ -23,6 +23,7 @@ True
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -38,6 +39,7 @@ class Arch(NamedTuple):
     layers: tuple[Layer, ...]
     activation: str | None
     likelihood: str = "gaussian"  # or "categorical"
+    model: Callable[[jax.Array, jax.Array], jax.Array] | None = None  # a custom f(w, x)
 
 
 class LossData(NamedTuple):
@@ -60,7 +62,7 @@ class Moments(NamedTuple):
 def is_linear(arch: Arch) -> bool:
     """A linear Gaussian regression: its loss depends on the data only via ``Moments``."""
     linear = arch.activation is None and not any(layer.bias for layer in arch.layers)
-    return linear and arch.likelihood == "gaussian"
+    return linear and arch.likelihood == "gaussian" and arch.model is None
 
 
 def moments_of(data: LossData) -> Moments:
@@ -95,7 +97,10 @@ def empirical_loss(w: jax.Array, data: LossData | Moments, arch: Arch) -> jax.Ar
         matrix = end_to_end(w, arch.layers)
         fit = jnp.sum((matrix @ data.xx) * matrix) - 2.0 * jnp.sum(matrix.T * data.xy)
         return 0.5 * (fit + data.yy) / data.sigma**2
-    output = forward(w, data.x, arch.layers, arch.activation)
+    if arch.model is not None:
+        output = arch.model(w, data.x)
+    else:
+        output = forward(w, data.x, arch.layers, arch.activation)
     if arch.likelihood == "categorical":
         return -jnp.mean(jnp.sum(data.y * jax.nn.log_softmax(output, axis=-1), axis=-1))
     residual = data.y - output

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from lambda_hat.problems.custom import CustomModel, load
 from lambda_hat.problems.specs import ProblemSet, ProblemSpec, SpecError
 
 FLOAT_BYTES = 8
@@ -54,6 +55,12 @@ def parameter_count(spec: ProblemSpec) -> int:
 
 
 def estimate(spec: ProblemSpec, chains: int = CHAINS) -> Estimate:
+    if isinstance(spec.model, CustomModel):  # loaded (and checked) with the spec
+        loaded = load(spec.model)
+        d, columns = loaded.w0.size, loaded.x[0].size + loaded.y.shape[1]
+        data = 3 * spec.data.n * columns * FLOAT_BYTES
+        activations = 2 * chains * spec.data.n * columns * FLOAT_BYTES  # its layers: unknown
+        return Estimate(data=data, activations=activations, hessian=3 * d * d * FLOAT_BYTES)
     n, widths = spec.data.n, spec.widths
     d = parameter_count(spec)
     data = 3 * n * (widths[0] + widths[-1]) * FLOAT_BYTES

@@ -18,10 +18,23 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from lambda_hat.ids import problem_id
 from lambda_hat.io import read_text, safe_load_yaml
+from lambda_hat.problems.custom import CustomModel, FactoryError, load
+from lambda_hat.problems.spec_fields import (
+    DIGITS_CLASSES,
+    DIGITS_IMAGES,
+    DIGITS_PIXELS,
+    MAX_LLC_SHIFT,
+    DataSpec,
+    Frozen,
+    InputSpec,
+    OptimumSpec,
+    PosteriorSpec,
+    TeacherSpec,
+)
 
 PRESETS = ("smoke", "default", "dln-family", "dln-family-holdout", "digits")
 
@@ -30,10 +43,7 @@ class SpecError(ValueError):
     """A problem set or spec is invalid. The message is one line naming the field."""
 
 
-class _Frozen(BaseModel):
-    # Non-finite numbers (.inf, .nan) are refused where they are read: downstream they
-    # break hashing, JSON and every sampler.
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+_Frozen = Frozen
 
 
 def _check_widths(widths: tuple[int, ...]) -> tuple[int, ...]:
@@ -85,104 +95,7 @@ class RRRModel(_Frozen):
         return (self.m_in, self.hidden, self.n_out)
 
 
-ModelSpec = Annotated[MLPModel | DLNModel | RRRModel, Field(discriminator="family")]
-
-
-# Magnitudes beyond these overflow float64 in the loss or its Hessian (an input scale of
-# 1e200 squared is inf): refused in one line naming the field, not met as NaN mid-run.
-MAX_MAGNITUDE = 1e6
-MAX_WEIGHT_SCALE = 1e3  # raised to the depth: a five-layer teacher reaches 1e15
-
-
-class InputSpec(_Frozen):
-    """Inputs: ``normal`` with standard deviation ``scale`` or ``uniform`` on [−scale, scale]."""
-
-    dist: Literal["normal", "uniform"] = "normal"
-    scale: float = Field(default=1.0, gt=0, le=MAX_MAGNITUDE)
-
-
-DIGITS_IMAGES, DIGITS_PIXELS, DIGITS_CLASSES = 1797, 64, 10  # scikit-learn's bundled 8×8 set
-
-
-class DataSpec(_Frozen):
-    """Where the data comes from and how it is scored.
-
-    ``source: teacher`` draws inputs and labels them with a random teacher network;
-    ``source: digits`` takes ``n`` of scikit-learn's 1 797 bundled 8×8 digit images (pixels
-    scaled to [−1, 1]; nothing is downloaded). ``likelihood: gaussian`` scores outputs by
-    the Gaussian NLL with std ``noise_sigma``; ``categorical`` by softmax cross-entropy
-    (the teacher's outputs are then logits, and each label is drawn from their softmax).
-    """
-
-    n: int = Field(ge=2, description="number of samples (>= 2 so that log n > 0)")
-    source: Literal["teacher", "digits"] = "teacher"
-    likelihood: Literal["gaussian", "categorical"] = "gaussian"
-    input: InputSpec = InputSpec()
-    noise_sigma: float = Field(
-        default=0.5, ge=1 / MAX_MAGNITUDE, le=MAX_MAGNITUDE, description="Gaussian noise std of y"
-    )
-
-
-class TeacherSpec(_Frozen):
-    """For dln/rrr: the true rank (random factors of that rank). For mlp: teacher widths."""
-
-    rank: int | None = Field(default=None, ge=0)
-    widths: tuple[int, ...] | None = None
-    weight_scale: float = Field(default=1.0, gt=0, le=MAX_WEIGHT_SCALE)
-
-
-class PosteriorSpec(_Frozen):
-    """log π(w) = −nβ·L_n(w) − (γ/2)‖w − w*‖², β = beta0 / log n."""
-
-    beta0: float = Field(default=1.0, gt=0, le=MAX_MAGNITUDE)
-    gamma: float = Field(default=1.0, ge=0, le=MAX_MAGNITUDE**2)
-
-
-# The LLC shift a residual gradient may cause (docs/user-guide.md): below every reference's
-# standard error at the sizes shipped (measured: the smallest is about 0.02).
-MAX_LLC_SHIFT = 0.01
-
-
-class OptimumSpec(_Frozen):
-    """How w* is found: Adam, then L-BFGS, then Newton–CG, in float64, until
-    ‖∇L_n‖ < grad_tol; and when it is accepted (see ``lambda_hat.problems.optimum``)."""
-
-    init: Literal["teacher", "random"] = "teacher"
-    init_jitter: float = Field(
-        default=1e-2,
-        ge=0,
-        description="std of noise added to the teacher: lets training leave the saddles "
-        "where every factor has rank exactly r (measured: w* at such a point "
-        "underestimated λ by 20 %)",
-    )
-    adam_steps: int = Field(default=2000, ge=0)
-    adam_lr: float = Field(default=1e-2, gt=0)
-    lbfgs_steps: int = Field(default=500, ge=0)
-    newton_steps: int = Field(
-        default=200,
-        ge=0,
-        le=100_000,
-        description="trust-region Newton–CG iterations after L-BFGS, run only while "
-        "‖∇L_n‖ > grad_tol (nonlinear nets: L-BFGS crawls along their flat valleys)",
-    )
-    grad_tol: float = Field(default=1e-8, gt=0)
-    max_grad_norm: float = Field(
-        default=1e-4,
-        gt=0,
-        description="accept a w* whose gradient norm is at most this, whatever its LLC shift",
-    )
-    max_llc_shift: float = Field(
-        default=MAX_LLC_SHIFT,
-        ge=0,
-        le=MAX_MAGNITUDE,
-        description="else accept it if the gradient can move the posterior's LLC by at "
-        "most this: (nβ·‖∇L_n(w*)‖)²/γ (see docs/user-guide.md, 'The optimum w*')",
-    )
-    saddle_tol: float = Field(
-        default=1e-6,
-        gt=0,
-        description="refuse a w* whose Hessian has an eigenvalue below −saddle_tol·(largest)",
-    )
+ModelSpec = Annotated[MLPModel | DLNModel | RRRModel | CustomModel, Field(discriminator="family")]
 
 
 class ProblemSpec(_Frozen):
@@ -198,7 +111,29 @@ class ProblemSpec(_Frozen):
     seed: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
+    def _factory_loads(self) -> ProblemSpec:
+        """A custom problem's factory is imported, called and checked here, so a bad one
+        fails in one line before anything runs."""
+        if not isinstance(self.model, CustomModel):
+            return self
+        defaults = DataSpec(n=self.data.n)
+        if self.data != defaults:
+            raise ValueError("data: a custom problem's data and likelihood come from its "
+                             "factory; give only data.n")  # fmt: skip
+        if self.teacher != TeacherSpec():
+            raise ValueError("teacher: a custom problem has no teacher; drop the teacher fields")
+        try:
+            rows = len(load(self.model).x)
+        except FactoryError as error:
+            raise ValueError(str(error)) from None
+        if rows != self.data.n:
+            raise ValueError(f"data.n: the factory returned {rows} samples, not {self.data.n}")
+        return self
+
+    @model_validator(mode="after")
     def _data_matches_model(self) -> ProblemSpec:
+        if isinstance(self.model, CustomModel):
+            return self
         data, widths = self.data, self.widths
         if data.likelihood == "categorical":
             if self.model.family != "mlp":
@@ -230,6 +165,8 @@ class ProblemSpec(_Frozen):
 
     @model_validator(mode="after")
     def _teacher_matches_model(self) -> ProblemSpec:
+        if isinstance(self.model, CustomModel):
+            return self
         widths = self.widths
         if self.model.family in ("dln", "rrr"):
             if self.teacher.rank is None:
@@ -288,6 +225,10 @@ class ProblemSpec(_Frozen):
                 del fields[group][key]
         if self.data.likelihood == "categorical":
             del fields["data"]["noise_sigma"]
+        if isinstance(self.model, CustomModel):  # the factory's source, data and parameters
+            fields["model"]["fingerprint"] = load(self.model).fingerprint
+            for unread in ("init", "init_jitter"):
+                del fields["optimum"][unread]
         return fields
 
     @property

@@ -27,7 +27,7 @@ import numpy as np
 
 from lambda_hat import __version__
 from lambda_hat.io import atomic_write_json, atomic_write_npz, read_json
-from lambda_hat.problems import theory
+from lambda_hat.problems import custom, theory
 from lambda_hat.problems.data import make_dataset
 from lambda_hat.problems.models import activation_of, model_layers, num_params, random_params
 from lambda_hat.problems.optimum import (
@@ -109,26 +109,39 @@ def _initial_point(spec: ProblemSpec, teacher: np.ndarray, arch: Arch) -> np.nda
     return teacher + spec.optimum.init_jitter * rng.normal(size=teacher.shape)
 
 
-def build_problem(spec: ProblemSpec, cache_dir: Path | None = None) -> Problem:
-    """Data, w*, L0 for ``spec``; w* is loaded from ``cache_dir`` when saved there before."""
-    pid = spec.pid
+def _built_in(spec: ProblemSpec) -> tuple[Arch, LossData, np.ndarray, None]:
     dataset = make_dataset(spec)
     arch = Arch(model_layers(spec), activation_of(spec), spec.data.likelihood)
     sigma = spec.data.noise_sigma if spec.data.likelihood == "gaussian" else 1.0  # unread
     data = LossData(jnp.asarray(dataset.x), jnp.asarray(dataset.y), jnp.float64(sigma))
+    return arch, data, _initial_point(spec, dataset.teacher, arch), None
+
+
+def _from_factory(spec: ProblemSpec) -> tuple[Arch, LossData, np.ndarray, np.ndarray | None]:
+    """A custom problem: its factory's model, data, start and (if given) trained w*."""
+    loaded = custom.load(spec.model)
+    arch = Arch((), None, loaded.likelihood, loaded)
+    data = LossData(jnp.asarray(loaded.x), jnp.asarray(loaded.y), jnp.float64(loaded.sigma))
+    return arch, data, loaded.w0, loaded.w_star
+
+
+def build_problem(spec: ProblemSpec, cache_dir: Path | None = None) -> Problem:
+    """Data, w*, L0 for ``spec``; w* is loaded from ``cache_dir`` when saved there before
+    (or given by a custom problem's factory)."""
+    pid = spec.pid
+    is_custom = isinstance(spec.model, custom.CustomModel)
+    arch, data, w0, given = (_from_factory if is_custom else _built_in)(spec)
     fit_data = moments_of(data) if is_linear(arch) else data
-    w_star = _load_target(cache_dir, pid) if cache_dir else None
+    w_star = given if given is not None else _load_target(cache_dir, pid) if cache_dir else None
     trained = w_star is None
     if trained:
-        w_star = train_optimum(
-            _initial_point(spec, dataset.teacher, arch), fit_data, arch, spec.optimum
-        )
+        w_star = train_optimum(w0, fit_data, arch, spec.optimum)
     gradient = grad_norm(w_star, fit_data, arch)
     beta = inverse_temperature(spec.data.n, spec.posterior.beta0)
     low, high = hessian_extremes(w_star, fit_data, arch)
     check_optimum(spec, gradient, low, high, spec.data.n * beta)
     L0 = float(empirical_loss(w_star, fit_data, arch))
-    assert num_params(arch.layers) == w_star.shape[0]
+    assert is_custom or num_params(arch.layers) == w_star.shape[0]
     problem = Problem(
         spec=spec,
         pid=pid,

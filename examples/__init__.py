@@ -1,0 +1,1 @@
+"""Examples a user copies: a custom problem factory (``my_model``)."""
