@@ -63,6 +63,19 @@ def parser() -> argparse.ArgumentParser:
         help="HMC draws per chain for the references",
     )
     p.add_argument(
+        "--reference-rel-se",
+        type=float_in(0.0, 0.5),
+        default=None,
+        help="precision target: after --reference-draws, a reference keeps drawing until "
+        "se/llc is at most this (at most 10× the draws, or until its budget ends)",
+    )
+    p.add_argument(
+        "--reference-cross-check",
+        action="store_true",
+        help="check each reference with a second, independent sampler (adjusted MCLMC); "
+        "a disagreement makes it warn or untrusted",
+    )
+    p.add_argument(
         "--repeats",
         type=int_between(1, 100),
         default=None,

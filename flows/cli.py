@@ -98,7 +98,12 @@ def print_plan(args: argparse.Namespace) -> None:
             name = f"recipe-{set_name(args.problems)}:{method}"
             done = _finished(storage, name)
             print(f"    study {name}: {done} finished, {max(args.n_trials - done, 0)} to run")
-    config = ReferenceConfig(num_warmup=args.reference_warmup, num_draws=args.reference_draws)
+    config = ReferenceConfig(
+        num_warmup=args.reference_warmup,
+        num_draws=args.reference_draws,
+        target_rel_se=args.reference_rel_se,
+        cross_check=args.reference_cross_check,
+    )
     for spec in problem_set.problems:
         _print_problem(spec, args, settings, config)
         for method in [] if args.recipe else args.methods:

@@ -21,6 +21,7 @@ from prefect.futures import wait
 
 from flows.cluster import dask_cluster, runner_for
 from flows.logs import forward_library_logs
+from lambda_hat.arguments import float_in
 from lambda_hat.problems.sizes import check_fits
 from lambda_hat.problems.specs import ProblemSpec, load_problem_set
 from lambda_hat.reference.record import (
@@ -215,19 +216,24 @@ def reference(
     num_chains: int = 4,
     algorithm: str = "nuts",
     extend: bool = False,
+    target_rel_se: float | None = None,
+    cross_check: bool = False,
 ) -> list[dict[str, Any]]:
     """HMC references for ``problems`` (a preset name or a YAML path): the missing or
     stale ones computed, the current ones read from disk. ``extend`` adds one batch of
     chains (another seed) to each reference that was already there, so a nightly run
-    with it lowers their SE night after night; ``refresh`` recomputes every one."""
+    with it lowers their SE night after night; ``refresh`` recomputes every one.
+    ``target_rel_se`` sets a precision target and ``cross_check`` adds a second sampler
+    (``ReferenceConfig``)."""
     forward_library_logs()
     logger = get_run_logger()
     settings = Settings()
     problem_set = load_problem_set(problems)
     check_fits(problem_set, settings.memory_limit_bytes(), problems)
     config = ReferenceConfig(
-        algorithm=algorithm, num_warmup=num_warmup, num_draws=num_draws, num_chains=num_chains
-    )
+        algorithm=algorithm, num_warmup=num_warmup, num_draws=num_draws, num_chains=num_chains,
+        target_rel_se=target_rel_se, cross_check=cross_check,
+    )  # fmt: skip
     specs = [spec.model_dump(mode="json") for spec in problem_set.problems]
     logger.info("%d problems from %s, refresh=%s", len(specs), problems, refresh)
     references = fetch_or_compute(specs, config, refresh, settings)
@@ -265,6 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--extend", action="store_true", help="add a batch of chains to each cached reference"
     )
+    parser.add_argument(
+        "--target-rel-se", type=float_in(0.0, 0.5), default=None,
+        help="precision target: keep drawing after --num-draws until se/llc is at most this",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cross-check", action="store_true",
+        help="also estimate each LLC with a second, independent sampler (adjusted MCLMC)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     reference(
         problems=args.problems,
@@ -272,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         num_warmup=args.num_warmup,
         num_draws=args.num_draws,
         extend=args.extend,
+        target_rel_se=args.target_rel_se,
+        cross_check=args.cross_check,
     )
     return 0
 

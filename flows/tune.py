@@ -133,6 +133,8 @@ def tune(
     methods_file: str | None = None,
     reference_warmup: int = DEFAULT_REFERENCE.num_warmup,
     reference_draws: int = DEFAULT_REFERENCE.num_draws,
+    reference_rel_se: float | None = None,
+    reference_cross_check: bool = False,
     repeats: int = DEFAULT_REPEATS,
     pruner: Literal["wilcoxon", "median", "none"] = "wilcoxon",
     validate_top_k: int = DEFAULT_VALIDATE_TOP_K,
@@ -155,7 +157,9 @@ def tune(
                   "validate_top_k": validate_top_k, "validation_seeds": validation_seeds,
                   "recipe": recipe, "holdout": holdout, "methods_file": methods_file,
                   "reference_warmup": reference_warmup,
-                  "reference_draws": reference_draws}  # fmt: skip
+                  "reference_draws": reference_draws,
+                  "reference_rel_se": reference_rel_se,
+                  "reference_cross_check": reference_cross_check}  # fmt: skip
     logger.info(
         "tune %s; command: %s; settings: %s",
         ", ".join(f"{k}={v}" for k, v in parameters.items()), command_line(), settings.public(),
@@ -168,7 +172,10 @@ def tune(
         huber_k, objective, recipe,
     )  # fmt: skip
     prepare_outputs(settings)
-    config = ReferenceConfig(num_warmup=reference_warmup, num_draws=reference_draws)
+    config = ReferenceConfig(
+        num_warmup=reference_warmup, num_draws=reference_draws, target_rel_se=reference_rel_se,
+        cross_check=reference_cross_check,
+    )  # fmt: skip
     started = time.perf_counter()
     tuning = {"n_trials": n_trials, "batch": batch, "budget_sec": settings.budgets.trial_sec,
               "repeats": repeats, "pruner": pruner, "validate_top_k": validate_top_k,
@@ -419,6 +426,8 @@ def main(argv: list[str] | None = None, checked: argparse.Namespace | None = Non
                 methods_file=args.methods_file,
                 reference_warmup=args.reference_warmup,
                 reference_draws=args.reference_draws,
+                reference_rel_se=args.reference_rel_se,
+                reference_cross_check=args.reference_cross_check,
                 repeats=args.repeats,
                 pruner=args.pruner,
                 validate_top_k=args.validate_top_k,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from lambda_hat.arguments import DefaultsHelp, OneLineErrors
+from lambda_hat.arguments import DefaultsHelp, OneLineErrors, float_in
 from lambda_hat.io import check_writable
 from lambda_hat.problems.specs import PRESETS, SpecError, format_validation_error
 from lambda_hat.reference.record import ReferenceResult, current_reference, write_reference
@@ -53,6 +53,17 @@ def _parser() -> argparse.ArgumentParser:
     ref.add_argument("--num-warmup", type=int, default=DEFAULT_REFERENCE.num_warmup)
     ref.add_argument(
         "--num-draws", type=int, default=DEFAULT_REFERENCE.num_draws, help="kept draws per chain"
+    )
+    ref.add_argument(
+        "--target-rel-se",
+        type=float_in(0.0, 0.5),
+        default=None,
+        help="precision target: keep drawing after --num-draws until se/llc is at most this",
+    )
+    ref.add_argument(
+        "--cross-check",
+        action="store_true",
+        help="also estimate each LLC with a second, independent sampler (adjusted MCLMC)",
     )
     ref.add_argument("--seed", type=int, default=DEFAULT_REFERENCE.seed)
     ref.add_argument("--budget-sec", type=float, default=None, help="per problem")
@@ -137,7 +148,8 @@ def reference(args: argparse.Namespace) -> int:
         config = ReferenceConfig(
             **{**DEFAULT_REFERENCE.model_dump(), "algorithm": args.algorithm,
                "num_chains": args.num_chains, "num_warmup": args.num_warmup,
-               "num_draws": args.num_draws, "seed": args.seed},
+               "num_draws": args.num_draws, "seed": args.seed,
+               "target_rel_se": args.target_rel_se, "cross_check": args.cross_check},
         )  # fmt: skip
         if args.budget_sec is not None and not args.budget_sec > 0:
             raise SpecError(f"--budget-sec: must be > 0, got {args.budget_sec:g}")

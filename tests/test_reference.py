@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from lambda_hat.problems.exact import scalar_chain_llc
 from lambda_hat.problems.targets import build_problem
-from lambda_hat.reference.record import ReferenceResult, write_reference
+from lambda_hat.reference.record import ReferenceResult, reference_code_version, write_reference
 from lambda_hat.samplers.configs import ReferenceConfig
 from lambda_hat.samplers.hmc_reference import run
 
@@ -236,6 +236,8 @@ def test_ref_json_has_every_contract_field(tiny_spec, tmp_path):
         "gamma",
         "w_star_grad_norm",
         "budget_exhausted",
+        "precision_target",
+        "precision_met",
         "code_version",
         "lambda_theory",
         "quality",
@@ -451,3 +453,21 @@ def test_the_dry_run_calls_cached_only_what_the_run_would_use(lambda_hat_env):
     assert f"({second.pid}): reference to compute" in out
     path.write_text(path.read_text().replace('"llc_ref": 3.0', '"llc_ref": 4.0'))
     assert f"({first.pid}): reference to compute" in dry_run()
+
+
+def test_a_precision_target_extends_sampling_until_it_is_met(tiny_spec):
+    problem = build_problem(tiny_spec)
+    short = FAST.model_copy(update={"num_draws": 100})
+    plain = run(problem, short)
+    assert plain.precision_target is None and plain.precision_met is None
+    assert plain.n_draws == 4 * 100
+    target = 0.6 * plain.se_ref / plain.llc_ref  # needs about 2.8× the draws
+    met = run(problem, short.model_copy(update={"target_rel_se": target}))
+    assert met.precision_met and met.se_ref <= target * met.llc_ref
+    assert 4 * 100 < met.n_draws <= 4 * 1000  # extended, within the default cap (10×)
+    assert met.n_draws % (4 * FAST.chunk_size) == 0  # whole chunks
+    capped = run(problem, short.model_copy(update={"target_rel_se": 1e-4, "max_draws": 300}))
+    assert capped.precision_met is False and capped.n_draws == 4 * 300
+    # A target is part of the reference's cache key; no target leaves the key as it was.
+    with_target = short.model_copy(update={"target_rel_se": target})
+    assert reference_code_version(short) != reference_code_version(with_target)

@@ -27,6 +27,7 @@ RHAT_WARN, RHAT_BAD = 1.01, 1.05
 ESS_WARN, ESS_BAD = 400.0, 100.0
 DIVERGENT_WARN, DIVERGENT_BAD = 0.005, 0.05  # fraction of sampling transitions
 HALVES_WARN, HALVES_BAD = 3.0, 5.0  # |difference| in units of the combined SE
+SECOND_WARN, SECOND_BAD = 3.0, 4.0  # NUTS vs the second sampler, in combined SE
 
 
 def judge(
@@ -37,9 +38,11 @@ def judge(
     transitions: int,
     budget_exhausted: bool,
     halves: tuple[float, float, float, float] | None = None,
+    second: tuple[float, float, float, float] | None = None,
 ) -> tuple[Quality, list[str]]:
     """The verdict and its reasons (empty when trusted). ``halves`` is (mean, se, mean,
-    se) of two disjoint halves of the chains."""
+    se) of two disjoint halves of the chains; ``second`` (mean, se, mean, se) of the
+    reference and of an independent second sampler (``ReferenceConfig.cross_check``)."""
     bad, warn = [], []
     if not math.isfinite(rhat) or rhat > RHAT_BAD:
         bad.append(f"R-hat {rhat:.3f} > {RHAT_BAD}")
@@ -63,6 +66,14 @@ def judge(
         if not math.isfinite(z) or z > HALVES_BAD:
             bad.append(text)
         elif z > HALVES_WARN:
+            warn.append(text)
+    if second is not None:
+        m1, s1, m2, s2 = second
+        z = abs(m1 - m2) / math.sqrt(s1**2 + s2**2) if s1 > 0 or s2 > 0 else math.inf
+        text = f"the second sampler disagrees: {m2:.4g} ± {s2:.2g} vs {m1:.4g} ({z:.1f} SE)"
+        if not math.isfinite(z) or z > SECOND_BAD:
+            bad.append(text)
+        elif z > SECOND_WARN:
             warn.append(text)
     if bad:
         return "untrusted", bad + warn
@@ -91,7 +102,11 @@ def rejudge(record: dict) -> tuple[Quality, list[str]]:
 
 
 def _judged(diagnostics: dict) -> tuple[Quality, list[str]]:
-    halves = diagnostics["halves"]
+    halves, other = diagnostics["halves"], diagnostics.get("cross_check")
+    second = None
+    if other is not None:
+        llc, se = float(diagnostics["llc_ref"]), float(diagnostics["se_ref"])
+        second = (llc, se, float(other["llc"]), float(other["se"]))
     return judge(
         rhat=float(diagnostics["rhat"]),
         ess=float(diagnostics["ess"]),
@@ -99,6 +114,7 @@ def _judged(diagnostics: dict) -> tuple[Quality, list[str]]:
         transitions=int(diagnostics["transitions"]),
         budget_exhausted=bool(diagnostics["budget_exhausted"]),
         halves=None if halves is None else tuple(float(v) for v in halves),
+        second=second,
     )
 
 

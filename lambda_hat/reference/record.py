@@ -63,6 +63,13 @@ class ReferenceResult(BaseModel):
     w_star_grad_norm: float
     w_star_hessian_min_eig: float | None
     budget_exhausted: bool
+    # The precision target (se/llc) if one was set, and whether sampling met it (False:
+    # the draw cap or the budget ended it first).
+    precision_target: float | None = None
+    precision_met: bool | None = None
+    # The second sampler's estimate when ``cross_check`` was on (None: off, or skipped):
+    # algorithm, llc, se, rhat, ess, acceptance, grad_evals, runtime_sec.
+    cross_check: dict[str, Any] | None = None
     code_version: str
     lambda_theory: float | None = None
     lambda_multiplicity: int | None = None
@@ -92,6 +99,10 @@ def library_versions() -> dict[str, str]:
     return {name: version(name) for name in ("jax", "jaxlib", "blackjax")}
 
 
+# Settings added after the first references: in the key only when set away from these.
+_ADDED_LATER = {"target_rel_se": None, "max_draws": None, "cross_check": False}
+
+
 def reference_code_version(config: ReferenceConfig) -> str:
     """Package version + hash of the sampling config and of the JAX, jaxlib and BlackJAX
     versions: part of the reference cache key, so a reference is recomputed when any of
@@ -104,9 +115,12 @@ def reference_code_version(config: ReferenceConfig) -> str:
             "runner": "hmc_reference",
             "evidence": 2,
             "libraries": library_versions(),
-            **config.model_dump(mode="json"),
+            # Settings added later enter only when set, so older references keep their key.
+            **config.model_dump(mode="json", exclude=set(_ADDED_LATER)),
+            **{key: value for key, value in config.model_dump(mode="json").items()
+               if key in _ADDED_LATER and value != _ADDED_LATER[key]},
         }
-    )
+    )  # fmt: skip
 
 
 def reference_dir(artifacts_dir: Path, pid: str) -> Path:

@@ -240,6 +240,7 @@ def drive_chunks(
     while_running: Callable[[int, Any], None] | None = None,
     check: Callable[[int, Any], str | None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    enough: Callable[[list[Any]], bool] | None = None,
 ) -> Driven:
     """The one budgeted chunk loop of every sampler, the HMC reference's included.
 
@@ -249,7 +250,8 @@ def drive_chunks(
     stops as ``budget_exhausted``. ``while_running(index, output)`` is called while a
     chunk computes (its output's shapes are known: compile what stopping after it would
     need); ``check(index, output)``
-    returns a reason to stop the run as ``diverged``, or None.
+    returns a reason to stop the run as ``diverged``, or None; ``enough(outputs)`` True
+    ends it early as ``ok`` (a precision target met).
     """
     outputs: list[Any] = []
     slowest = first_chunk_sec
@@ -279,6 +281,8 @@ def drive_chunks(
             return stop(index + 1, "diverged", f"chunk {index}: {reason}")
         if progress is not None:
             progress(index + 1, num_chunks)
+        if enough is not None and enough(outputs):
+            return stop(index + 1, "ok", None)
     return stop(num_chunks, "ok", None)
 
 

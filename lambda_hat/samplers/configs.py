@@ -141,7 +141,30 @@ class ReferenceConfig(BaseModel):
         description="linear networks: L_n from (1/n)·XᵀX, XᵀY, Σ‖y‖² instead of the n rows "
         "(exact; no effect on MLPs)",
     )
+    target_rel_se: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="precision target: after num_draws, keep drawing until se/llc is at "
+        "most this (or max_draws, or the budget, ends it); ref.json says which",
+    )
+    max_draws: int | None = Field(
+        default=None, ge=4, le=10_000_000, description="cap per chain with a target (10×num_draws)"
+    )
+    cross_check: bool = Field(
+        default=False,
+        description="also estimate the LLC with a second, independent sampler "
+        "(Metropolis-adjusted MCLMC, num_draws per chain after 2×num_warmup tuning steps); "
+        "the verdict compares the two",
+    )
     seed: int = Field(default=0, ge=0)
+
+    @property
+    def draw_cap(self) -> int:
+        """Kept draws per chain at most: num_draws, or the cap when a target is set."""
+        if self.target_rel_se is None:
+            return self.num_draws
+        return max(self.num_draws, self.max_draws or 10 * self.num_draws)
 
 
 # The reference the flows and ``python -m lambda_hat reference`` compute (one cache key,

@@ -18,6 +18,7 @@ True
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import Callable
 from functools import lru_cache
@@ -37,6 +38,7 @@ from lambda_hat.problems.posterior import (
 from lambda_hat.problems.targets import Problem
 from lambda_hat.reference.quality import convergence_evidence, judge
 from lambda_hat.reference.record import ReferenceResult, reference_code_version
+from lambda_hat.samplers import adjusted_mclmc
 from lambda_hat.samplers.common import Driven, drive_chunks
 from lambda_hat.samplers.configs import ReferenceConfig
 from lambda_hat.samplers.estimator import compiled_diagnostics, llc_from_losses
@@ -47,6 +49,8 @@ from lambda_hat.samplers.hmc_kernels import (
     warmup_end,
     warmup_start,
 )
+
+log = logging.getLogger(__name__)
 
 
 class BudgetError(RuntimeError):
@@ -163,14 +167,29 @@ def _warm_up(compiled: _Compiled, problem: Problem, data, post, key: jax.Array,
     return states, compiled.warmup_end(adaptations), grads
 
 
+def _relative_se(outputs, L0: float, n_beta: float) -> float:
+    """se/|llc| of the draws so far (outputs[i][0]: each chunk's losses)."""
+    losses = np.concatenate([np.asarray(output[0]) for output in outputs], axis=1)
+    estimate = llc_from_losses(losses, L0, n_beta)
+    return estimate.se / max(abs(estimate.llc), 1e-300)
+
+
 def _sample(
     chunk, states, parameters, data, post, key, config: ReferenceConfig, static: Static, *,
-    deadline: float | None, first_chunk_sec: float, progress,
+    deadline: float | None, first_chunk_sec: float, progress, L0: float, n_beta: float,
 ) -> _Tally | None:  # fmt: skip
     """Compiled chunks of ``chunk_size`` draws until ``num_draws`` are kept or the budget
-    ends (``common.drive_chunks``, the loop every sampler shares)."""
+    ends (``common.drive_chunks``, the loop every sampler shares); with a precision target,
+    on until se/llc meets it or ``draw_cap`` draws are kept."""
     size = static.chunk_size
-    num_chunks = -(-config.num_draws // size)
+    cap = config.draw_cap
+    num_chunks = -(-cap // size)
+
+    def enough(outputs) -> bool:
+        kept = len(outputs) * size
+        if config.target_rel_se is None or kept < config.num_draws:
+            return config.target_rel_se is None and kept >= config.num_draws
+        return _relative_se(outputs, L0, n_beta) <= config.target_rel_se
 
     def run_chunk(states, keys):
         states, *out = chunk(keys, states, parameters, data, post)
@@ -180,20 +199,20 @@ def _sample(
         if deadline is not None:
             # Any chunk may be the last under a budget: compile the diagnostics for the
             # trace it completes while it runs, so stopping never waits for a compile.
-            compiled_diagnostics((config.num_chains, min((index + 1) * size, config.num_draws)))
+            compiled_diagnostics((config.num_chains, min((index + 1) * size, cap)))
 
     driven = drive_chunks(
         run_chunk, states, key, num_chains=config.num_chains, num_chunks=num_chunks,
         deadline=deadline, first_chunk_sec=first_chunk_sec, while_running=while_running,
-        progress=progress and (lambda done, _: progress(min(done * size, config.num_draws),
-                                                        config.num_draws)),
+        progress=progress and (lambda done, _: progress(min(done * size, cap), cap)),
+        enough=enough,
     )  # fmt: skip
     if not driven.outputs:
         return None
     losses, divergent, accept, grads = (
         [np.asarray(output[part]) for output in driven.outputs] for part in range(4)
     )
-    join = lambda parts: np.concatenate(parts, axis=1)[:, : config.num_draws]  # noqa: E731
+    join = lambda parts: np.concatenate(parts, axis=1)[:, :cap]  # noqa: E731
     return _Tally(
         join(losses),
         sum(int(np.sum(part)) for part in divergent),
@@ -222,23 +241,43 @@ def _static(problem: Problem, config: ReferenceConfig) -> Static:
     )
 
 
-def _verdict(tally: _Tally, L0: float, n_beta: float, config: ReferenceConfig):
+def _verdict(tally: _Tally, L0: float, n_beta: float, config: ReferenceConfig, second: dict | None):
     """The LLC estimate and its quality verdict (lambda_hat.reference.quality), with the
-    two halves of the chains compared: a slow mode that every chain misses alike shows."""
+    two halves of the chains compared (a slow mode that every chain misses alike shows)
+    and, with ``second``, the second sampler's estimate."""
     estimate = llc_from_losses(tally.losses, L0, n_beta)
     half = config.num_chains // 2
     first = llc_from_losses(tally.losses[:half], L0, n_beta)
-    second = llc_from_losses(tally.losses[half:], L0, n_beta)
+    later = llc_from_losses(tally.losses[half:], L0, n_beta)
     diagnostics = {
         "rhat": estimate.rhat,
         "ess": estimate.ess,
         "divergences": tally.divergences,
         "transitions": int(tally.losses.size) * config.thinning,
         "budget_exhausted": tally.budget_exhausted,
-        "halves": (first.llc, first.se, second.llc, second.se),
-    }
+        "halves": (first.llc, first.se, later.llc, later.se),
+        "second": None if second is None else (estimate.llc, estimate.se, second["llc"],
+                                               second["se"]),
+    }  # fmt: skip
     quality, reasons = judge(**diagnostics)
     return estimate, quality, reasons, diagnostics
+
+
+def _cross_check(
+    problem: Problem, config: ReferenceConfig, deadline: float | None, spent: float
+) -> dict | None:
+    """The second sampler's estimate (``config.cross_check``), unless the budget left is
+    shorter than the reference took so far (it costs less than NUTS; a guard, not a
+    prediction): then None, and the verdict is NUTS's alone."""
+    if not config.cross_check:
+        return None
+    if deadline is not None and deadline - time.perf_counter() < spent:
+        log.warning("%s: too little budget left for the cross-check; skipped", problem.pid)
+        return None
+    return adjusted_mclmc.run(
+        problem, num_chains=config.num_chains, num_tune=2 * config.num_warmup,
+        num_draws=config.num_draws, seed=config.seed + 1,
+    )  # fmt: skip
 
 
 def run(
@@ -284,7 +323,7 @@ def run(
     tally = _sample(
         compiled.chunk, states, parameters, data, post, key_sample, config, static,
         deadline=deadline, first_chunk_sec=per_transition * static.chunk_size * static.thinning,
-        progress=progress,
+        progress=progress, L0=loss_at_w_star, n_beta=problem.n_beta,
     )  # fmt: skip
     if tally is None:
         raise BudgetError(
@@ -292,8 +331,9 @@ def run(
             f"(compile + warmup took {time.perf_counter() - start:.1f} s); "
             "raise it or lower num_warmup"
         )
+    second = _cross_check(problem, config, deadline, time.perf_counter() - start)
     estimate, quality, reasons, diagnostics = _verdict(
-        tally, loss_at_w_star, problem.n_beta, config
+        tally, loss_at_w_star, problem.n_beta, config, second
     )
     evidence = convergence_evidence(
         problem.n_beta * (tally.losses - loss_at_w_star),
@@ -322,6 +362,11 @@ def run(
         w_star_grad_norm=problem.grad_norm,
         w_star_hessian_min_eig=problem.hessian_min_eig,
         budget_exhausted=tally.budget_exhausted,
+        cross_check=second,
+        precision_target=config.target_rel_se,
+        precision_met=None
+        if config.target_rel_se is None
+        else bool(estimate.se <= config.target_rel_se * abs(estimate.llc)),
         code_version=reference_code_version(config),
         lambda_theory=float(theory.lam) if theory else None,
         lambda_multiplicity=theory.multiplicity if theory else None,
