@@ -70,6 +70,14 @@ def parser() -> argparse.ArgumentParser:
         "se/llc is at most this (at most 10× the draws, or until its budget ends)",
     )
     p.add_argument(
+        "--reference-shards",
+        type=int,
+        choices=(1, 2, 4),
+        default=1,
+        help="run each reference's 4 chains as this many tasks on the reference cluster "
+        "(1, 2 or 4), pooled into one ref.json",
+    )
+    p.add_argument(
         "--reference-cross-check",
         action="store_true",
         help="check each reference with a second, independent sampler (adjusted MCLMC); "

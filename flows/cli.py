@@ -103,6 +103,7 @@ def print_plan(args: argparse.Namespace) -> None:
         num_draws=args.reference_draws,
         target_rel_se=args.reference_rel_se,
         cross_check=args.reference_cross_check,
+        shards=args.reference_shards,
     )
     for spec in problem_set.problems:
         _print_problem(spec, args, settings, config)

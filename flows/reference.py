@@ -21,7 +21,7 @@ from prefect.futures import wait
 
 from flows.cluster import dask_cluster, runner_for
 from flows.logs import forward_library_logs
-from lambda_hat.arguments import float_in
+from lambda_hat.arguments import float_in, int_between
 from lambda_hat.problems.sizes import check_fits
 from lambda_hat.problems.specs import ProblemSpec, load_problem_set
 from lambda_hat.reference.record import (
@@ -32,7 +32,12 @@ from lambda_hat.reference.record import (
 )
 from lambda_hat.samplers.configs import DEFAULT_REFERENCE, ReferenceConfig
 from lambda_hat.settings import Settings
-from tasks.reference import extend_reference, hmc_reference
+from tasks.reference import (
+    extend_reference,
+    hmc_reference,
+    hmc_reference_shard,
+    pool_reference_shards,
+)
 from tasks.report import build_report_task
 
 
@@ -87,9 +92,6 @@ def compute_references(
     task's cached result is the reference before its extensions)."""
     settings = Settings()
     artifacts = settings.artifacts_dir.resolve()
-    task = hmc_reference.with_options(
-        result_storage=settings.results_dir.resolve() / "prefect-results"
-    )
     slots: list[Any] = []
     for spec in specs:
         current = None if refresh else cached_reference(spec, config, artifacts)
@@ -97,11 +99,7 @@ def compute_references(
             slots.append(current)
             continue
         recompute = refresh or not _ref_json_intact(settings.artifacts_dir, spec)
-        slots.append(
-            task.with_options(refresh_cache=recompute).submit(
-                spec, config, budget_sec=budget_sec, **storage_paths(settings)
-            )
-        )
+        slots.append(_submit(spec, config, recompute, budget_sec, settings))
     wait([slot for slot in slots if not isinstance(slot, dict)])
     references = []
     for slot in slots:
@@ -114,6 +112,31 @@ def compute_references(
             restore_ref_json(artifacts, record)
         references.append(record)
     return references
+
+
+def _submit(
+    spec: dict[str, Any],
+    config: dict[str, Any],
+    recompute: bool,
+    budget_sec: float | None,
+    settings: Settings,
+) -> Any:
+    """One problem's reference task: ``hmc_reference``, or with ``shards`` > 1 one
+    ``hmc_reference_shard`` task per shard (side by side on the reference cluster) and a
+    ``pool_reference_shards`` task that waits for them and writes the one ref.json."""
+    paths = storage_paths(settings)
+    storage = {"result_storage": settings.results_dir.resolve() / "prefect-results",
+               "refresh_cache": recompute}  # fmt: skip
+    shards = ReferenceConfig.model_validate(config).shards
+    if shards == 1:
+        task = hmc_reference.with_options(**storage)
+        return task.submit(spec, config, budget_sec=budget_sec, **paths)
+    shard_task = hmc_reference_shard.with_options(**storage)
+    parts = [
+        shard_task.submit(spec, config, index, budget_sec=budget_sec, **paths)
+        for index in range(shards)
+    ]
+    return pool_reference_shards.with_options(**storage).submit(spec, config, parts, **paths)
 
 
 def restore_ref_json(artifacts_dir: Path, record: dict[str, Any]) -> None:
@@ -218,13 +241,14 @@ def reference(
     extend: bool = False,
     target_rel_se: float | None = None,
     cross_check: bool = False,
+    shards: int = 1,
 ) -> list[dict[str, Any]]:
     """HMC references for ``problems`` (a preset name or a YAML path): the missing or
     stale ones computed, the current ones read from disk. ``extend`` adds one batch of
     chains (another seed) to each reference that was already there, so a nightly run
     with it lowers their SE night after night; ``refresh`` recomputes every one.
-    ``target_rel_se`` sets a precision target and ``cross_check`` adds a second sampler
-    (``ReferenceConfig``)."""
+    ``target_rel_se`` sets a precision target, ``cross_check`` adds a second sampler and
+    ``shards`` runs each reference's chains as that many tasks (``ReferenceConfig``)."""
     forward_library_logs()
     logger = get_run_logger()
     settings = Settings()
@@ -232,7 +256,7 @@ def reference(
     check_fits(problem_set, settings.memory_limit_bytes(), problems)
     config = ReferenceConfig(
         algorithm=algorithm, num_warmup=num_warmup, num_draws=num_draws, num_chains=num_chains,
-        target_rel_se=target_rel_se, cross_check=cross_check,
+        target_rel_se=target_rel_se, cross_check=cross_check, shards=shards,
     )  # fmt: skip
     specs = [spec.model_dump(mode="json") for spec in problem_set.problems]
     logger.info("%d problems from %s, refresh=%s", len(specs), problems, refresh)
@@ -279,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         "--cross-check", action="store_true",
         help="also estimate each LLC with a second, independent sampler (adjusted MCLMC)",
     )  # fmt: skip
+    parser.add_argument(
+        "--shards", type=int_between(1, 64), default=1,
+        help="run each reference's chains as this many tasks (must divide the chains, 4)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     reference(
         problems=args.problems,
@@ -288,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         extend=args.extend,
         target_rel_se=args.target_rel_se,
         cross_check=args.cross_check,
+        shards=args.shards,
     )
     return 0
 

@@ -135,6 +135,7 @@ def tune(
     reference_draws: int = DEFAULT_REFERENCE.num_draws,
     reference_rel_se: float | None = None,
     reference_cross_check: bool = False,
+    reference_shards: int = 1,
     repeats: int = DEFAULT_REPEATS,
     pruner: Literal["wilcoxon", "median", "none"] = "wilcoxon",
     validate_top_k: int = DEFAULT_VALIDATE_TOP_K,
@@ -159,7 +160,8 @@ def tune(
                   "reference_warmup": reference_warmup,
                   "reference_draws": reference_draws,
                   "reference_rel_se": reference_rel_se,
-                  "reference_cross_check": reference_cross_check}  # fmt: skip
+                  "reference_cross_check": reference_cross_check,
+                  "reference_shards": reference_shards}  # fmt: skip
     logger.info(
         "tune %s; command: %s; settings: %s",
         ", ".join(f"{k}={v}" for k, v in parameters.items()), command_line(), settings.public(),
@@ -174,7 +176,7 @@ def tune(
     prepare_outputs(settings)
     config = ReferenceConfig(
         num_warmup=reference_warmup, num_draws=reference_draws, target_rel_se=reference_rel_se,
-        cross_check=reference_cross_check,
+        cross_check=reference_cross_check, shards=reference_shards,
     )  # fmt: skip
     started = time.perf_counter()
     tuning = {"n_trials": n_trials, "batch": batch, "budget_sec": settings.budgets.trial_sec,
@@ -428,6 +430,7 @@ def main(argv: list[str] | None = None, checked: argparse.Namespace | None = Non
                 reference_draws=args.reference_draws,
                 reference_rel_se=args.reference_rel_se,
                 reference_cross_check=args.reference_cross_check,
+                reference_shards=args.reference_shards,
                 repeats=args.repeats,
                 pruner=args.pruner,
                 validate_top_k=args.validate_top_k,

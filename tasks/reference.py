@@ -28,7 +28,9 @@ from lambda_hat.reference.record import (
     write_reference,
 )
 from lambda_hat.samplers.configs import ReferenceConfig
-from lambda_hat.samplers.hmc_reference import run
+from lambda_hat.samplers.hmc_reference import run, sample
+from lambda_hat.samplers.reference_shards import load_shard, save_shard, shard_config, shard_path
+from lambda_hat.samplers.reference_summary import summarize
 from tasks.worker import problem_for, worker_info
 
 
@@ -62,6 +64,67 @@ def hmc_reference(
     problem = problem_for(spec, results_dir, jax_cache_dir)
     started = time.time()
     result = run(problem, ReferenceConfig.model_validate(config), budget_sec=budget_sec)
+    return write_reference(
+        Path(artifacts_dir), ProblemSpec.model_validate(spec), result,
+        hmc_run_id=uuid.uuid4().hex, computed_at=started, **worker_info(),
+    )  # fmt: skip
+
+
+def shard_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    return f"{reference_cache_key(context, parameters)}-shard-{int(parameters['index'])}"
+
+
+@task(
+    name="hmc-reference-shard",
+    task_run_name="hmc-reference-{spec[name]}-shard-{index}",
+    cache_key_fn=shard_cache_key,
+    persist_result=True,
+    result_serializer="json",
+    retries=2,
+    retry_delay_seconds=10,
+)
+def hmc_reference_shard(
+    spec: dict[str, Any],
+    config: dict[str, Any],
+    index: int,
+    results_dir: str,
+    artifacts_dir: str,
+    jax_cache_dir: str,
+    budget_sec: float | None = None,
+) -> str:
+    """Shard ``index`` of a sharded reference (``lambda_hat.samplers.reference_shards``):
+    its chains sampled and their draws written; returns the file's path."""
+    problem = problem_for(spec, results_dir, jax_cache_dir)
+    base = ReferenceConfig.model_validate(config)
+    part = sample(problem, shard_config(base, index), budget_sec=budget_sec)
+    path = shard_path(Path(artifacts_dir), problem.pid, base, index)
+    save_shard(path, part)
+    return str(path)
+
+
+@task(
+    name="hmc-reference-pool",
+    task_run_name="hmc-reference-{spec[name]}",
+    cache_key_fn=reference_cache_key,  # the same key as an unsharded reference's task
+    persist_result=True,
+    result_serializer="json",
+    retries=2,
+    retry_delay_seconds=10,
+)
+def pool_reference_shards(
+    spec: dict[str, Any],
+    config: dict[str, Any],
+    shard_paths: list[str],
+    results_dir: str,
+    artifacts_dir: str,
+    jax_cache_dir: str,
+    budget_sec: float | None = None,
+) -> dict[str, Any]:
+    """The shards' chains pooled into one reference, written like ``hmc_reference``'s."""
+    problem = problem_for(spec, results_dir, jax_cache_dir)
+    started = time.time()
+    parts = [load_shard(Path(path)) for path in shard_paths]
+    result = summarize(problem, ReferenceConfig.model_validate(config), parts)
     return write_reference(
         Path(artifacts_dir), ProblemSpec.model_validate(spec), result,
         hmc_run_id=uuid.uuid4().hex, computed_at=started, **worker_info(),

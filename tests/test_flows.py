@@ -90,6 +90,26 @@ def test_reference_flow_is_cached_the_second_time_and_refresh_recomputes(
     assert artifact_keys("reference-table") == {"reference-table"}
 
 
+def test_a_sharded_reference_runs_its_chains_as_tasks_and_writes_one_record(
+    prefect_server, lambda_hat_env
+):
+    small = {"problems": "smoke", "num_warmup": 100, "num_draws": 200, "shards": 2}
+    first = reference(**small)
+    assert [r["cached"] for r in first] == [False, False]
+    with get_client(sync_client=True) as client:
+        names = {run.name for run in client.read_task_runs()}
+    for ref in first:
+        assert {f"hmc-reference-{ref['name']}-shard-{i}" for i in (0, 1)} <= names
+        saved = json.loads(
+            (lambda_hat_env / "artifacts" / "problems" / ref["pid"] / "ref.json").read_text()
+        )
+        assert saved["n_chains"] == 4 and saved["n_draws"] == 4 * 200
+        assert saved["hmc_run_id"] == ref["hmc_run_id"] and saved["quality"] != "untrusted"
+    second = reference(**small)  # the pooled reference is cached like an unsharded one
+    assert [r["cached"] for r in second] == [True, True]
+    assert [r["hmc_run_id"] for r in second] == [r["hmc_run_id"] for r in first]
+
+
 def test_extend_pools_a_new_batch_into_each_cached_reference(prefect_server, lambda_hat_env):
     """The nightly option: each run with ``extend`` samples one more batch of chains with a
     seed no batch has used and pools it into ref.json; a later flow reads the pooled one."""

@@ -100,7 +100,7 @@ def library_versions() -> dict[str, str]:
 
 
 # Settings added after the first references: in the key only when set away from these.
-_ADDED_LATER = {"target_rel_se": None, "max_draws": None, "cross_check": False}
+_ADDED_LATER = {"target_rel_se": None, "max_draws": None, "cross_check": False, "shards": 1}
 
 
 def reference_code_version(config: ReferenceConfig) -> str:

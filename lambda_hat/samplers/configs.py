@@ -157,7 +157,20 @@ class ReferenceConfig(BaseModel):
         "(Metropolis-adjusted MCLMC, num_draws per chain after 2×num_warmup tuning steps); "
         "the verdict compares the two",
     )
+    shards: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="run the chains as this many separate tasks (num_chains / shards each), "
+        "pooled into one reference",
+    )
     seed: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _shards_divide_chains(self) -> ReferenceConfig:
+        if self.num_chains % self.shards:
+            raise ValueError(f"shards: must divide num_chains={self.num_chains}, got {self.shards}")
+        return self
 
     @property
     def draw_cap(self) -> int:

@@ -33,12 +33,9 @@ from lambda_hat.problems.posterior import (
     LossData,
     Moments,
     PosteriorParams,
-    empirical_loss,
 )
 from lambda_hat.problems.targets import Problem
-from lambda_hat.reference.quality import convergence_evidence, judge
-from lambda_hat.reference.record import ReferenceResult, reference_code_version
-from lambda_hat.samplers import adjusted_mclmc
+from lambda_hat.reference.record import ReferenceResult
 from lambda_hat.samplers.common import Driven, drive_chunks
 from lambda_hat.samplers.configs import ReferenceConfig
 from lambda_hat.samplers.estimator import compiled_diagnostics, llc_from_losses
@@ -49,6 +46,13 @@ from lambda_hat.samplers.hmc_kernels import (
     warmup_end,
     warmup_start,
 )
+from lambda_hat.samplers.reference_summary import (
+    Sampled,
+    Tally,
+    loss_at_w_star,
+    sampled_data,
+    summarize,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +62,6 @@ class BudgetError(RuntimeError):
     slowest warmup chunk, when it ended during the warmup."""
 
     slowest_chunk_sec: float | None = None
-
-
-def sampled_data(problem: Problem, config: ReferenceConfig) -> LossData | Moments:
-    """What the log density reads: the second moments where they suffice, else the rows."""
-    return problem.full_batch_data if config.sufficient_statistics else problem.data
 
 
 def _warmup_lengths(static: Static) -> list[int]:
@@ -124,18 +123,6 @@ def _compiled(
     return _Compiled(start, warmup_chunks, end, chunk, schedule)
 
 
-class _Tally(NamedTuple):
-    losses: np.ndarray  # (chains, kept draws) of L_n
-    divergences: int
-    acceptance: float
-    grad_evals: int
-    budget_exhausted: bool
-    slowest_chunk_sec: float
-    ended_at: float
-    grads: np.ndarray  # (chains, kept draws): gradient evaluations behind each kept draw
-    decision_margin_sec: float | None  # min over chunk starts of deadline − start − slowest
-
-
 def _warm_up(compiled: _Compiled, problem: Problem, data, post, key: jax.Array,
              static: Static, deadline: float | None):  # fmt: skip
     """Every chain's window adaptation from w*, in budgeted chunks (``drive_chunks``):
@@ -177,7 +164,7 @@ def _relative_se(outputs, L0: float, n_beta: float) -> float:
 def _sample(
     chunk, states, parameters, data, post, key, config: ReferenceConfig, static: Static, *,
     deadline: float | None, first_chunk_sec: float, progress, L0: float, n_beta: float,
-) -> _Tally | None:  # fmt: skip
+) -> Tally | None:  # fmt: skip
     """Compiled chunks of ``chunk_size`` draws until ``num_draws`` are kept or the budget
     ends (``common.drive_chunks``, the loop every sampler shares); with a precision target,
     on until se/llc meets it or ``draw_cap`` draws are kept."""
@@ -213,7 +200,7 @@ def _sample(
         [np.asarray(output[part]) for output in driven.outputs] for part in range(4)
     )
     join = lambda parts: np.concatenate(parts, axis=1)[:, :cap]  # noqa: E731
-    return _Tally(
+    return Tally(
         join(losses),
         sum(int(np.sum(part)) for part in divergent),
         float(np.mean(accept)),
@@ -241,42 +228,50 @@ def _static(problem: Problem, config: ReferenceConfig) -> Static:
     )
 
 
-def _verdict(tally: _Tally, L0: float, n_beta: float, config: ReferenceConfig, second: dict | None):
-    """The LLC estimate and its quality verdict (lambda_hat.reference.quality), with the
-    two halves of the chains compared (a slow mode that every chain misses alike shows)
-    and, with ``second``, the second sampler's estimate."""
-    estimate = llc_from_losses(tally.losses, L0, n_beta)
-    half = config.num_chains // 2
-    first = llc_from_losses(tally.losses[:half], L0, n_beta)
-    later = llc_from_losses(tally.losses[half:], L0, n_beta)
-    diagnostics = {
-        "rhat": estimate.rhat,
-        "ess": estimate.ess,
-        "divergences": tally.divergences,
-        "transitions": int(tally.losses.size) * config.thinning,
-        "budget_exhausted": tally.budget_exhausted,
-        "halves": (first.llc, first.se, later.llc, later.se),
-        "second": None if second is None else (estimate.llc, estimate.se, second["llc"],
-                                               second["se"]),
-    }  # fmt: skip
-    quality, reasons = judge(**diagnostics)
-    return estimate, quality, reasons, diagnostics
-
-
-def _cross_check(
-    problem: Problem, config: ReferenceConfig, deadline: float | None, spent: float
-) -> dict | None:
-    """The second sampler's estimate (``config.cross_check``), unless the budget left is
-    shorter than the reference took so far (it costs less than NUTS; a guard, not a
-    prediction): then None, and the verdict is NUTS's alone."""
-    if not config.cross_check:
-        return None
-    if deadline is not None and deadline - time.perf_counter() < spent:
-        log.warning("%s: too little budget left for the cross-check; skipped", problem.pid)
-        return None
-    return adjusted_mclmc.run(
-        problem, num_chains=config.num_chains, num_tune=2 * config.num_warmup,
-        num_draws=config.num_draws, seed=config.seed + 1,
+def sample(
+    problem: Problem,
+    config: ReferenceConfig,
+    *,
+    budget_sec: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Sampled:
+    """Warm up ``config.num_chains`` chains from w* and keep their draws (``run`` without
+    the estimate). Raises ``BudgetError`` when the budget ends before the first draw."""
+    start = time.perf_counter()
+    static = _static(problem, config)
+    data = sampled_data(problem, config)
+    compiled = _compiled(static, type(data), tuple(a.shape for a in data), problem.d)
+    post = problem.posterior_params()
+    key_warmup, key_sample = jax.random.split(jax.random.key(config.seed))
+    deadline = None if budget_sec is None else start + budget_sec
+    warmup_start = time.perf_counter()
+    warmed = _warm_up(compiled, problem, data, post, key_warmup, static, deadline)
+    if isinstance(warmed, Driven):
+        error = BudgetError(
+            f"budget_sec={budget_sec:g} ended during the warmup, after {warmed.chunks_done} of "
+            f"{len(_warmup_lengths(static))} chunks ({time.perf_counter() - start:.1f} s, "
+            "compile included); raise it or lower num_warmup"
+        )
+        error.slowest_chunk_sec = warmed.timing["slowest_chunk_sec"]
+        raise error
+    states, parameters, warmup_grads = warmed
+    # Until a chunk has been timed, predict its cost from the warmup's time per transition
+    # (pessimistic: early warmup uses small steps and long trajectories).
+    per_transition = (time.perf_counter() - warmup_start) / config.num_warmup
+    tally = _sample(
+        compiled.chunk, states, parameters, data, post, key_sample, config, static,
+        deadline=deadline, first_chunk_sec=per_transition * static.chunk_size * static.thinning,
+        progress=progress, L0=loss_at_w_star(problem, config), n_beta=problem.n_beta,
+    )  # fmt: skip
+    if tally is None:
+        raise BudgetError(
+            f"budget_sec={budget_sec:g} ended before the first draw "
+            f"(compile + warmup took {time.perf_counter() - start:.1f} s); "
+            "raise it or lower num_warmup"
+        )
+    return Sampled(
+        tally, np.asarray(warmup_grads), float(np.mean(parameters["step_size"])),
+        time.perf_counter() - start,
     )  # fmt: skip
 
 
@@ -298,87 +293,6 @@ def run(
     """
     config = config or ReferenceConfig()
     start = time.perf_counter()
-    static = _static(problem, config)
-    data = sampled_data(problem, config)
-    compiled = _compiled(static, type(data), tuple(a.shape for a in data), problem.d)
-    post = problem.posterior_params()
-    # L0 from the same expression as the draws' L_n (they differ by rounding only).
-    loss_at_w_star = float(empirical_loss(problem.w_star, data, problem.arch))
-    key_warmup, key_sample = jax.random.split(jax.random.key(config.seed))
+    part = sample(problem, config, budget_sec=budget_sec, progress=progress)
     deadline = None if budget_sec is None else start + budget_sec
-    warmup_start = time.perf_counter()
-    warmed = _warm_up(compiled, problem, data, post, key_warmup, static, deadline)
-    if isinstance(warmed, Driven):
-        error = BudgetError(
-            f"budget_sec={budget_sec:g} ended during the warmup, after {warmed.chunks_done} of "
-            f"{len(_warmup_lengths(static))} chunks ({time.perf_counter() - start:.1f} s, "
-            "compile included); raise it or lower num_warmup"
-        )
-        error.slowest_chunk_sec = warmed.timing["slowest_chunk_sec"]
-        raise error
-    states, parameters, warmup_grads = warmed
-    # Until a chunk has been timed, predict its cost from the warmup's time per transition
-    # (pessimistic: early warmup uses small steps and long trajectories).
-    per_transition = (time.perf_counter() - warmup_start) / config.num_warmup
-    tally = _sample(
-        compiled.chunk, states, parameters, data, post, key_sample, config, static,
-        deadline=deadline, first_chunk_sec=per_transition * static.chunk_size * static.thinning,
-        progress=progress, L0=loss_at_w_star, n_beta=problem.n_beta,
-    )  # fmt: skip
-    if tally is None:
-        raise BudgetError(
-            f"budget_sec={budget_sec:g} ended before the first draw "
-            f"(compile + warmup took {time.perf_counter() - start:.1f} s); "
-            "raise it or lower num_warmup"
-        )
-    second = _cross_check(problem, config, deadline, time.perf_counter() - start)
-    estimate, quality, reasons, diagnostics = _verdict(
-        tally, loss_at_w_star, problem.n_beta, config, second
-    )
-    evidence = convergence_evidence(
-        problem.n_beta * (tally.losses - loss_at_w_star),
-        tally.grads,
-        np.asarray(warmup_grads),
-        estimate.se,
-    )
-    theory = problem.lambda_theory
-    result = ReferenceResult(
-        pid=problem.pid,
-        llc_ref=estimate.llc,
-        se_ref=estimate.se,
-        ess=estimate.ess,
-        rhat=estimate.rhat,
-        n_draws=estimate.n_draws,
-        n_chains=config.num_chains,
-        divergences=tally.divergences,
-        acceptance=tally.acceptance,
-        grad_evals=int(np.sum(warmup_grads)) + tally.grad_evals,
-        runtime_sec=time.perf_counter() - start,
-        L0=problem.L0,
-        n=problem.n,
-        beta=problem.beta,
-        gamma=problem.gamma,
-        d=problem.d,
-        w_star_grad_norm=problem.grad_norm,
-        w_star_hessian_min_eig=problem.hessian_min_eig,
-        budget_exhausted=tally.budget_exhausted,
-        cross_check=second,
-        precision_target=config.target_rel_se,
-        precision_met=None
-        if config.target_rel_se is None
-        else bool(estimate.se <= config.target_rel_se * abs(estimate.llc)),
-        code_version=reference_code_version(config),
-        lambda_theory=float(theory.lam) if theory else None,
-        lambda_multiplicity=theory.multiplicity if theory else None,
-        algorithm=config.algorithm,
-        step_size_mean=float(np.mean(parameters["step_size"])),
-        slowest_chunk_sec=tally.slowest_chunk_sec,
-        finish_sec=time.perf_counter() - tally.ended_at,
-        decision_margin_sec=tally.decision_margin_sec,
-        quality=quality,
-        quality_reasons=reasons,
-        transitions=diagnostics["transitions"],
-        halves=diagnostics["halves"],
-        convergence=evidence,
-    )
-    return result
+    return summarize(problem, config, [part], deadline=deadline, started=start)
