@@ -75,3 +75,11 @@ def test_the_example_factory_builds_and_is_documented():
     problem = build_problem(spec)
     assert problem.d == 17 and problem.arch.likelihood == "categorical"
     assert problem.grad_norm < spec.optimum.max_grad_norm
+
+
+def test_the_tms_preset_is_a_factory_inside_the_package():
+    first, second = load_problem_set("tms").problems
+    problem = build_problem(first)
+    assert problem.d == 6 * 2 + 6 and problem.arch.likelihood == "gaussian"
+    assert problem.grad_norm < first.optimum.max_grad_norm  # a true minimum of the MSE
+    assert second.pid != first.pid and load_problem_set("tms").problems[0].pid == first.pid
