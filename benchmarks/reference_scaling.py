@@ -1,7 +1,7 @@
 """What an HMC reference costs as the parameters grow, and what sharding its chains buys.
 
     .venv/bin/python benchmarks/reference_scaling.py --problems benchmarks/reference_scaling.yaml \
-        --shards-problem benchmarks/reference_scaling_shards.yaml       # what docs/benchmarks.md shows
+        --shards-problem benchmarks/reference_scaling_shards.yaml   # docs/benchmarks.md
     .venv/bin/python benchmarks/reference_scaling.py --problems digits --warmup 200 --draws 200
     .venv/bin/python benchmarks/reference_scaling.py --shards-problem examples/my_model.yaml
 
