@@ -43,9 +43,6 @@ class SpecError(ValueError):
     """A problem set or spec is invalid. The message is one line naming the field."""
 
 
-_Frozen = Frozen
-
-
 def _check_widths(widths: tuple[int, ...]) -> tuple[int, ...]:
     if len(widths) < 2:
         raise ValueError("needs at least 2 entries (input and output width)")
@@ -54,7 +51,7 @@ def _check_widths(widths: tuple[int, ...]) -> tuple[int, ...]:
     return widths
 
 
-class MLPModel(_Frozen):
+class MLPModel(Frozen):
     """A fully connected network; ``widths`` = (input, hidden…, output)."""
 
     family: Literal["mlp"]
@@ -69,7 +66,7 @@ class MLPModel(_Frozen):
         return self.widths
 
 
-class DLNModel(_Frozen):
+class DLNModel(Frozen):
     """A deep linear network without biases; ``widths`` = (input, hidden…, output)."""
 
     family: Literal["dln"]
@@ -82,7 +79,7 @@ class DLNModel(_Frozen):
         return self.widths
 
 
-class RRRModel(_Frozen):
+class RRRModel(Frozen):
     """Reduced-rank regression y = B·A·x with A: hidden×m_in, B: n_out×hidden."""
 
     family: Literal["rrr"]
@@ -98,7 +95,7 @@ class RRRModel(_Frozen):
 ModelSpec = Annotated[MLPModel | DLNModel | RRRModel | CustomModel, Field(discriminator="family")]
 
 
-class ProblemSpec(_Frozen):
+class ProblemSpec(Frozen):
     """One LLC problem. ``name`` is a label; it does not enter the problem id."""
 
     # A label, but it reaches run names and keys: no "/", no leading dot or dash.
@@ -244,7 +241,7 @@ _ADDED_LATER = {
 }
 
 
-class ProblemSet(_Frozen):
+class ProblemSet(Frozen):
     problems: tuple[ProblemSpec, ...]
 
     @field_validator("problems")
