@@ -73,3 +73,10 @@ def from_file(path: str) -> CustomProblem:
     """Data read from a file: editing the file must change the pid."""
     x = np.load(path)
     return CustomProblem(apply=linear, params={"w": jnp.zeros((2, 1))}, x=x, y=x[:, :1])
+
+
+def float32_params() -> CustomProblem:
+    """Parameters as a float32 model keeps them (Flax's default)."""
+    problem = good()
+    params = {"w": jnp.zeros((2, 1), dtype=jnp.float32)}
+    return CustomProblem(apply=linear, params=params, x=problem.x, y=problem.y, sigma=0.5)

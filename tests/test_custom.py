@@ -83,3 +83,10 @@ def test_the_tms_preset_is_a_factory_inside_the_package():
     assert problem.d == 6 * 2 + 6 and problem.arch.likelihood == "gaussian"
     assert problem.grad_norm < first.optimum.max_grad_norm  # a true minimum of the MSE
     assert second.pid != first.pid and load_problem_set("tms").problems[0].pid == first.pid
+
+
+def test_float32_parameters_are_sampled_in_float64():
+    problem = build_problem(custom_spec("tests.factories:float32_params", 10))
+    assert problem.w_star.dtype == np.float64
+    assert problem.arch.model.unravel(problem.w_star)["w"].dtype == np.float64
+    assert problem.grad_norm < 1e-8  # trained in float64 to the usual tolerance

@@ -144,13 +144,15 @@ def _check(problem: CustomProblem, name: str, identity: str) -> LoadedFactory:
     if not (np.isfinite(sigma) and sigma > 0):
         raise FactoryError(f"{name}: sigma must be a finite number > 0, got {problem.sigma}")
     x = _finite_array(problem.x, f"{name}: x")
-    w0, unravel = ravel_pytree(problem.params)
+    # float64 leaves: ravel_pytree's unravel casts back to each leaf's dtype, and a float32
+    # model (Flax's default) would otherwise be sampled in float32.
+    w0, unravel = ravel_pytree(_float64(problem.params, f"{name}: params"))
     w0 = _finite_array(w0, f"{name}: params")
     if w0.size == 0:
         raise FactoryError(f"{name}: params has no parameters")
     w_star = None
     if problem.w_star is not None:
-        flat, _ = ravel_pytree(problem.w_star)
+        flat, _ = ravel_pytree(_float64(problem.w_star, f"{name}: w_star"))
         w_star = _finite_array(flat, f"{name}: w_star")
         if w_star.shape != w0.shape:
             raise FactoryError(f"{name}: w_star has {w_star.size} parameters, params {w0.size}")
@@ -185,6 +187,12 @@ def _targets(problem: CustomProblem, n: int, outputs: int, name: str) -> np.ndar
     if problem.likelihood == "categorical" and not np.allclose(y.sum(axis=1), 1.0):
         raise FactoryError(f"{name}: categorical y must be labels or one-hot rows")
     return y
+
+
+def _float64(tree: Any, name: str) -> Any:
+    import jax
+
+    return jax.tree.map(lambda leaf: _finite_array(leaf, name), tree)
 
 
 def _finite_array(value: Any, name: str) -> np.ndarray:
