@@ -146,3 +146,20 @@ def test_linear_optimum_is_the_global_minimum_of_the_loss(model, rank):
     min_loss = 0.5 * np.mean(np.sum((y - x @ best.T) ** 2, axis=1)) / sigma**2
     assert problem.n_beta * (problem.L0 - min_loss) < 1e-6
     assert problem.L0 - min_loss > -1e-12  # nothing lies below the global minimum
+
+
+def test_lanczos_finds_the_dense_hessians_extreme_eigenvalues():
+    # What the saddle check uses above 1 000 parameters, checked where the dense one exists.
+    import jax
+
+    from lambda_hat.problems.curvature import extreme_eigenvalues
+    from lambda_hat.problems.posterior import empirical_loss
+
+    spec = make_spec(model={"family": "mlp", "widths": [3, 6, 3]}, teacher={}, data={"n": 300})
+    problem = build_problem(spec)
+    w = problem.w_star + 0.05  # off the minimum: a negative eigenvalue to find
+    hessian = jax.hessian(empirical_loss)(w, problem.data, problem.arch)
+    dense = np.linalg.eigvalsh(np.asarray(hessian))
+    low, high = extreme_eigenvalues(w, problem.data, problem.arch)
+    assert dense[0] < 0
+    np.testing.assert_allclose([low, high], [dense[0], dense[-1]], rtol=1e-3, atol=1e-6)

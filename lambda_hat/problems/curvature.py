@@ -21,7 +21,7 @@ from functools import partial
 
 import jax
 import numpy as np
-from scipy.sparse.linalg import LinearOperator, eigsh
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
 from lambda_hat.problems.posterior import Arch, LossData, Moments, empirical_loss
 
@@ -53,6 +53,15 @@ def extreme_eigenvalues(
         dtype=np.float64,
     )
     start = np.random.default_rng(d).normal(size=d)
-    high = eigsh(operator, k=1, which="LA", tol=rtol, v0=start, return_eigenvectors=False)
-    low = eigsh(operator, k=1, which="SA", tol=rtol, v0=start, return_eigenvectors=False)
-    return float(low[0]), float(high[0])
+    return _extreme(operator, "SA", rtol, start), _extreme(operator, "LA", rtol, start)
+
+
+def _extreme(operator: LinearOperator, which: str, rtol: float, start: np.ndarray) -> float:
+    """One extreme eigenvalue; ARPACK's best estimate if it ran out of iterations."""
+    try:
+        return float(eigsh(operator, k=1, which=which, tol=rtol, v0=start,
+                           return_eigenvectors=False)[0])  # fmt: skip
+    except ArpackNoConvergence as error:
+        if len(error.eigenvalues):
+            return float(error.eigenvalues[0])
+        raise RuntimeError(f"Lanczos found no {which} Hessian eigenvalue") from None
