@@ -18,7 +18,6 @@ True
 from __future__ import annotations
 
 import itertools
-import logging
 import time
 from collections.abc import Callable
 from functools import lru_cache
@@ -53,8 +52,6 @@ from lambda_hat.samplers.reference_summary import (
     sampled_data,
     summarize,
 )
-
-log = logging.getLogger(__name__)
 
 
 class BudgetError(RuntimeError):
