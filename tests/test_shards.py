@@ -44,3 +44,11 @@ def test_a_sharded_reference_agrees_with_an_unsharded_one(tmp_path):
 def test_shards_must_divide_the_chains():
     with pytest.raises(ValidationError, match="shards: must divide num_chains=4, got 3"):
         ReferenceConfig(shards=3)
+
+
+def test_a_one_chain_shard_can_aim_at_a_precision_target():
+    # Its SE comes from its two halves (a single chain has no R-hat of its own).
+    problem = build_problem(make_spec())
+    config = FAST.model_copy(update={"num_draws": 100, "shards": 4, "target_rel_se": 0.05})
+    part = sample(problem, shard_config(config, 0))
+    assert part.tally.losses.shape[0] == 1 and part.tally.losses.shape[1] >= 100

@@ -154,6 +154,9 @@ def _warm_up(compiled: _Compiled, problem: Problem, data, post, key: jax.Array,
 def _relative_se(outputs, L0: float, n_beta: float) -> float:
     """se/|llc| of the draws so far (outputs[i][0]: each chunk's losses)."""
     losses = np.concatenate([np.asarray(output[0]) for output in outputs], axis=1)
+    if losses.shape[0] == 1:  # a one-chain shard: its two halves as two chains (split R-hat)
+        half = losses.shape[1] // 2
+        losses = losses[:, : 2 * half].reshape(2, half)
     estimate = llc_from_losses(losses, L0, n_beta)
     return estimate.se / max(abs(estimate.llc), 1e-300)
 
