@@ -33,6 +33,14 @@ from lambda_hat.samplers.reference_shards import load_shard, save_shard, shard_c
 from lambda_hat.samplers.reference_summary import summarize
 from tasks.worker import problem_for, worker_info
 
+# Every task that computes (part of) a reference: results persisted as JSON, retried twice.
+_REFERENCE_TASK_OPTIONS = {
+    "persist_result": True,
+    "result_serializer": "json",  # nothing in the results dir is ever unpickled
+    "retries": 2,
+    "retry_delay_seconds": 10,
+}
+
 
 def reference_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     pid = ProblemSpec.model_validate(parameters["spec"]).pid
@@ -44,10 +52,7 @@ def reference_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> 
     name="hmc-reference",
     task_run_name="hmc-reference-{spec[name]}",
     cache_key_fn=reference_cache_key,
-    persist_result=True,
-    result_serializer="json",  # nothing in the results dir is ever unpickled
-    retries=2,
-    retry_delay_seconds=10,
+    **_REFERENCE_TASK_OPTIONS,
 )
 def hmc_reference(
     spec: dict[str, Any],
@@ -78,10 +83,7 @@ def shard_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     name="hmc-reference-shard",
     task_run_name="hmc-reference-{spec[name]}-shard-{index}",
     cache_key_fn=shard_cache_key,
-    persist_result=True,
-    result_serializer="json",
-    retries=2,
-    retry_delay_seconds=10,
+    **_REFERENCE_TASK_OPTIONS,
 )
 def hmc_reference_shard(
     spec: dict[str, Any],
@@ -106,10 +108,7 @@ def hmc_reference_shard(
     name="hmc-reference-pool",
     task_run_name="hmc-reference-{spec[name]}",
     cache_key_fn=reference_cache_key,  # the same key as an unsharded reference's task
-    persist_result=True,
-    result_serializer="json",
-    retries=2,
-    retry_delay_seconds=10,
+    **_REFERENCE_TASK_OPTIONS,
 )
 def pool_reference_shards(
     spec: dict[str, Any],

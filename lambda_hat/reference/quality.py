@@ -60,24 +60,31 @@ def judge(
     if budget_exhausted:
         warn.append("the budget ended sampling early")
     if halves is not None:
-        m1, s1, m2, s2 = halves
-        z = abs(m1 - m2) / math.sqrt(s1**2 + s2**2) if s1 > 0 or s2 > 0 else math.inf
+        m1, _, m2, _ = halves
+        z = _z(halves)
         text = f"two halves of the chains disagree: {m1:.4g} vs {m2:.4g} ({z:.1f} SE)"
-        if not math.isfinite(z) or z > HALVES_BAD:
-            bad.append(text)
-        elif z > HALVES_WARN:
-            warn.append(text)
+        _grade(z, text, HALVES_WARN, HALVES_BAD, warn, bad)
     if second is not None:
-        m1, s1, m2, s2 = second
-        z = abs(m1 - m2) / math.sqrt(s1**2 + s2**2) if s1 > 0 or s2 > 0 else math.inf
+        m1, _, m2, s2 = second
+        z = _z(second)
         text = f"the second sampler disagrees: {m2:.4g} ± {s2:.2g} vs {m1:.4g} ({z:.1f} SE)"
-        if not math.isfinite(z) or z > SECOND_BAD:
-            bad.append(text)
-        elif z > SECOND_WARN:
-            warn.append(text)
+        _grade(z, text, SECOND_WARN, SECOND_BAD, warn, bad)
     if bad:
         return "untrusted", bad + warn
     return ("warn", warn) if warn else ("trusted", [])
+
+
+def _z(pair: tuple[float, float, float, float]) -> float:
+    """|mean₁ − mean₂| in units of their combined SE (∞ when both SEs are 0)."""
+    m1, s1, m2, s2 = pair
+    return abs(m1 - m2) / math.sqrt(s1**2 + s2**2) if s1 > 0 or s2 > 0 else math.inf
+
+
+def _grade(z: float, text: str, warn_at: float, bad_at: float, warn: list, bad: list) -> None:
+    if not math.isfinite(z) or z > bad_at:
+        bad.append(text)
+    elif z > warn_at:
+        warn.append(text)
 
 
 def rejudge(record: dict) -> tuple[Quality, list[str]]:
