@@ -640,15 +640,9 @@ def test_the_studies_of_a_campaign_run_at_the_same_time(prefect_server, lambda_h
     subflow_of = {row["method"]: row["flow_run_id"] for row in rows}
     assert set(subflow_of) == {"sgld", "vi"}, subflow_of
     with get_client(sync_client=True) as client:
-        spans = {
-            method: (run.start_time, run.end_time)
-            for method, run in (
-                (method, client.read_flow_run(UUID(flow_run_id)))
-                for method, flow_run_id in subflow_of.items()
-            )
-        }
-    (a_start, a_end), (b_start, b_end) = spans.values()
-    assert a_start < b_end and b_start < a_end, spans  # the two intervals intersect
+        a, b = (client.read_flow_run(UUID(flow_run_id)) for flow_run_id in subflow_of.values())
+    spans = [(a.start_time, a.end_time), (b.start_time, b.end_time)]
+    assert a.start_time < b.end_time and b.start_time < a.end_time, spans  # they intersect
 
 
 def test_the_study_subflow_pickles():
