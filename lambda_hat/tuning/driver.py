@@ -59,7 +59,7 @@ from lambda_hat.tuning.reaping import (
 )
 from lambda_hat.tuning.search_space import MethodSpace
 from lambda_hat.tuning.slots import TrialSlots
-from lambda_hat.tuning.storage import StorageRetry, finished_trials, reseeded
+from lambda_hat.tuning.storage import StorageRetry, finished_trials, reseeded, sampler_seed
 from lambda_hat.tuning.trials import (
     Outcome,
     RunOutcome,
@@ -167,9 +167,10 @@ class Driver:
         self._first_number = self.retry(
             "counting", lambda: len(self.study.get_trials(deepcopy=False))
         )
-        # Seeded by the trials already there, as open_study does: a run alone proposes the
-        # same configurations whenever it starts; see _ask for two runs at once.
-        self.study.sampler = reseeded(self._first_number)
+        # Seeded by the study and the trials already there, as open_study does: a run
+        # alone proposes the same configurations whenever it starts; see _ask for two
+        # runs at once.
+        self.study.sampler = reseeded(sampler_seed(self.study.study_name, self._first_number))
         self._seed_checked = False
         self._expected_number = self._first_number  # of this run's first proposed trial
         heartbeat = Heartbeat(
@@ -269,13 +270,13 @@ class Driver:
             self._seed_checked = True
             if trial.number != self._expected_number:
                 # Another run of this study asked since this one started: both samplers
-                # were seeded by the same trial count and propose the same configurations.
+                # were seeded by the same trial count and would propose the same ones.
                 # Drop this trial (no run, never counted) and reseed by its number, which
                 # no other run can have. A run alone never gets here.
                 log.info("trial %d: another run shares the study; reseeding", trial.number)
                 trial.set_user_attr("fail_reason", "asked beside another run: reseeded")
                 self.retry("dropping a trial", self.study.tell, trial, state=TrialState.FAIL)
-                self.study.sampler = reseeded(trial.number)
+                self.study.sampler = reseeded(sampler_seed(self.study.study_name, trial.number))
                 trial = self._ask_once(asked)
         return self.retry("planning a trial", self._open, trial, seeds)
 
