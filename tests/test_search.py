@@ -3,19 +3,22 @@
 from concurrent.futures import ThreadPoolExecutor
 
 import optuna
+import pytest
 
+from lambda_hat.tuning.search_space import load_methods
 from lambda_hat.tuning.storage import open_study
+from lambda_hat.tuning.warm_start import WarmStartError, warm_start_params
 
 from .test_tuning import first_done, make_driver
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def first_configurations(url: str, pid: str, trials: int = 3) -> list[dict]:
+def first_configurations(url: str, pid: str, trials: int = 3, warm_start=None) -> list[dict]:
     """The configurations the driver proposes to the study ``<pid>:sgld`` of ``url``."""
     study = open_study(url, f"{pid}:sgld")
     with ThreadPoolExecutor(1) as pool:
-        make_driver(study, pid=pid, repeats=1, pruner="none").run(
+        make_driver(study, pid=pid, repeats=1, pruner="none", warm_start=warm_start).run(
             trials,
             batch=1,
             submit=lambda plan: pool.submit(lambda: {"status": "ok", "llc_hat": 3.0}),
@@ -35,3 +38,51 @@ def test_the_same_campaign_run_again_proposes_the_same_configurations(tmp_path):
     once = first_configurations(f"sqlite:///{tmp_path}/once.db", "p_one")
     again = first_configurations(f"sqlite:///{tmp_path}/again.db", "p_one")
     assert once == again
+
+
+RECIPE = """# a recipe file, as a recipe campaign writes it (artifacts/recipes/<set>-sgld.yaml)
+methods:
+  sgld:
+    fixed: {step_size: 0.000123, batch_size: 64, decay_exponent: 0.25, num_steps: 3000,
+            burn_in_frac: 0.2, thinning: 5, num_chains: 4, step_size_scale: absolute}
+    space: {}
+evidence: {study: "recipe-demo:sgld"}
+"""
+
+
+def test_a_warm_started_study_begins_with_the_recipe_and_only_a_new_one(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE)
+    start = warm_start_params(recipe, {"sgld": load_methods()["sgld"]})["sgld"]
+    url = f"sqlite:///{tmp_path}/o.db"
+    first = first_configurations(url, "p_one", trials=3, warm_start=start)
+    assert first[0] == {"step_size": 0.000123, "batch_size": 64, "decay_exponent": 0.25}
+    assert len(first) == 3 and len({str(c) for c in first}) == 3  # then the sampler's own
+    assert first[1:] == first_configurations(f"sqlite:///{tmp_path}/cold.db", "p_one")[:2]
+    # Resumed to 5 trials: the recipe is not enqueued again.
+    again = first_configurations(url, "p_one", trials=5, warm_start=start)
+    assert again[:3] == first and first[0] not in again[3:]
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ("step_size: 0.000123", "methods.sgld.fixed.step_size: 0.5 is outside the search space"),
+        ("batch_size: 64", "methods.sgld.fixed.batch_size: 48 is not one of [32, 64, 128, 256]"),
+        ("decay_exponent: 0.25, ", "methods.sgld.fixed: no value for the tuned decay_exponent"),
+        ("step_size_scale: absolute", "step_size_scale: 'per_nbeta' in the recipe but 'absolute'"),
+    ],
+)
+def test_a_recipe_that_cannot_start_a_study_is_refused_in_one_line(tmp_path, edit, message):
+    replacement = {
+        "step_size: 0.000123": "step_size: 0.5",
+        "batch_size: 64": "batch_size: 48",
+        "decay_exponent: 0.25, ": "",
+        "step_size_scale: absolute": "step_size_scale: per_nbeta",
+    }[edit]
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.replace(edit, replacement))
+    with pytest.raises(WarmStartError) as refused:
+        warm_start_params(recipe, {"sgld": load_methods()["sgld"]})
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+    assert str(refused.value).startswith(f"--warm-start {recipe}: ")

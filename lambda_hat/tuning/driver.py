@@ -68,6 +68,7 @@ from lambda_hat.tuning.trials import (
     resolve,
     study_seeds,
 )
+from lambda_hat.tuning.warm_start import WarmStart
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,8 @@ class Driver:
     owner: Owner = field(default_factory=Owner.me)
     # The campaign's cap on trials in flight over all its studies (None: only ``batch``).
     slots: TrialSlots | None = None
+    # A new study's first trial (lambda_hat.tuning.warm_start); none for a resumed one.
+    warm_start: WarmStart | None = None
     ask_submit_sec: list[float] = field(default_factory=list)
     _last_reap: float = field(default=-math.inf, init=False, repr=False)
     _first_number: int = field(default=0, init=False, repr=False)
@@ -173,6 +176,8 @@ class Driver:
         self.study.sampler = reseeded(sampler_seed(self.study.study_name, self._first_number))
         self._seed_checked = False
         self._expected_number = self._first_number  # of this run's first proposed trial
+        if self.warm_start is not None and self._first_number == 0:
+            self._enqueue_warm_start(self.warm_start)
         heartbeat = Heartbeat(
             self.study,
             self.owner,
@@ -242,6 +247,17 @@ class Driver:
                 self.slots.leave(self.study.study_name)
         self.retry("failing orphaned trials", fail_orphans, self.study, asked)
         return outcomes
+
+    def _enqueue_warm_start(self, start: WarmStart) -> None:
+        self.retry(
+            "enqueueing the warm start", self.study.enqueue_trial, start.params,
+            user_attrs={"warm_start": start.source}, skip_if_exists=True,
+        )  # fmt: skip
+        self._expected_number += 1  # the sampler's first proposal comes after it
+        log.info("%s: trial 0 is the recipe of %s: %s", self.study.study_name, start.source,
+                 start.params)  # fmt: skip
+        for difference in start.differences:
+            log.warning("%s: the recipe fixed %s", self.study.study_name, difference)
 
     def _take_slot(self) -> bool:
         return self.slots is None or self.slots.take(self.study.study_name)
