@@ -51,6 +51,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--refresh-references", action="store_true", help="recompute HMC references")
     p.add_argument("--methods-file", default=None, help="YAML overriding the search spaces")
     p.add_argument(
+        "--warm-start", default=None, metavar="FILE",
+        help="a recipe (artifacts/recipes/<set>-<method>.yaml): each new study's first trial "
+        "is its configuration",
+    )  # fmt: skip
+    p.add_argument(
         "--reference-warmup",
         type=int_between(20, 1_000_000),
         default=DEFAULT_REFERENCE_WARMUP,

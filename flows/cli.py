@@ -25,6 +25,7 @@ from lambda_hat.samplers.configs import ReferenceConfig
 from lambda_hat.settings import Settings
 from lambda_hat.tuning.search_space import SearchSpaceError, load_methods
 from lambda_hat.tuning.storage import StorageError, check_storage, engine_kwargs, finished_trials
+from lambda_hat.tuning.warm_start import campaign_warm_starts
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,11 +34,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     try:
         problem_set = load_problem_set(args.problems)
-        load_methods(args.methods_file)
+        spaces = load_methods(args.methods_file)
+        check_distinct_methods(args.methods)
+        campaign_warm_starts(args.warm_start, spaces, args.methods, args.recipe)
         settings = Settings()
         check_fits(problem_set, settings.memory_limit_bytes(), args.problems)
         check_recipe_objective(args.objective, args.recipe)
-        check_distinct_methods(args.methods)
         if args.holdout is not None:
             held_out = load_problem_set(args.holdout, "holdout")
             check_fits(held_out, settings.memory_limit_bytes(), args.holdout)

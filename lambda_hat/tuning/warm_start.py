@@ -7,8 +7,11 @@ the study's first trial (Optuna's ``enqueue_trial``), and the sampler proposes t
 So a study of 4 trials spends one of them on the configuration most likely to be good.
 
 The recipe's units must be the study's: a step size per nβ read as an absolute one would
-be another configuration. A ``*_scale`` value that differs is refused in one line; other
-fixed values that differ (a recipe run with more steps, say) are reported, not refused.
+be another configuration. A recipe of SGLD steps per nβ (as recipe campaigns write them)
+makes its studies tune the step per nβ too (``campaign_warm_starts``), unless the methods
+file fixes the units; a ``*_scale`` value that still differs is refused in one line.
+Other fixed values that differ (a recipe run with more steps, say) are reported, not
+refused.
 
 >>> import tempfile, pathlib
 >>> from lambda_hat.tuning.search_space import load_methods
@@ -22,12 +25,12 @@ fixed values that differ (a recipe run with more steps, say) are reported, not r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from lambda_hat.io import read_text, safe_load_yaml
-from lambda_hat.tuning.search_space import CategoricalParam, MethodSpace, Param
+from lambda_hat.tuning.search_space import CategoricalParam, MethodSpace, Param, recipe_space
 
 
 class WarmStartError(ValueError):
@@ -46,16 +49,55 @@ class WarmStart:
 def warm_start_params(path: str | Path, spaces: dict[str, MethodSpace]) -> dict[str, WarmStart]:
     """For each method of ``spaces`` that the file fixes: the first trial of its studies.
     Methods of the file that are not tuned here are ignored."""
+    return _starts(_read(path), spaces, path)
+
+
+def campaign_warm_starts(
+    path: str | Path | None, spaces: dict[str, MethodSpace], methods: list[str], recipe: bool
+) -> tuple[dict[str, MethodSpace], dict[str, dict[str, Any]]]:
+    """The spaces a campaign's studies tune and each method's warm start (as the study
+    subflow takes it, JSON), checked before anything runs.
+
+    A recipe campaign's studies tune ``recipe_space``. A per-problem study tunes its method's
+    space, in the recipe's step-size units when the recipe is per nβ and the methods file
+    does not fix them.
+    """
+    tuned = {m: recipe_space(spaces[m]) if recipe else spaces[m] for m in methods}
+    if path is None:
+        return tuned, {}
+    entries = _read(path)
+    for method in methods:
+        entry = entries.get(method)
+        fixed = entry.get("fixed") if isinstance(entry, dict) else None
+        if isinstance(fixed, dict) and fixed.get("step_size_scale") == "per_nbeta":
+            tuned[method] = recipe_space(tuned[method])  # (a no-op where the units are fixed)
+    starts = _starts(entries, tuned, path)
+    return tuned, {method: asdict(start) for method, start in starts.items()}
+
+
+def _read(path: str | Path) -> dict[str, Any]:
+    """The file's ``methods:`` mapping, or one line saying why it has none."""
     source = f"--warm-start {path}"
-    data = safe_load_yaml(read_text(Path(path), "--warm-start", WarmStartError), source,
-                          WarmStartError)  # fmt: skip
+    if Path(path).is_dir():
+        raise WarmStartError(f"--warm-start: {str(path)!r} is a directory; give a recipe file")
+    if not Path(path).is_file():
+        raise WarmStartError(f"--warm-start: no such file {str(path)!r}")
+    text = read_text(Path(path), "--warm-start", WarmStartError)
+    data = safe_load_yaml(text, source, WarmStartError)
     if not isinstance(data, dict) or not isinstance(data.get("methods"), dict):
         raise WarmStartError(f"{source}: expected a recipe, a mapping with 'methods:'")
-    starts = {}
-    for method, entry in data["methods"].items():
-        if method in spaces:
-            where = f"{source}: methods.{method}"
-            starts[method] = _first_trial(entry, spaces[method], str(path), where)
+    return data["methods"]
+
+
+def _starts(
+    entries: dict[str, Any], spaces: dict[str, MethodSpace], path: str | Path
+) -> dict[str, WarmStart]:
+    source = f"--warm-start {path}"
+    starts = {
+        method: _first_trial(entry, spaces[method], str(path), f"{source}: methods.{method}")
+        for method, entry in entries.items()
+        if method in spaces
+    }
     if not starts:
         raise WarmStartError(
             f"{source}: fixes none of the methods tuned here ({', '.join(spaces)})"
