@@ -102,6 +102,12 @@ def parser() -> argparse.ArgumentParser:
         help="stop losing trials between repeats (default LAMBDA_HAT_TUNING__PRUNER or wilcoxon)",
     )
     p.add_argument(
+        "--sampler",
+        choices=["tpe", "qmc-tpe", "random"],
+        default=None,
+        help="what proposes the configurations (default LAMBDA_HAT_TUNING__SAMPLER or tpe)",
+    )
+    p.add_argument(
         "--validate-top-k",
         type=int_between(0, 100),
         default=None,

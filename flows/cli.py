@@ -89,10 +89,13 @@ def print_plan(args: argparse.Namespace) -> None:
     print(f"settings: {settings.public()}")
     print(
         f"plan: {len(problem_set.problems)} problems × {len(args.methods)} methods, "
-        f"{args.n_trials} trials per study × {args.repeats} repeats ({args.pruner} pruner), "
+        f"{args.n_trials} trials per study × {args.repeats} repeats ({args.pruner} pruner, "
+        f"{args.sampler} sampler), "
         f"{args.batch} trials in flight, objective {args.objective}; validation: top "
         f"{args.validate_top_k} configurations × {args.validation_seeds} fresh seeds"
     )
+    if args.warm_start:
+        print(f"warm start: each new study's first trial from {args.warm_start}")
     storage = _existing_storage(settings.storage_url())
     if args.recipe:
         print(f"recipe: one study per method across the {len(problem_set.problems)} problems")

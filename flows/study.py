@@ -207,6 +207,7 @@ def tune_study(
     huber_k: float = 1.0,
     repeats: int = DEFAULT_REPEATS,
     pruner: Literal["wilcoxon", "median", "none"] = "wilcoxon",
+    sampler: Literal["tpe", "qmc-tpe", "random"] = "tpe",
     validate_top_k: int = DEFAULT_VALIDATE_TOP_K,
     validation_seeds: int = DEFAULT_VALIDATION_SEEDS,
     warm_start: dict[str, Any] | None = None,
@@ -224,7 +225,7 @@ def tune_study(
     # 1. The study, labelled for the dashboard, and its progress bar.
     study = retry(
         "opening the study", open_study, settings.storage_url(),
-        study_as.study_name(members, method), make_pruner(pruner),
+        study_as.study_name(members, method), make_pruner(pruner), sampler,
     )  # fmt: skip
     retry("labelling the study", _label_study, study, study_as.dashboard_labels(members, method))
     # Its trials and these runs against the same references (or refused in one line).
@@ -241,7 +242,7 @@ def tune_study(
         budget_sec=budget_sec, kind=study_as, repeats=repeats, pruner=pruner,
         record=log.record_run, on_outcome=log.trial_told, retry=retry,
         lease_sec=settings.budgets.lease_sec, slots=current_slots(),
-        warm_start=WarmStart(**warm_start) if warm_start else None,
+        warm_start=WarmStart(**warm_start) if warm_start else None, sampler=sampler,
     )  # fmt: skip
     with log.progress_open():
         outcomes = driver.run(n_trials, batch=batch, submit=submit, first_done=first_done)

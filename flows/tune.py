@@ -97,10 +97,10 @@ from lambda_hat.results.tables import compact, write_leaderboard
 from lambda_hat.samplers.configs import DEFAULT_METHODS, DEFAULT_REFERENCE, ReferenceConfig
 from lambda_hat.settings import Settings
 from lambda_hat.tuning.pinning import ReferenceChanged, UnitsChanged
+from lambda_hat.tuning.search_samplers import describe_sampler
 from lambda_hat.tuning.search_space import load_methods
 from lambda_hat.tuning.slots import TrialSlots
 from lambda_hat.tuning.storage import (
-    SAMPLER_DESCRIPTION,
     StorageError,
     StorageRetry,
     check_storage,
@@ -138,6 +138,7 @@ def tune(
     reference_shards: int = 1,
     repeats: int = DEFAULT_REPEATS,
     pruner: Literal["wilcoxon", "median", "none"] = "wilcoxon",
+    sampler: Literal["tpe", "qmc-tpe", "random"] = "tpe",
     validate_top_k: int = DEFAULT_VALIDATE_TOP_K,
     validation_seeds: int = DEFAULT_VALIDATION_SEEDS,
     allow_untrusted_references: bool = False,
@@ -156,7 +157,8 @@ def tune(
     logger = get_run_logger()
     settings = Settings()
     parameters = {"problems": problems, "methods": methods, "n_trials": n_trials,
-                  "repeats": repeats, "batch": batch, "pruner": pruner, "objective": objective,
+                  "repeats": repeats, "batch": batch, "pruner": pruner, "sampler": sampler,
+                  "objective": objective,
                   "validate_top_k": validate_top_k, "validation_seeds": validation_seeds,
                   "recipe": recipe, "holdout": holdout, "methods_file": methods_file,
                   "reference_warmup": reference_warmup,
@@ -173,7 +175,7 @@ def tune(
     spaces = load_methods(methods_file)
     check_parameters(
         methods, spaces, n_trials, batch, repeats, pruner, validate_top_k, validation_seeds,
-        huber_k, objective, recipe,
+        huber_k, objective, recipe, sampler,
     )  # fmt: skip
     # The spaces the studies tune (a recipe campaign's in its units) and their first trials.
     spaces, warm_starts = campaign_warm_starts(warm_start, spaces, methods, recipe)
@@ -184,7 +186,8 @@ def tune(
     )  # fmt: skip
     started = time.perf_counter()
     tuning = {"n_trials": n_trials, "batch": batch, "budget_sec": settings.budgets.trial_sec,
-              "repeats": repeats, "pruner": pruner, "validate_top_k": validate_top_k,
+              "repeats": repeats, "pruner": pruner, "sampler": sampler,
+              "validate_top_k": validate_top_k,
               "validation_seeds": validation_seeds}  # fmt: skip
     # 2. Every study at once on one cluster, each as soon as its references are in.
     supply = ReferenceSupply(specs + held_specs, config, refresh_references, settings)
@@ -205,7 +208,7 @@ def tune(
     )
     metadata = describe_run(
         command=command_line(), problems=problems, methods=methods, holdout=holdout,
-        recipe=recipe, search={**tuning, "objective": objective}, sampler=SAMPLER_DESCRIPTION,
+        recipe=recipe, search={**tuning, "objective": objective}, sampler=describe_sampler(sampler),
         cluster=settings.cluster.model_dump(mode="json"),
         spaces={m: spaces[m].model_dump(mode="json") for m in methods},
     )  # fmt: skip
@@ -439,6 +442,7 @@ def main(argv: list[str] | None = None, checked: argparse.Namespace | None = Non
                 reference_shards=args.reference_shards,
                 repeats=args.repeats,
                 pruner=args.pruner,
+                sampler=args.sampler,
                 validate_top_k=args.validate_top_k,
                 validation_seeds=args.validation_seeds,
                 allow_untrusted_references=args.allow_untrusted_references,

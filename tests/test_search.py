@@ -5,6 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import optuna
 import pytest
 
+from lambda_hat.tuning.search_samplers import SEARCH_SAMPLERS
 from lambda_hat.tuning.search_space import load_methods
 from lambda_hat.tuning.storage import open_study
 from lambda_hat.tuning.warm_start import WarmStartError, warm_start_params
@@ -14,11 +15,15 @@ from .test_tuning import first_done, make_driver
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def first_configurations(url: str, pid: str, trials: int = 3, warm_start=None) -> list[dict]:
+def first_configurations(
+    url: str, pid: str, trials: int = 3, warm_start=None, sampler: str = "tpe"
+) -> list[dict]:
     """The configurations the driver proposes to the study ``<pid>:sgld`` of ``url``."""
-    study = open_study(url, f"{pid}:sgld")
+    study = open_study(url, f"{pid}:sgld", sampler=sampler)
+    driver = make_driver(study, pid=pid, repeats=1, pruner="none", warm_start=warm_start,
+                         sampler=sampler)  # fmt: skip
     with ThreadPoolExecutor(1) as pool:
-        make_driver(study, pid=pid, repeats=1, pruner="none", warm_start=warm_start).run(
+        driver.run(
             trials,
             batch=1,
             submit=lambda plan: pool.submit(lambda: {"status": "ok", "llc_hat": 3.0}),
@@ -27,16 +32,19 @@ def first_configurations(url: str, pid: str, trials: int = 3, warm_start=None) -
     return [trial.params for trial in sorted(study.trials, key=lambda t: t.number)]
 
 
-def test_the_studies_of_a_campaign_explore_different_configurations(tmp_path):
+@pytest.mark.parametrize("sampler", SEARCH_SAMPLERS)
+def test_the_studies_of_a_campaign_explore_different_configurations(tmp_path, sampler):
     # Once, every problem's study was seeded alike and drew the same start-up configurations.
     url = f"sqlite:///{tmp_path}/campaign.db"
-    first, second = first_configurations(url, "p_one"), first_configurations(url, "p_two")
+    first = first_configurations(url, "p_one", sampler=sampler)
+    second = first_configurations(url, "p_two", sampler=sampler)
     assert all(a != b for a, b in zip(first, second, strict=True)), (first, second)
 
 
-def test_the_same_campaign_run_again_proposes_the_same_configurations(tmp_path):
-    once = first_configurations(f"sqlite:///{tmp_path}/once.db", "p_one")
-    again = first_configurations(f"sqlite:///{tmp_path}/again.db", "p_one")
+@pytest.mark.parametrize("sampler", SEARCH_SAMPLERS)
+def test_the_same_campaign_run_again_proposes_the_same_configurations(tmp_path, sampler):
+    once = first_configurations(f"sqlite:///{tmp_path}/once.db", "p_one", sampler=sampler)
+    again = first_configurations(f"sqlite:///{tmp_path}/again.db", "p_one", sampler=sampler)
     assert once == again
 
 

@@ -57,9 +57,10 @@ from lambda_hat.tuning.reaping import (
     live_running,
     reap_stale_trials,
 )
+from lambda_hat.tuning.search_samplers import make_sampler
 from lambda_hat.tuning.search_space import MethodSpace
 from lambda_hat.tuning.slots import TrialSlots
-from lambda_hat.tuning.storage import StorageRetry, finished_trials, reseeded, sampler_seed
+from lambda_hat.tuning.storage import StorageRetry, finished_trials, sampler_seed
 from lambda_hat.tuning.trials import (
     Outcome,
     RunOutcome,
@@ -157,6 +158,8 @@ class Driver:
     slots: TrialSlots | None = None
     # A new study's first trial (lambda_hat.tuning.warm_start); none for a resumed one.
     warm_start: WarmStart | None = None
+    # What proposes the configurations (lambda_hat.tuning.search_samplers).
+    sampler: str = "tpe"
     ask_submit_sec: list[float] = field(default_factory=list)
     _last_reap: float = field(default=-math.inf, init=False, repr=False)
     _first_number: int = field(default=0, init=False, repr=False)
@@ -173,7 +176,7 @@ class Driver:
         # Seeded by the study and the trials already there, as open_study does: a run
         # alone proposes the same configurations whenever it starts; see _ask for two
         # runs at once.
-        self.study.sampler = reseeded(sampler_seed(self.study.study_name, self._first_number))
+        self._reseed(self._first_number)
         self._seed_checked = False
         self._expected_number = self._first_number  # of this run's first proposed trial
         if self.warm_start is not None and self._first_number == 0:
@@ -248,6 +251,10 @@ class Driver:
         self.retry("failing orphaned trials", fail_orphans, self.study, asked)
         return outcomes
 
+    def _reseed(self, trials_so_far: int) -> None:
+        seed = sampler_seed(self.study.study_name, trials_so_far)
+        self.study.sampler = make_sampler(self.sampler, seed)
+
     def _enqueue_warm_start(self, start: WarmStart) -> None:
         self.retry(
             "enqueueing the warm start", self.study.enqueue_trial, start.params,
@@ -292,7 +299,7 @@ class Driver:
                 log.info("trial %d: another run shares the study; reseeding", trial.number)
                 trial.set_user_attr("fail_reason", "asked beside another run: reseeded")
                 self.retry("dropping a trial", self.study.tell, trial, state=TrialState.FAIL)
-                self.study.sampler = reseeded(sampler_seed(self.study.study_name, trial.number))
+                self._reseed(trial.number)
                 trial = self._ask_once(asked)
         return self.retry("planning a trial", self._open, trial, seeds)
 

@@ -21,6 +21,7 @@ from filelock import FileLock
 
 from lambda_hat.ids import stable_hash
 from lambda_hat.io import check_writable
+from lambda_hat.tuning.search_samplers import make_sampler
 
 if TYPE_CHECKING:  # (Optuna and SQLAlchemy load on first use: a refusal needs neither)
     import optuna
@@ -132,12 +133,11 @@ def _create_tables(url: str) -> None:
 
 
 def open_study(
-    url: str, name: str, pruner: optuna.pruners.BasePruner | None = None
+    url: str, name: str, pruner: optuna.pruners.BasePruner | None = None, sampler: str = "tpe"
 ) -> optuna.Study:
-    """Create or resume the study ``name`` (``<pid>:<method>``). TPE with the constant
-    liar keeps several trials in flight sensible; ``pruner`` (default: none) stops
-    configurations that are losing between their repeats. Its sampler is seeded by
-    ``sampler_seed``."""
+    """Create or resume the study ``name`` (``<pid>:<method>``). ``sampler`` proposes its
+    configurations (``lambda_hat.tuning.search_samplers``), seeded by ``sampler_seed``;
+    ``pruner`` (default: none) stops configurations that are losing between their repeats."""
     import optuna
 
     storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
@@ -148,7 +148,8 @@ def open_study(
         direction="minimize",
         load_if_exists=True,
     )
-    study.sampler = reseeded(sampler_seed(name, len(study.get_trials(deepcopy=False))))
+    seed = sampler_seed(name, len(study.get_trials(deepcopy=False)))
+    study.sampler = make_sampler(sampler, seed)
     return study
 
 
@@ -168,20 +169,6 @@ def sampler_seed(study_name: str, trials_so_far: int) -> int:
     True
     """
     return int(stable_hash({"study": study_name, "sampler": trials_so_far}), 16) % 2**31
-
-
-# What ``reseeded`` builds, in words, for the report's header.
-SAMPLER_DESCRIPTION = (
-    "Optuna TPESampler with the constant liar (its first 10 trials are random start-up), "
-    "seeded per study and reseeded on each resume"
-)
-
-
-def reseeded(seed: int) -> optuna.samplers.TPESampler:
-    """The study's sampler: TPE with the constant liar, so trials in flight are modelled."""
-    import optuna
-
-    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
 def finished_trials(study: optuna.Study) -> int:
