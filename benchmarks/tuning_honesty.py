@@ -45,8 +45,9 @@ from lambda_hat.problems.targets import build_problem
 from lambda_hat.samplers.configs import ReferenceConfig
 from lambda_hat.samplers.hmc_reference import run as run_reference
 from lambda_hat.samplers.run_method import run_trial
-from lambda_hat.tuning.driver import Driver, make_pruner
+from lambda_hat.tuning.driver import Driver
 from lambda_hat.tuning.kinds import Member, PerProblem
+from lambda_hat.tuning.pruning import make_pruner
 from lambda_hat.tuning.search_space import load_methods
 from lambda_hat.tuning.storage import open_study
 from lambda_hat.tuning.validation import run_all, top_configurations, trial_counts, validation_plans
@@ -82,7 +83,9 @@ def pipeline(pool, spec, method, ref, *, trials, repeats, pruner, fresh, tag) ->
     choices are validated on the same noise."""
     spec_json = spec.model_dump_json()
     space = load_methods()[method]
-    study = open_study("sqlite:///:memory:", f"{spec.pid}:{method}:{tag}", 0, make_pruner(pruner))
+    study = open_study(
+        "sqlite:///:memory:", f"{spec.pid}:{method}:{tag}", pruner=make_pruner(pruner)
+    )
 
     def submit(plan):
         return pool.submit(_run, spec_json, method, plan.config, plan.seed)
@@ -122,7 +125,7 @@ def race(pool, spec, method, ref, *, sampler: str, trials: int, fresh: int) -> d
     spec_json = spec.model_dump_json()
     space = load_methods()[method]
     name = f"{spec.pid}:{method}:race-{sampler}"
-    study = open_study("sqlite:///:memory:", name, 0, make_pruner("wilcoxon"))
+    study = open_study("sqlite:///:memory:", name, pruner=make_pruner("wilcoxon"))
     if sampler == "random":
         study.sampler = optuna.samplers.RandomSampler(seed=0)
     members = [Member(spec.pid, spec.name, ref.llc_ref, ref.se_ref)]

@@ -108,6 +108,12 @@ def parser() -> argparse.ArgumentParser:
         help="what proposes the configurations (default LAMBDA_HAT_TUNING__SAMPLER or tpe)",
     )
     p.add_argument(
+        "--stop-at-noise-floor",
+        action="store_true",
+        help="end a study early once its best trial is within 2 combined SE (reference and "
+        "seed noise) of zero error: no further trial could beat it by more",
+    )
+    p.add_argument(
         "--validate-top-k",
         type=int_between(0, 100),
         default=None,

@@ -43,9 +43,10 @@ from flows.records import recorder, trial_fields
 from flows.reference import storage_paths
 from lambda_hat.io import read_json
 from lambda_hat.settings import Settings
-from lambda_hat.tuning.driver import Driver, make_pruner
+from lambda_hat.tuning.driver import Driver
 from lambda_hat.tuning.kinds import Member, StudyKind, member_of, members_of, study_kind
 from lambda_hat.tuning.pinning import pin_references, pin_units
+from lambda_hat.tuning.pruning import make_pruner
 from lambda_hat.tuning.search_space import MethodSpace
 from lambda_hat.tuning.storage import StorageRetry, best_value, finished_trials, open_study
 from lambda_hat.tuning.trials import Outcome, RunOutcome, RunPlan
@@ -208,6 +209,7 @@ def tune_study(
     repeats: int = DEFAULT_REPEATS,
     pruner: Literal["wilcoxon", "median", "none"] = "wilcoxon",
     sampler: Literal["tpe", "qmc-tpe", "random"] = "tpe",
+    stop_at_noise_floor: bool = False,
     validate_top_k: int = DEFAULT_VALIDATE_TOP_K,
     validation_seeds: int = DEFAULT_VALIDATION_SEEDS,
     warm_start: dict[str, Any] | None = None,
@@ -243,6 +245,7 @@ def tune_study(
         record=log.record_run, on_outcome=log.trial_told, retry=retry,
         lease_sec=settings.budgets.lease_sec, slots=current_slots(),
         warm_start=WarmStart(**warm_start) if warm_start else None, sampler=sampler,
+        stop_at_noise_floor=stop_at_noise_floor,
     )  # fmt: skip
     with log.progress_open():
         outcomes = driver.run(n_trials, batch=batch, submit=submit, first_done=first_done)

@@ -139,6 +139,7 @@ def tune(
     repeats: int = DEFAULT_REPEATS,
     pruner: Literal["wilcoxon", "median", "none"] = "wilcoxon",
     sampler: Literal["tpe", "qmc-tpe", "random"] = "tpe",
+    stop_at_noise_floor: bool = False,
     validate_top_k: int = DEFAULT_VALIDATE_TOP_K,
     validation_seeds: int = DEFAULT_VALIDATION_SEEDS,
     allow_untrusted_references: bool = False,
@@ -158,6 +159,7 @@ def tune(
     settings = Settings()
     parameters = {"problems": problems, "methods": methods, "n_trials": n_trials,
                   "repeats": repeats, "batch": batch, "pruner": pruner, "sampler": sampler,
+                  "stop_at_noise_floor": stop_at_noise_floor,
                   "objective": objective,
                   "validate_top_k": validate_top_k, "validation_seeds": validation_seeds,
                   "recipe": recipe, "holdout": holdout, "methods_file": methods_file,
@@ -187,7 +189,7 @@ def tune(
     started = time.perf_counter()
     tuning = {"n_trials": n_trials, "batch": batch, "budget_sec": settings.budgets.trial_sec,
               "repeats": repeats, "pruner": pruner, "sampler": sampler,
-              "validate_top_k": validate_top_k,
+              "stop_at_noise_floor": stop_at_noise_floor, "validate_top_k": validate_top_k,
               "validation_seeds": validation_seeds}  # fmt: skip
     # 2. Every study at once on one cluster, each as soon as its references are in.
     supply = ReferenceSupply(specs + held_specs, config, refresh_references, settings)
@@ -443,6 +445,7 @@ def main(argv: list[str] | None = None, checked: argparse.Namespace | None = Non
                 repeats=args.repeats,
                 pruner=args.pruner,
                 sampler=args.sampler,
+                stop_at_noise_floor=args.stop_at_noise_floor,
                 validate_top_k=args.validate_top_k,
                 validation_seeds=args.validation_seeds,
                 allow_untrusted_references=args.allow_untrusted_references,

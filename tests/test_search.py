@@ -94,3 +94,28 @@ def test_a_recipe_that_cannot_start_a_study_is_refused_in_one_line(tmp_path, edi
         warm_start_params(recipe, {"sgld": load_methods()["sgld"]})
     assert message in str(refused.value) and "\n" not in str(refused.value)
     assert str(refused.value).startswith(f"--warm-start {recipe}: ")
+
+
+def run_study(tmp_path, name: str, llc_hat, *, stop: bool, trials: int = 6) -> list:
+    """A study of ``trials`` trials × 2 repeats whose runs return ``llc_hat(plan)``
+    against a reference of 3.0 ± 0.1."""
+    study = open_study(f"sqlite:///{tmp_path}/{name}.db", "p_test:sgld")
+    driver = make_driver(study, repeats=2, pruner="none", stop_at_noise_floor=stop)
+    with ThreadPoolExecutor(1) as pool:
+        return driver.run(
+            trials, batch=1, first_done=first_done,
+            submit=lambda plan: pool.submit(lambda: {"status": "ok", "llc_hat": llc_hat(plan)}),
+        )  # fmt: skip
+
+
+def test_a_study_at_its_noise_floor_stops_and_one_above_it_does_not(tmp_path):
+    # Every configuration within the noise of the reference (3.0 ± 0.1): the first trial's
+    # mean |error| (0.05, SE 0.0) is under 2 × √(0.1² + 0²) = 0.2, so no trial can beat it
+    # by more than the noise.
+    def at_floor(plan):
+        return 3.0 + (0.05 if plan.repeat == 0 else -0.05)
+
+    assert len(run_study(tmp_path, "floor", at_floor, stop=True)) == 1
+    assert len(run_study(tmp_path, "off", at_floor, stop=False)) == 6  # the stop is opt-in
+    # 1.0 off on every seed: 5 SE above the floor, so the search goes on.
+    assert len(run_study(tmp_path, "above", lambda plan: 4.0, stop=True)) == 6

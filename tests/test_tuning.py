@@ -16,8 +16,9 @@ from optuna.trial import TrialState
 
 from lambda_hat.results.tables import append_rows, read_rows, write_leaderboard
 from lambda_hat.settings import Settings, mask_url
-from lambda_hat.tuning.driver import Driver, make_pruner
+from lambda_hat.tuning.driver import Driver
 from lambda_hat.tuning.kinds import Member
+from lambda_hat.tuning.pruning import make_pruner
 from lambda_hat.tuning.reaping import Owner
 from lambda_hat.tuning.search_space import load_methods
 from lambda_hat.tuning.slots import TrialSlots

@@ -40,15 +40,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
 import optuna
 from optuna.trial import TrialState
 
 from lambda_hat.tuning.kinds import Member, PerProblem, StudyKind, member_of
+from lambda_hat.tuning.noise_floor import NOISE_FLOOR_Z, noise_floor_reached, reference_noise
+from lambda_hat.tuning.pruning import PrunerKind, first_wave
 from lambda_hat.tuning.reaping import (
     Heartbeat,
     Owner,
@@ -72,37 +72,6 @@ from lambda_hat.tuning.trials import (
 from lambda_hat.tuning.warm_start import WarmStart
 
 log = logging.getLogger(__name__)
-
-PrunerKind = Literal["wilcoxon", "median", "none"]
-
-
-# With K repeats a one-sided Wilcoxon signed-rank test on n ≤ K paired differences cannot
-# give a p-value below 2^-n: Optuna's default threshold (0.1) could not prune before the
-# 4th repeat, i.e. never at the default K = 3. At 0.3 a trial that loses both of its first
-# two paired comparisons against the best trial (p = 0.25) stops there.
-WILCOXON_P_THRESHOLD = 0.3
-
-
-def make_pruner(kind: PrunerKind) -> optuna.pruners.BasePruner:
-    """``wilcoxon``: Optuna's WilcoxonPruner on the per-repeat objectives (paired with the
-    best trial's by seed); ``median``: MedianPruner on the running mean; ``none``."""
-    if kind == "wilcoxon":
-        with warnings.catch_warnings():  # "experimental" since Optuna 3.6
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.pruners.WilcoxonPruner(
-                p_threshold=WILCOXON_P_THRESHOLD, n_startup_steps=2
-            )
-    if kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
-    if kind == "none":
-        return optuna.pruners.NopPruner()
-    raise ValueError(f"pruner: unknown {kind!r} (allowed: wilcoxon, median, none)")
-
-
-def first_wave(kind: PrunerKind, steps: int) -> int:
-    """Pruner steps submitted at once before the pruner can judge; later ones go one at a
-    time so that a pruned trial submits nothing more. Without a pruner all go at once."""
-    return min(steps, {"wilcoxon": 2, "median": 1, "none": steps}[kind])
 
 
 @dataclass
@@ -160,6 +129,9 @@ class Driver:
     warm_start: WarmStart | None = None
     # What proposes the configurations (lambda_hat.tuning.search_samplers).
     sampler: str = "tpe"
+    # End the study early once its best is at the noise floor (lambda_hat.tuning.noise_floor).
+    stop_at_noise_floor: bool = False
+    stopped_at_noise_floor: bool = field(default=False, init=False)
     ask_submit_sec: list[float] = field(default_factory=list)
     _last_reap: float = field(default=-math.inf, init=False, repr=False)
     _first_number: int = field(default=0, init=False, repr=False)
@@ -283,7 +255,22 @@ class Driver:
             self._last_reap = now
         finished = self.retry("counting", finished_trials, self.study)
         live = self.retry("counting", live_running, self.study, self.lease_sec)
+        if self.stop_at_noise_floor and self._at_noise_floor():
+            return 0
         return n_trials - finished - live
+
+    def _at_noise_floor(self) -> bool:
+        """Whether the best trial is within the noise of zero error (logged once)."""
+        noise = reference_noise(self.kind, self.members)
+        reached = self.retry("reading the best trial", noise_floor_reached, self.study, noise)
+        if reached is not None and not self.stopped_at_noise_floor:
+            self.stopped_at_noise_floor = True
+            log.info(
+                "%s: best objective %.4g is within the noise floor %.4g (%g × the combined "
+                "reference and seed SE): no further trial can beat it by more; stopping",
+                self.study.study_name, reached[0], reached[1], NOISE_FLOOR_Z,
+            )  # fmt: skip
+        return reached is not None
 
     def _ask(self, seeds: list[int], asked: list[range]) -> _OpenTrial:
         """Ask and claim a trial. A cut-off ask leaves an unclaimed trial numbered after
