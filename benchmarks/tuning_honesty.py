@@ -125,9 +125,8 @@ def race(pool, spec, method, ref, *, sampler: str, trials: int, fresh: int) -> d
     spec_json = spec.model_dump_json()
     space = load_methods()[method]
     name = f"{spec.pid}:{method}:race-{sampler}"
-    study = open_study("sqlite:///:memory:", name, pruner=make_pruner("wilcoxon"))
-    if sampler == "random":
-        study.sampler = optuna.samplers.RandomSampler(seed=0)
+    # (The driver sets the study's sampler: a sampler set on the study here was replaced.)
+    study = open_study("sqlite:///:memory:", name, pruner=make_pruner("wilcoxon"), sampler=sampler)
     members = [Member(spec.pid, spec.name, ref.llc_ref, ref.se_ref)]
     validated: dict[str, float | None] = {}
     curve: list[tuple[int, float | None]] = []
@@ -155,7 +154,7 @@ def race(pool, spec, method, ref, *, sampler: str, trials: int, fresh: int) -> d
 
     driver = Driver(
         study, space, method=method, members=members, budget_sec=BUDGET_SEC, repeats=3,
-        pruner="wilcoxon", record=runs.append, on_outcome=on_outcome,
+        pruner="wilcoxon", record=runs.append, on_outcome=on_outcome, sampler=sampler,
     )  # fmt: skip
     driver.run(trials, batch=1, submit=submit, first_done=first_done)
     target = 2 * ref.se_ref
