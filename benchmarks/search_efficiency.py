@@ -35,8 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from tuning_honesty import (  # (beside this script: python benchmarks/search_efficiency.py)
+    BUDGET_SEC,
+    _problem,
+    _run,
+    first_done,
+    group_submitter,
+    judge_against,
+)
 
-from benchmarks.tuning_honesty import BUDGET_SEC, _problem, _run, first_done, judge_against
 from lambda_hat.compile_cache import enable_compilation_cache
 from lambda_hat.io import atomic_write_json
 from lambda_hat.problems.specs import load_problem_set
@@ -88,7 +95,8 @@ class Validator:
                 pids=[self.spec.pid], method=self.method, seeds=self.fresh,
                 budget_sec=BUDGET_SEC,
             )  # fmt: skip
-            runs = run_all(plans, submit=self.submit, first_done=first_done,
+            submit_group = group_submitter(self.pool, self.spec.model_dump_json(), self.method)
+            runs = run_all(plans, submit_group=submit_group, first_done=first_done,
                            judge=judge_against(self.member))  # fmt: skip
             errors = [run.abs_error for run in runs if run.abs_error is not None]
             self.cache[candidate.config_id] = {

@@ -68,6 +68,18 @@ def _run(spec_json: str, method: str, config: dict, seed: int) -> dict[str, Any]
     return result.model_dump(mode="json")
 
 
+def _run_group(spec_json: str, method: str, config: dict, seeds: list[int]) -> list[dict]:
+    """A validation group: one configuration's runs on one problem, one after the other."""
+    return [_run(spec_json, method, config, seed) for seed in seeds]
+
+
+def group_submitter(pool, spec_json: str, method: str):
+    """``submit_group(plans)`` for ``run_all``: the group as one job of the pool."""
+    return lambda plans: pool.submit(
+        _run_group, spec_json, method, plans[0].config, [plan.seed for plan in plans]
+    )
+
+
 def first_done(futures):
     return next(iter(wait(futures, return_when=FIRST_COMPLETED).done))
 
@@ -103,7 +115,10 @@ def pipeline(pool, spec, method, ref, *, trials, repeats, pruner, fresh, tag) ->
         [best], space, study_name=f"{spec.pid}:{method}", pids=[spec.pid], method=method,
         seeds=fresh, budget_sec=BUDGET_SEC,
     )  # fmt: skip
-    checked = run_all(plans, submit=submit, first_done=first_done, judge=judge_against(members[0]))
+    checked = run_all(
+        plans, submit_group=group_submitter(pool, spec_json, method), first_done=first_done,
+        judge=judge_against(members[0]),
+    )  # fmt: skip
     errors = [run.abs_error for run in checked if run.abs_error is not None]
     mean = statistics.fmean(errors) if errors else None
     se = statistics.stdev(errors) / len(errors) ** 0.5 if len(errors) > 1 else None
@@ -146,8 +161,9 @@ def race(pool, spec, method, ref, *, sampler: str, trials: int, fresh: int) -> d
                 method=method, seeds=fresh, budget_sec=BUDGET_SEC,
             )  # fmt: skip
             checked = run_all(
-                plans, submit=submit, first_done=first_done, judge=judge_against(members[0])
-            )
+                plans, submit_group=group_submitter(pool, spec_json, method),
+                first_done=first_done, judge=judge_against(members[0]),
+            )  # fmt: skip
             errors = [run.abs_error for run in checked if run.abs_error is not None]
             validated[best[0].config_id] = statistics.fmean(errors) if errors else None
         curve.append((len(runs), validated[best[0].config_id]))
