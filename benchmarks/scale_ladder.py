@@ -89,8 +89,11 @@ def yardstick(spec: ProblemSpec, reference) -> dict[str, Any]:
     return {"value": lam, "se": 0.0, "kind": "lambda", "lambda": lam, "finite_n_gap": None}
 
 
-def summary(values: list[float]) -> dict[str, Any]:
+def summary(values: list[float], non_negative: bool = False) -> dict[str, Any]:
+    """Mean with its 95 % t interval (clipped at 0 for an |error|, never negative)."""
     interval = t_interval(values)
+    if interval is not None and non_negative:
+        interval = (max(interval[0], 0.0), interval[1])
     return {
         "mean": statistics.fmean(values) if values else None,
         "ci95": list(interval) if interval else None,
@@ -115,7 +118,7 @@ def transfer(pool, spec: ProblemSpec, yard: dict[str, Any], method: str, space: 
         "rung": spec.name,
         "d": _problem(spec.model_dump_json()).d,
         "yardstick": yard,
-        "rel_error": summary([abs(h - yard["value"]) / yard["value"] for h in hats]),
+        "rel_error": summary([abs(h - yard["value"]) / yard["value"] for h in hats], True),
         "rel_bias": summary([(h - yard["value"]) / yard["value"] for h in hats]),
         "failed": len(runs) - len(hats),
     }

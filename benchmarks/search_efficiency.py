@@ -188,7 +188,8 @@ def _line(row: dict[str, Any]) -> str:
         for arm in row["arms"]
     )
     final = list(row["yardstick"]["validated"].values())[-1]
-    return f"{row['problem']:16s} {row['method']:6s} {arms} | random-32: {pct(final)}"
+    yardstick = f"random-{row['yardstick']['trials']}"
+    return f"{row['problem']:16s} {row['method']:6s} {arms} | {yardstick}: {pct(final)}"
 
 
 if __name__ == "__main__":
