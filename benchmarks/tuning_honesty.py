@@ -45,8 +45,9 @@ from lambda_hat.problems.targets import build_problem
 from lambda_hat.samplers.configs import ReferenceConfig
 from lambda_hat.samplers.hmc_reference import run as run_reference
 from lambda_hat.samplers.run_method import run_trial
-from lambda_hat.tuning.driver import Driver, make_pruner
+from lambda_hat.tuning.driver import Driver
 from lambda_hat.tuning.kinds import Member, PerProblem
+from lambda_hat.tuning.pruning import make_pruner
 from lambda_hat.tuning.search_space import load_methods
 from lambda_hat.tuning.storage import open_study
 from lambda_hat.tuning.validation import run_all, top_configurations, trial_counts, validation_plans
@@ -67,6 +68,18 @@ def _run(spec_json: str, method: str, config: dict, seed: int) -> dict[str, Any]
     return result.model_dump(mode="json")
 
 
+def _run_group(spec_json: str, method: str, config: dict, seeds: list[int]) -> list[dict]:
+    """A validation group: one configuration's runs on one problem, one after the other."""
+    return [_run(spec_json, method, config, seed) for seed in seeds]
+
+
+def group_submitter(pool, spec_json: str, method: str):
+    """``submit_group(plans)`` for ``run_all``: the group as one job of the pool."""
+    return lambda plans: pool.submit(
+        _run_group, spec_json, method, plans[0].config, [plan.seed for plan in plans]
+    )
+
+
 def first_done(futures):
     return next(iter(wait(futures, return_when=FIRST_COMPLETED).done))
 
@@ -82,7 +95,9 @@ def pipeline(pool, spec, method, ref, *, trials, repeats, pruner, fresh, tag) ->
     choices are validated on the same noise."""
     spec_json = spec.model_dump_json()
     space = load_methods()[method]
-    study = open_study("sqlite:///:memory:", f"{spec.pid}:{method}:{tag}", 0, make_pruner(pruner))
+    study = open_study(
+        "sqlite:///:memory:", f"{spec.pid}:{method}:{tag}", pruner=make_pruner(pruner)
+    )
 
     def submit(plan):
         return pool.submit(_run, spec_json, method, plan.config, plan.seed)
@@ -100,7 +115,10 @@ def pipeline(pool, spec, method, ref, *, trials, repeats, pruner, fresh, tag) ->
         [best], space, study_name=f"{spec.pid}:{method}", pids=[spec.pid], method=method,
         seeds=fresh, budget_sec=BUDGET_SEC,
     )  # fmt: skip
-    checked = run_all(plans, submit=submit, first_done=first_done, judge=judge_against(members[0]))
+    checked = run_all(
+        plans, submit_group=group_submitter(pool, spec_json, method), first_done=first_done,
+        judge=judge_against(members[0]),
+    )  # fmt: skip
     errors = [run.abs_error for run in checked if run.abs_error is not None]
     mean = statistics.fmean(errors) if errors else None
     se = statistics.stdev(errors) / len(errors) ** 0.5 if len(errors) > 1 else None
@@ -122,9 +140,8 @@ def race(pool, spec, method, ref, *, sampler: str, trials: int, fresh: int) -> d
     spec_json = spec.model_dump_json()
     space = load_methods()[method]
     name = f"{spec.pid}:{method}:race-{sampler}"
-    study = open_study("sqlite:///:memory:", name, 0, make_pruner("wilcoxon"))
-    if sampler == "random":
-        study.sampler = optuna.samplers.RandomSampler(seed=0)
+    # (The driver sets the study's sampler: a sampler set on the study here was replaced.)
+    study = open_study("sqlite:///:memory:", name, pruner=make_pruner("wilcoxon"), sampler=sampler)
     members = [Member(spec.pid, spec.name, ref.llc_ref, ref.se_ref)]
     validated: dict[str, float | None] = {}
     curve: list[tuple[int, float | None]] = []
@@ -144,15 +161,16 @@ def race(pool, spec, method, ref, *, sampler: str, trials: int, fresh: int) -> d
                 method=method, seeds=fresh, budget_sec=BUDGET_SEC,
             )  # fmt: skip
             checked = run_all(
-                plans, submit=submit, first_done=first_done, judge=judge_against(members[0])
-            )
+                plans, submit_group=group_submitter(pool, spec_json, method),
+                first_done=first_done, judge=judge_against(members[0]),
+            )  # fmt: skip
             errors = [run.abs_error for run in checked if run.abs_error is not None]
             validated[best[0].config_id] = statistics.fmean(errors) if errors else None
         curve.append((len(runs), validated[best[0].config_id]))
 
     driver = Driver(
         study, space, method=method, members=members, budget_sec=BUDGET_SEC, repeats=3,
-        pruner="wilcoxon", record=runs.append, on_outcome=on_outcome,
+        pruner="wilcoxon", record=runs.append, on_outcome=on_outcome, sampler=sampler,
     )  # fmt: skip
     driver.run(trials, batch=1, submit=submit, first_done=first_done)
     target = 2 * ref.se_ref

@@ -51,6 +51,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--refresh-references", action="store_true", help="recompute HMC references")
     p.add_argument("--methods-file", default=None, help="YAML overriding the search spaces")
     p.add_argument(
+        "--warm-start", default=None, metavar="FILE",
+        help="a recipe (artifacts/recipes/<set>-<method>.yaml): each new study's first trial "
+        "is its configuration",
+    )  # fmt: skip
+    p.add_argument(
         "--reference-warmup",
         type=int_between(20, 1_000_000),
         default=DEFAULT_REFERENCE_WARMUP,
@@ -95,6 +100,18 @@ def parser() -> argparse.ArgumentParser:
         choices=["wilcoxon", "median", "none"],
         default=None,
         help="stop losing trials between repeats (default LAMBDA_HAT_TUNING__PRUNER or wilcoxon)",
+    )
+    p.add_argument(
+        "--sampler",
+        choices=["tpe", "qmc-tpe", "random"],
+        default=None,
+        help="what proposes the configurations (default LAMBDA_HAT_TUNING__SAMPLER or tpe)",
+    )
+    p.add_argument(
+        "--stop-at-noise-floor",
+        action="store_true",
+        help="end a study early once its best trial is within 2 combined SE (reference and "
+        "seed noise) of zero error: no further trial could beat it by more",
     )
     p.add_argument(
         "--validate-top-k",

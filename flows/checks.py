@@ -9,6 +9,7 @@ from typing import Any
 
 from lambda_hat.samplers.configs import DEFAULT_REFERENCE
 from lambda_hat.settings import TuningSettings
+from lambda_hat.tuning.search_samplers import SEARCH_SAMPLERS
 
 # K = 3 repeats per trial, the top 3 configurations validated on 8 fresh seeds each: what
 # a cluster run should use (scripts/run.sh passes lighter ones to fit a laptop). One
@@ -78,6 +79,7 @@ def check_parameters(
     huber_k: float = 1.0,
     objective: str = "abs",
     recipe: bool = False,
+    sampler: str = "tpe",
 ) -> None:
     """Deployment runs get their parameters from the UI: refuse bad ones in one line."""
     check_recipe_objective(objective, recipe)
@@ -95,6 +97,8 @@ def check_parameters(
         raise ValueError(f"repeats must be between 1 and 100, got {repeats}")
     if pruner not in ("wilcoxon", "median", "none"):
         raise ValueError(f"pruner: unknown {pruner!r} (allowed: wilcoxon, median, none)")
+    if sampler not in SEARCH_SAMPLERS:
+        raise ValueError(f"sampler: unknown {sampler!r} (allowed: {', '.join(SEARCH_SAMPLERS)})")
     if not 0 <= validate_top_k <= 100:
         raise ValueError(f"validate_top_k must be between 0 and 100, got {validate_top_k}")
     if not 2 <= validation_seeds <= 1000:

@@ -25,6 +25,7 @@ from lambda_hat.samplers.configs import ReferenceConfig
 from lambda_hat.settings import Settings
 from lambda_hat.tuning.search_space import SearchSpaceError, load_methods
 from lambda_hat.tuning.storage import StorageError, check_storage, engine_kwargs, finished_trials
+from lambda_hat.tuning.warm_start import campaign_warm_starts
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,11 +34,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     try:
         problem_set = load_problem_set(args.problems)
-        load_methods(args.methods_file)
+        spaces = load_methods(args.methods_file)
+        check_distinct_methods(args.methods)
+        campaign_warm_starts(args.warm_start, spaces, args.methods, args.recipe)
         settings = Settings()
         check_fits(problem_set, settings.memory_limit_bytes(), args.problems)
         check_recipe_objective(args.objective, args.recipe)
-        check_distinct_methods(args.methods)
         if args.holdout is not None:
             held_out = load_problem_set(args.holdout, "holdout")
             check_fits(held_out, settings.memory_limit_bytes(), args.holdout)
@@ -87,10 +89,13 @@ def print_plan(args: argparse.Namespace) -> None:
     print(f"settings: {settings.public()}")
     print(
         f"plan: {len(problem_set.problems)} problems × {len(args.methods)} methods, "
-        f"{args.n_trials} trials per study × {args.repeats} repeats ({args.pruner} pruner), "
+        f"{args.n_trials} trials per study × {args.repeats} repeats ({args.pruner} pruner, "
+        f"{args.sampler} sampler), "
         f"{args.batch} trials in flight, objective {args.objective}; validation: top "
         f"{args.validate_top_k} configurations × {args.validation_seeds} fresh seeds"
     )
+    if args.warm_start:
+        print(f"warm start: each new study's first trial from {args.warm_start}")
     storage = _existing_storage(settings.storage_url())
     if args.recipe:
         print(f"recipe: one study per method across the {len(problem_set.problems)} problems")

@@ -43,9 +43,10 @@ from flows.records import recorder, trial_fields
 from flows.reference import storage_paths
 from lambda_hat.io import read_json
 from lambda_hat.settings import Settings
-from lambda_hat.tuning.driver import Driver, make_pruner
+from lambda_hat.tuning.driver import Driver
 from lambda_hat.tuning.kinds import Member, StudyKind, member_of, members_of, study_kind
-from lambda_hat.tuning.pinning import pin_references
+from lambda_hat.tuning.pinning import pin_references, pin_units
+from lambda_hat.tuning.pruning import make_pruner
 from lambda_hat.tuning.search_space import MethodSpace
 from lambda_hat.tuning.storage import StorageRetry, best_value, finished_trials, open_study
 from lambda_hat.tuning.trials import Outcome, RunOutcome, RunPlan
@@ -59,6 +60,7 @@ from lambda_hat.tuning.validation import (
     trial_counts,
     validation_plans,
 )
+from lambda_hat.tuning.warm_start import WarmStart
 from tasks.runs import run_group_task, run_method_task
 
 # The search objective's name in Optuna (the dashboard's axis and column).
@@ -206,13 +208,17 @@ def tune_study(
     huber_k: float = 1.0,
     repeats: int = DEFAULT_REPEATS,
     pruner: Literal["wilcoxon", "median", "none"] = "wilcoxon",
+    sampler: Literal["tpe", "qmc-tpe", "random"] = "tpe",
+    stop_at_noise_floor: bool = False,
     validate_top_k: int = DEFAULT_VALIDATE_TOP_K,
     validation_seeds: int = DEFAULT_VALIDATION_SEEDS,
+    warm_start: dict[str, Any] | None = None,
 ) -> StudyResult:
     """One Optuna study of ``method`` over ``specs`` (their ``references`` in the same
     order; one problem, or a recipe's set ``set_name``), resumed if it exists, run until
     it has ``n_trials`` finished, then its top-k configurations validated on fresh seeds
-    on every problem. If no run finishes for ``stall_sec``, the subflow fails and says so."""
+    on every problem. If no run finishes for ``stall_sec``, the subflow fails and says so.
+    ``warm_start``: a new study's first trial (``lambda_hat.tuning.warm_start``)."""
     settings = Settings()
     retry = StorageRetry(settings.budgets.storage_retry_sec)
     study_as = study_kind(kind, objective=objective, huber_k=huber_k, set_name=set_name)
@@ -221,11 +227,12 @@ def tune_study(
     # 1. The study, labelled for the dashboard, and its progress bar.
     study = retry(
         "opening the study", open_study, settings.storage_url(),
-        study_as.study_name(members, method), 0, make_pruner(pruner),
+        study_as.study_name(members, method), make_pruner(pruner), sampler,
     )  # fmt: skip
     retry("labelling the study", _label_study, study, study_as.dashboard_labels(members, method))
     # Its trials and these runs against the same references (or refused in one line).
     retry("checking the study's references", pin_references, study, members)
+    retry("checking the study's units", pin_units, study, MethodSpace.model_validate(space))
     log = StudyLog(settings, study, retry, study_as, members, method, n_trials, validate_top_k)
 
     # 2. The search: trials of runs on the study's common seeds, told as they finish.
@@ -237,6 +244,8 @@ def tune_study(
         budget_sec=budget_sec, kind=study_as, repeats=repeats, pruner=pruner,
         record=log.record_run, on_outcome=log.trial_told, retry=retry,
         lease_sec=settings.budgets.lease_sec, slots=current_slots(),
+        warm_start=WarmStart(**warm_start) if warm_start else None, sampler=sampler,
+        stop_at_noise_floor=stop_at_noise_floor,
     )  # fmt: skip
     with log.progress_open():
         outcomes = driver.run(n_trials, batch=batch, submit=submit, first_done=first_done)

@@ -96,18 +96,18 @@ from lambda_hat.results.metadata import describe_run, save_run
 from lambda_hat.results.tables import compact, write_leaderboard
 from lambda_hat.samplers.configs import DEFAULT_METHODS, DEFAULT_REFERENCE, ReferenceConfig
 from lambda_hat.settings import Settings
-from lambda_hat.tuning.pinning import ReferenceChanged
-from lambda_hat.tuning.recipes import recipe_space
+from lambda_hat.tuning.pinning import ReferenceChanged, UnitsChanged
+from lambda_hat.tuning.search_samplers import describe_sampler
 from lambda_hat.tuning.search_space import load_methods
 from lambda_hat.tuning.slots import TrialSlots
 from lambda_hat.tuning.storage import (
-    SAMPLER_DESCRIPTION,
     StorageError,
     StorageRetry,
     check_storage,
     init_storage,
 )
 from lambda_hat.tuning.validation import StudyResult
+from lambda_hat.tuning.warm_start import campaign_warm_starts
 from tasks.report import build_report_task
 
 
@@ -138,30 +138,36 @@ def tune(
     reference_shards: int = 1,
     repeats: int = DEFAULT_REPEATS,
     pruner: Literal["wilcoxon", "median", "none"] = "wilcoxon",
+    sampler: Literal["tpe", "qmc-tpe", "random"] = "tpe",
+    stop_at_noise_floor: bool = False,
     validate_top_k: int = DEFAULT_VALIDATE_TOP_K,
     validation_seeds: int = DEFAULT_VALIDATION_SEEDS,
     allow_untrusted_references: bool = False,
     recipe: bool = False,
     holdout: str | None = None,
+    warm_start: str | None = None,
 ) -> dict[str, Any]:
     """Tune ``methods`` on ``problems`` (a preset or YAML path): ``n_trials`` trials per
     study of ``repeats`` runs each, then the ``validate_top_k`` best configurations
     rerun on ``validation_seeds`` fresh seeds each (0 turns validation off). With
     ``recipe``, one study per method across all the problems (a recipe study); with
     ``holdout`` (a problem set), each recommended configuration is then run on its
-    problems on ``validation_seeds`` fresh seeds (flows/transfer.py)."""
+    problems on ``validation_seeds`` fresh seeds (flows/transfer.py). With ``warm_start`` (a
+    recipe file), each new study's first trial is the recipe's configuration."""
     forward_library_logs()
     logger = get_run_logger()
     settings = Settings()
     parameters = {"problems": problems, "methods": methods, "n_trials": n_trials,
-                  "repeats": repeats, "batch": batch, "pruner": pruner, "objective": objective,
+                  "repeats": repeats, "batch": batch, "pruner": pruner, "sampler": sampler,
+                  "stop_at_noise_floor": stop_at_noise_floor,
+                  "objective": objective,
                   "validate_top_k": validate_top_k, "validation_seeds": validation_seeds,
                   "recipe": recipe, "holdout": holdout, "methods_file": methods_file,
                   "reference_warmup": reference_warmup,
                   "reference_draws": reference_draws,
                   "reference_rel_se": reference_rel_se,
                   "reference_cross_check": reference_cross_check,
-                  "reference_shards": reference_shards}  # fmt: skip
+                  "reference_shards": reference_shards, "warm_start": warm_start}  # fmt: skip
     logger.info(
         "tune %s; command: %s; settings: %s",
         ", ".join(f"{k}={v}" for k, v in parameters.items()), command_line(), settings.public(),
@@ -171,8 +177,10 @@ def tune(
     spaces = load_methods(methods_file)
     check_parameters(
         methods, spaces, n_trials, batch, repeats, pruner, validate_top_k, validation_seeds,
-        huber_k, objective, recipe,
+        huber_k, objective, recipe, sampler,
     )  # fmt: skip
+    # The spaces the studies tune (a recipe campaign's in its units) and their first trials.
+    spaces, warm_starts = campaign_warm_starts(warm_start, spaces, methods, recipe)
     prepare_outputs(settings)
     config = ReferenceConfig(
         num_warmup=reference_warmup, num_draws=reference_draws, target_rel_se=reference_rel_se,
@@ -180,7 +188,8 @@ def tune(
     )  # fmt: skip
     started = time.perf_counter()
     tuning = {"n_trials": n_trials, "batch": batch, "budget_sec": settings.budgets.trial_sec,
-              "repeats": repeats, "pruner": pruner, "validate_top_k": validate_top_k,
+              "repeats": repeats, "pruner": pruner, "sampler": sampler,
+              "stop_at_noise_floor": stop_at_noise_floor, "validate_top_k": validate_top_k,
               "validation_seeds": validation_seeds}  # fmt: skip
     # 2. Every study at once on one cluster, each as soon as its references are in.
     supply = ReferenceSupply(specs + held_specs, config, refresh_references, settings)
@@ -188,7 +197,7 @@ def tune(
         studies, transfer_rows = campaign(
             supply, address, settings, specs, held_specs, spaces, methods, tuning,
             objective=objective, huber_k=huber_k, recipe=recipe, problems=problems,
-            holdout=holdout, allow_untrusted=allow_untrusted_references,
+            holdout=holdout, allow_untrusted=allow_untrusted_references, warm_starts=warm_starts,
         )  # fmt: skip
     # 3. The results: references, leaderboard, report, recipes.
     references = [ref for ref in supply.references() if ref is not None]
@@ -201,7 +210,7 @@ def tune(
     )
     metadata = describe_run(
         command=command_line(), problems=problems, methods=methods, holdout=holdout,
-        recipe=recipe, search={**tuning, "objective": objective}, sampler=SAMPLER_DESCRIPTION,
+        recipe=recipe, search={**tuning, "objective": objective}, sampler=describe_sampler(sampler),
         cluster=settings.cluster.model_dump(mode="json"),
         spaces={m: spaces[m].model_dump(mode="json") for m in methods},
     )  # fmt: skip
@@ -241,6 +250,7 @@ def campaign(
     problems: str,
     holdout: str | None,
     allow_untrusted: bool,
+    warm_starts: dict[str, dict[str, Any]],
 ) -> tuple[list[StudyResult], list[dict[str, Any]]]:
     """Every study of the run on the cluster at ``address``, then the transfer runs of
     their recommendations to the held-out problems."""
@@ -274,7 +284,7 @@ def campaign(
             partial(
                 subflow, [specs[index]], [reference], method,
                 spaces[method].model_dump(mode="json"), objective=objective,
-                huber_k=huber_k, **tuning,
+                huber_k=huber_k, warm_start=warm_starts.get(method), **tuning,
             )
             for method in methods
         ]  # fmt: skip
@@ -289,8 +299,8 @@ def campaign(
         calls = [
             partial(
                 subflow, [s for s, _ in family], [r for _, r in family], method,
-                recipe_space(spaces[method]).model_dump(mode="json"), kind="recipe",
-                set_name=set_name(problems), **tuning,
+                spaces[method].model_dump(mode="json"), kind="recipe",
+                set_name=set_name(problems), warm_start=warm_starts.get(method), **tuning,
             )
             for method in methods
         ]  # fmt: skip
@@ -397,7 +407,8 @@ def publish(
 # Errors whose message says all a user needs: the terminal shows that one line (the
 # traceback is in the log and the Prefect UI).
 ONE_LINE_ERRORS = (
-    StorageError, ClusterError, StudyStalled, UntrustedReference, DiskFull, ReferenceChanged
+    StorageError, ClusterError, StudyStalled, UntrustedReference, DiskFull, ReferenceChanged,
+    UnitsChanged,
 )  # fmt: skip
 
 
@@ -433,11 +444,14 @@ def main(argv: list[str] | None = None, checked: argparse.Namespace | None = Non
                 reference_shards=args.reference_shards,
                 repeats=args.repeats,
                 pruner=args.pruner,
+                sampler=args.sampler,
+                stop_at_noise_floor=args.stop_at_noise_floor,
                 validate_top_k=args.validate_top_k,
                 validation_seeds=args.validation_seeds,
                 allow_untrusted_references=args.allow_untrusted_references,
                 recipe=args.recipe,
                 holdout=args.holdout,
+                warm_start=args.warm_start,
             )
     except (*ONE_LINE_ERRORS, terminal.ServerError) as error:
         if terminal.interrupted():

@@ -89,6 +89,8 @@ class TuningSettings(BaseModel):
 
     repeats: int = Field(default=3, ge=1, le=100, description="runs per trial")
     pruner: Literal["wilcoxon", "median", "none"] = "wilcoxon"
+    # What proposes configurations (lambda_hat.tuning.search_samplers).
+    sampler: Literal["tpe", "qmc-tpe", "random"] = "tpe"
     validate_top_k: int = Field(default=3, ge=0, le=100, description="0: no validation")
     validation_seeds: int = Field(default=8, ge=2, le=1000, description="fresh seeds each")
 

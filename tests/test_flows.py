@@ -29,6 +29,7 @@ from lambda_hat.results.tables import COLUMNS, flatten_row, parts_dir, read_rows
 from lambda_hat.samplers.run_method import run_trial
 from lambda_hat.settings import Settings
 from lambda_hat.tuning.driver import study_seeds
+from lambda_hat.tuning.pinning import UnitsChanged
 from lambda_hat.tuning.search_space import load_methods
 from lambda_hat.tuning.trials import config_id_for
 
@@ -643,6 +644,38 @@ def test_the_studies_of_a_campaign_run_at_the_same_time(prefect_server, lambda_h
         a, b = (client.read_flow_run(UUID(flow_run_id)) for flow_run_id in subflow_of.values())
     spans = [(a.start_time, a.end_time), (b.start_time, b.end_time)]
     assert a.start_time < b.end_time and b.start_time < a.end_time, spans  # they intersect
+
+
+def test_a_warm_start_is_each_new_studys_first_trial_in_the_recipes_units(
+    prefect_server, lambda_hat_env
+):
+    """A recipe campaign writes SGLD's step per nβ; a per-problem campaign warm-started
+    from it tunes the step per nβ too, and its study's trial 0 is the recipe. The same
+    study resumed in absolute units (no warm start) is refused in one line."""
+    methods_file = lambda_hat_env / "methods.yaml"
+    methods_file.write_text(FAST_METHODS)
+    recipe = lambda_hat_env / "recipe.yaml"
+    recipe.write_text(
+        "methods:\n  sgld:\n    fixed: {step_size: 0.05, step_size_scale: per_nbeta,"
+        " num_steps: 1000, thinning: 5, num_chains: 4, batch_size: 64}\n    space: {}\n"
+    )
+    problems = lambda_hat_env / "problems.yaml"
+    spec = load_problem_set("smoke").problems[0]
+    problems.write_text(json.dumps({"problems": [spec.model_dump(mode="json")]}))
+    campaign = dict(
+        problems=str(problems), methods=["sgld"], n_trials=2, batch=1, repeats=1,
+        pruner="none", validate_top_k=0, methods_file=str(methods_file), **SMALL_REFERENCE,
+    )  # fmt: skip
+    tune(**campaign, warm_start=str(recipe))
+    study = optuna.load_study(study_name=f"{spec.pid}:sgld", storage=Settings().storage_url())
+    first = min(study.trials, key=lambda t: t.number)
+    assert first.params == {"step_size": 0.05} and first.user_attrs["warm_start"] == str(recipe)
+    assert study.user_attrs["units"] == {"step_size_scale": "per_nbeta"}
+    manifests = (lambda_hat_env / "artifacts" / "runs" / spec.pid / "sgld").glob("*/manifest.json")
+    scales = {json.loads(path.read_text())["config"]["step_size_scale"] for path in manifests}
+    assert scales == {"per_nbeta"}
+    with pytest.raises(UnitsChanged, match="its trials tuned step_size_scale 'per_nbeta'"):
+        tune(**{**campaign, "n_trials": 3})
 
 
 def test_the_study_subflow_pickles():

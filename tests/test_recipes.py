@@ -18,8 +18,9 @@ from lambda_hat.problems.targets import build_problem
 from lambda_hat.results.tables import read_rows
 from lambda_hat.samplers.run_method import run_trial
 from lambda_hat.settings import Settings
-from lambda_hat.tuning.driver import Driver, make_pruner
+from lambda_hat.tuning.driver import Driver
 from lambda_hat.tuning.kinds import Member, Recipe
+from lambda_hat.tuning.pruning import make_pruner
 from lambda_hat.tuning.recipes import recipe_space
 from lambda_hat.tuning.search_space import MethodSpace, load_methods
 from lambda_hat.tuning.stats import family_error
@@ -61,7 +62,7 @@ def _drive(study, n_trials, pruner="none"):
 
 
 def test_a_recipe_trial_is_told_the_mean_over_problems_of_its_relative_errors():
-    study = open_study("sqlite:///:memory:", "recipe-demo:sgld", 0, make_pruner("none"))
+    study = open_study("sqlite:///:memory:", "recipe-demo:sgld", pruner=make_pruner("none"))
     study.enqueue_trial({"step_size": 1e-4})
     (outcome,) = _drive(study, 1)
     assert len(outcome.runs) == len(MEMBERS) * 2  # every problem × repeat
@@ -85,7 +86,7 @@ def test_a_recipe_trial_is_told_the_mean_over_problems_of_its_relative_errors():
 
 
 def test_a_losing_recipe_is_pruned_after_the_first_problems():
-    study = open_study("sqlite:///:memory:", "recipe-demo:sgld", 0, make_pruner("wilcoxon"))
+    study = open_study("sqlite:///:memory:", "recipe-demo:sgld", pruner=make_pruner("wilcoxon"))
     study.enqueue_trial({"step_size": 1e-4})
     study.enqueue_trial({"step_size": 1e-6})  # 2 decades off on every problem
     good, bad = _drive(study, 2, pruner="wilcoxon")

@@ -235,6 +235,7 @@ def test_ref_json_has_every_contract_field(tiny_spec, tmp_path):
         "beta",
         "gamma",
         "w_star_grad_norm",
+        "w_star_hessian_max_eig",
         "budget_exhausted",
         "precision_target",
         "precision_met",
@@ -248,6 +249,7 @@ def test_ref_json_has_every_contract_field(tiny_spec, tmp_path):
     assert saved["beta"] == pytest.approx(1 / math.log(500))
     assert saved["lambda_theory"] == 3.5 and not saved["budget_exhausted"]
     assert saved["grad_evals"] > saved["n_draws"]
+    assert saved["w_star_hessian_max_eig"] > 0  # h: SGLD's per-curvature unit
     assert 0.5 < saved["acceptance"] <= 1.0
     assert result.code_version.startswith("0.1.0+")
 

@@ -103,7 +103,7 @@ def test_missing_file_names_the_presets():
     with pytest.raises(
         SpecError,
         match="no such file or preset 'nope.yaml' "
-        "\\(presets: smoke, default, dln-family, dln-family-holdout, digits, tms\\)",
+        "\\(presets: smoke, default, dln-family, dln-family-holdout, dln-ladder, digits, tms\\)",
     ):
         load_problem_set("nope.yaml")
 

@@ -16,12 +16,19 @@ from optuna.trial import TrialState
 
 from lambda_hat.results.tables import append_rows, read_rows, write_leaderboard
 from lambda_hat.settings import Settings, mask_url
-from lambda_hat.tuning.driver import Driver, make_pruner
+from lambda_hat.tuning.driver import Driver
 from lambda_hat.tuning.kinds import Member
+from lambda_hat.tuning.pruning import make_pruner
 from lambda_hat.tuning.reaping import Owner
 from lambda_hat.tuning.search_space import load_methods
 from lambda_hat.tuning.slots import TrialSlots
-from lambda_hat.tuning.storage import StorageError, StorageRetry, finished_trials, open_study
+from lambda_hat.tuning.storage import (
+    StorageError,
+    StorageRetry,
+    finished_trials,
+    open_study,
+    sampler_seed,
+)
 from lambda_hat.tuning.trials import MAX_ATTEMPTS, objective_value, study_seeds
 from lambda_hat.tuning.validation import trial_counts
 
@@ -399,14 +406,16 @@ def test_two_drivers_started_together_do_not_propose_the_same_trials(tmp_path):
     dropped = [t for t in trials if "reseeded" in t.user_attrs.get("fail_reason", "")]
     assert len(dropped) == 1  # the second to ask, once
 
-    # Alone, a driver proposes what a fresh sampler seeded by the trial count does.
+    # Alone, a driver proposes what a fresh sampler seeded by the study and its trial
+    # count does.
     alone = open_study(f"sqlite:///{tmp_path}/alone.db", "p_test:sgld")
     with ThreadPoolExecutor(1) as pool:
         make_driver(alone, repeats=1, pruner="none").run(
             1, batch=1, first_done=first_done,
             submit=lambda plan: pool.submit(lambda: {"status": "ok", "llc_hat": 3.0}),
         )  # fmt: skip
-    reference = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    seed = sampler_seed("p_test:sgld", 0)
+    reference = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed))
     expected = reference.ask(load_methods()["sgld"].distributions()).params
     assert alone.trials[0].params == expected
 

@@ -36,7 +36,7 @@ from lambda_hat.problems.spec_fields import (
     TeacherSpec,
 )
 
-PRESETS = ("smoke", "default", "dln-family", "dln-family-holdout", "digits", "tms")
+PRESETS = ("smoke", "default", "dln-family", "dln-family-holdout", "dln-ladder", "digits", "tms")
 
 
 class SpecError(ValueError):

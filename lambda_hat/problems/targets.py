@@ -63,6 +63,10 @@ class Problem:
     L0: float
     grad_norm: float
     hessian_min_eig: float | None  # relative to the largest (Lanczos above the dense sizes)
+    # h, the largest Hessian eigenvalue of L_n at w*: the posterior's stiffest direction
+    # has curvature nβ·h, so 1/(nβ·h) is the step size a Langevin step cannot exceed by much
+    # (SGLD's ``step_size_scale: per_curvature``).
+    hessian_max_eig: float
     beta: float
     lambda_theory: theory.LearningCoefficient | None
 
@@ -151,6 +155,7 @@ def build_problem(spec: ProblemSpec, cache_dir: Path | None = None) -> Problem:
         L0=L0,
         grad_norm=gradient,
         hessian_min_eig=low / max(abs(high), 1e-300),
+        hessian_max_eig=high,
         beta=beta,
         lambda_theory=closed_form(spec),
     )

@@ -62,6 +62,9 @@ class ReferenceResult(BaseModel):
     d: int
     w_star_grad_norm: float
     w_star_hessian_min_eig: float | None
+    # h, the largest Hessian eigenvalue of L_n at w* (None in references from before it):
+    # SGLD's per-curvature step sizes are in units of 1/(nβ·h).
+    w_star_hessian_max_eig: float | None = None
     budget_exhausted: bool
     # The precision target (se/llc) if one was set, and whether sampling met it (False:
     # the draw cap or the budget ended it first).

@@ -40,9 +40,10 @@ class SGLDConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     step_size: float = Field(default=1e-4, gt=0, le=1.0, description="η0")
-    step_size_scale: Literal["absolute", "per_nbeta"] = Field(
+    step_size_scale: Literal["absolute", "per_nbeta", "per_curvature"] = Field(
         default="absolute",
-        description="per_nbeta: η0 = step_size / (nβ), so one value suits every n (recipes)",
+        description="per_nbeta: η0 = step_size / (nβ), so one value suits every n (recipes); "
+        "per_curvature: η0 = step_size / (nβ·h), h the largest Hessian eigenvalue of L_n at w*",
     )
     decay_exponent: float = Field(default=0.0, ge=0, le=1.0, description="p in η0·(1+t/t0)^−p")
     decay_t0: float = Field(default=100.0, gt=0)

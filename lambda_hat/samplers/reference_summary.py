@@ -161,6 +161,7 @@ def summarize(
         d=problem.d,
         w_star_grad_norm=problem.grad_norm,
         w_star_hessian_min_eig=problem.hessian_min_eig,
+        w_star_hessian_max_eig=problem.hessian_max_eig,
         budget_exhausted=tally.budget_exhausted,
         cross_check=second,
         precision_target=config.target_rel_se,

@@ -131,15 +131,31 @@ def _init(full, post, hp, static: _Static):
 HP_NAMES = ("step_size", "decay_exponent", "decay_t0", "rmsprop_alpha", "rmsprop_delta")
 
 
-def _hp(config: SGLDConfig, n_beta: float = 1.0) -> dict[str, jax.Array]:
+def _hp(config: SGLDConfig, n_beta: float = 1.0, curvature: float = 1.0) -> dict[str, jax.Array]:
     values = {name: getattr(config, name) for name in HP_NAMES}
     if config.step_size_scale == "per_nbeta":
         # The drift is (η/2)·nβ·∇L: with η = step_size/(nβ) the step in w no longer grows
         # with n, so a step size tuned on small problems holds on larger ones.
         values["step_size"] = config.step_size / n_beta
+    elif config.step_size_scale == "per_curvature":
+        # The stiffest direction of the posterior has curvature nβ·h (h: the largest
+        # Hessian eigenvalue of L_n at w*); a Langevin step is stable below about 2/(nβ·h)
+        # there, whatever the width, depth or data scale that made h.
+        values["step_size"] = config.step_size / (n_beta * curvature)
     values = scalars(values, config.precision)
     values["thinning"] = jnp.asarray(config.thinning, jnp.int32)
     return values
+
+
+def _curvature(problem, config: SGLDConfig) -> float:
+    """h for per-curvature step sizes: refused where L_n has no positive curvature at w*."""
+    h = problem.hessian_max_eig
+    if config.step_size_scale == "per_curvature" and not h > 0:
+        raise ValueError(
+            f"step_size_scale per_curvature: the largest Hessian eigenvalue of L_n at w* is "
+            f"{h:.3g} for {problem.spec.name}; use per_nbeta or absolute"
+        )
+    return h
 
 
 @lru_cache(maxsize=32)
@@ -210,7 +226,7 @@ def run(
     init, chunk = _compiled(static, shape_of(problem))
     data, post = cast_problem(problem, config.precision)
     full = cast_full_batch(problem, config.precision)
-    hp = _hp(config, problem.n_beta)
+    hp = _hp(config, problem.n_beta, _curvature(problem, config))
     chains, L0 = init(full, post, hp)
     L0 = float(L0)
     schedule = _schedule(config)

@@ -40,15 +40,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
 import optuna
 from optuna.trial import TrialState
 
 from lambda_hat.tuning.kinds import Member, PerProblem, StudyKind, member_of
+from lambda_hat.tuning.noise_floor import NOISE_FLOOR_Z, noise_floor_reached, reference_noise
+from lambda_hat.tuning.pruning import PrunerKind, first_wave
 from lambda_hat.tuning.reaping import (
     Heartbeat,
     Owner,
@@ -57,9 +57,10 @@ from lambda_hat.tuning.reaping import (
     live_running,
     reap_stale_trials,
 )
+from lambda_hat.tuning.search_samplers import make_sampler
 from lambda_hat.tuning.search_space import MethodSpace
 from lambda_hat.tuning.slots import TrialSlots
-from lambda_hat.tuning.storage import StorageRetry, finished_trials, reseeded
+from lambda_hat.tuning.storage import StorageRetry, finished_trials, sampler_seed
 from lambda_hat.tuning.trials import (
     Outcome,
     RunOutcome,
@@ -68,39 +69,9 @@ from lambda_hat.tuning.trials import (
     resolve,
     study_seeds,
 )
+from lambda_hat.tuning.warm_start import WarmStart
 
 log = logging.getLogger(__name__)
-
-PrunerKind = Literal["wilcoxon", "median", "none"]
-
-
-# With K repeats a one-sided Wilcoxon signed-rank test on n ≤ K paired differences cannot
-# give a p-value below 2^-n: Optuna's default threshold (0.1) could not prune before the
-# 4th repeat, i.e. never at the default K = 3. At 0.3 a trial that loses both of its first
-# two paired comparisons against the best trial (p = 0.25) stops there.
-WILCOXON_P_THRESHOLD = 0.3
-
-
-def make_pruner(kind: PrunerKind) -> optuna.pruners.BasePruner:
-    """``wilcoxon``: Optuna's WilcoxonPruner on the per-repeat objectives (paired with the
-    best trial's by seed); ``median``: MedianPruner on the running mean; ``none``."""
-    if kind == "wilcoxon":
-        with warnings.catch_warnings():  # "experimental" since Optuna 3.6
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.pruners.WilcoxonPruner(
-                p_threshold=WILCOXON_P_THRESHOLD, n_startup_steps=2
-            )
-    if kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
-    if kind == "none":
-        return optuna.pruners.NopPruner()
-    raise ValueError(f"pruner: unknown {kind!r} (allowed: wilcoxon, median, none)")
-
-
-def first_wave(kind: PrunerKind, steps: int) -> int:
-    """Pruner steps submitted at once before the pruner can judge; later ones go one at a
-    time so that a pruned trial submits nothing more. Without a pruner all go at once."""
-    return min(steps, {"wilcoxon": 2, "median": 1, "none": steps}[kind])
 
 
 @dataclass
@@ -154,6 +125,13 @@ class Driver:
     owner: Owner = field(default_factory=Owner.me)
     # The campaign's cap on trials in flight over all its studies (None: only ``batch``).
     slots: TrialSlots | None = None
+    # A new study's first trial (lambda_hat.tuning.warm_start); none for a resumed one.
+    warm_start: WarmStart | None = None
+    # What proposes the configurations (lambda_hat.tuning.search_samplers).
+    sampler: str = "tpe"
+    # End the study early once its best is at the noise floor (lambda_hat.tuning.noise_floor).
+    stop_at_noise_floor: bool = False
+    stopped_at_noise_floor: bool = field(default=False, init=False)
     ask_submit_sec: list[float] = field(default_factory=list)
     _last_reap: float = field(default=-math.inf, init=False, repr=False)
     _first_number: int = field(default=0, init=False, repr=False)
@@ -167,11 +145,14 @@ class Driver:
         self._first_number = self.retry(
             "counting", lambda: len(self.study.get_trials(deepcopy=False))
         )
-        # Seeded by the trials already there, as open_study does: a run alone proposes the
-        # same configurations whenever it starts; see _ask for two runs at once.
-        self.study.sampler = reseeded(self._first_number)
+        # Seeded by the study and the trials already there, as open_study does: a run
+        # alone proposes the same configurations whenever it starts; see _ask for two
+        # runs at once.
+        self._reseed(self._first_number)
         self._seed_checked = False
         self._expected_number = self._first_number  # of this run's first proposed trial
+        if self.warm_start is not None and self._first_number == 0:
+            self._enqueue_warm_start(self.warm_start)
         heartbeat = Heartbeat(
             self.study,
             self.owner,
@@ -242,6 +223,21 @@ class Driver:
         self.retry("failing orphaned trials", fail_orphans, self.study, asked)
         return outcomes
 
+    def _reseed(self, trials_so_far: int) -> None:
+        seed = sampler_seed(self.study.study_name, trials_so_far)
+        self.study.sampler = make_sampler(self.sampler, seed)
+
+    def _enqueue_warm_start(self, start: WarmStart) -> None:
+        self.retry(
+            "enqueueing the warm start", self.study.enqueue_trial, start.params,
+            user_attrs={"warm_start": start.source}, skip_if_exists=True,
+        )  # fmt: skip
+        self._expected_number += 1  # the sampler's first proposal comes after it
+        log.info("%s: trial 0 is the recipe of %s: %s", self.study.study_name, start.source,
+                 start.params)  # fmt: skip
+        for difference in start.differences:
+            log.warning("%s: the recipe fixed %s", self.study.study_name, difference)
+
     def _take_slot(self) -> bool:
         return self.slots is None or self.slots.take(self.study.study_name)
 
@@ -259,7 +255,22 @@ class Driver:
             self._last_reap = now
         finished = self.retry("counting", finished_trials, self.study)
         live = self.retry("counting", live_running, self.study, self.lease_sec)
+        if self.stop_at_noise_floor and self._at_noise_floor():
+            return 0
         return n_trials - finished - live
+
+    def _at_noise_floor(self) -> bool:
+        """Whether the best trial is within the noise of zero error (logged once)."""
+        noise = reference_noise(self.kind, self.members)
+        reached = self.retry("reading the best trial", noise_floor_reached, self.study, noise)
+        if reached is not None and not self.stopped_at_noise_floor:
+            self.stopped_at_noise_floor = True
+            log.info(
+                "%s: best objective %.4g is within the noise floor %.4g (%g × the combined "
+                "reference and seed SE): no further trial can beat it by more; stopping",
+                self.study.study_name, reached[0], reached[1], NOISE_FLOOR_Z,
+            )  # fmt: skip
+        return reached is not None
 
     def _ask(self, seeds: list[int], asked: list[range]) -> _OpenTrial:
         """Ask and claim a trial. A cut-off ask leaves an unclaimed trial numbered after
@@ -269,13 +280,13 @@ class Driver:
             self._seed_checked = True
             if trial.number != self._expected_number:
                 # Another run of this study asked since this one started: both samplers
-                # were seeded by the same trial count and propose the same configurations.
+                # were seeded by the same trial count and would propose the same ones.
                 # Drop this trial (no run, never counted) and reseed by its number, which
                 # no other run can have. A run alone never gets here.
                 log.info("trial %d: another run shares the study; reseeding", trial.number)
                 trial.set_user_attr("fail_reason", "asked beside another run: reseeded")
                 self.retry("dropping a trial", self.study.tell, trial, state=TrialState.FAIL)
-                self.study.sampler = reseeded(trial.number)
+                self._reseed(trial.number)
                 trial = self._ask_once(asked)
         return self.retry("planning a trial", self._open, trial, seeds)
 

@@ -28,6 +28,7 @@ import math
 import optuna
 
 from lambda_hat.tuning.kinds import Member
+from lambda_hat.tuning.search_space import MethodSpace
 
 PIN_Z = 3.0
 
@@ -58,3 +59,40 @@ def pin_references(study: optuna.Study, members: list[Member]) -> None:
     new = {m.pid: {"llc_ref": m.llc_ref, "se_ref": m.se_ref} for m in members if m.pid not in seen}
     if new:
         study.set_user_attr("references", {**seen, **new})
+
+
+class UnitsChanged(RuntimeError):
+    """A study resumed in other units than it began in. One line."""
+
+
+def pin_units(study: optuna.Study, space: MethodSpace) -> None:
+    """The units of the study's tuned values (its ``*_scale`` settings, e.g. SGLD's step
+    size absolute or per nβ), recorded by its first run. A later run in other units (a
+    ``--warm-start`` recipe per nβ, an edited methods file) is refused in one line: its
+    trials' values would mean other configurations.
+
+    >>> from lambda_hat.tuning.search_space import load_methods
+    >>> from lambda_hat.tuning.search_space import recipe_space
+    >>> study = optuna.create_study(study_name="p_x:sgld")
+    >>> pin_units(study, load_methods()["sgld"])
+    >>> try:
+    ...     pin_units(study, recipe_space(load_methods()["sgld"]))
+    ... except UnitsChanged as error:
+    ...     print(str(error).split(". ")[0])
+    study p_x:sgld: its trials tuned step_size_scale 'absolute'; this run 'per_nbeta'
+    """
+    config = space.config({}).model_dump(mode="json")
+    units = {name: value for name, value in config.items() if name.endswith("_scale")}
+    first = study.user_attrs.get("units")
+    if first is None:
+        if units:
+            study.set_user_attr("units", units)
+        return
+    for name, value in units.items():
+        if name in first and first[name] != value:
+            raise UnitsChanged(
+                f"study {study.study_name}: its trials tuned {name} {first[name]!r}; this run "
+                f"{value!r}. Tune it in a study of its own: another storage "
+                "(LAMBDA_HAT_OPTUNA_STORAGE), or delete this one (optuna delete-study "
+                f"--study-name '{study.study_name}' --storage ...)"
+            )

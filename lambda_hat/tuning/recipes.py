@@ -26,13 +26,8 @@ import json
 from typing import Any
 
 from lambda_hat.tuning.kinds import relative_errors
-from lambda_hat.tuning.search_space import FloatParam, MethodSpace
+from lambda_hat.tuning.search_space import MethodSpace, recipe_space
 from lambda_hat.tuning.stats import family_error
-
-# SGLD's step size in a recipe study, in units of 1/(nβ): ε·nβ from 1e-4 to 1 covers about
-# the absolute 1e-6 … 1e-2 of a per-problem study at n = 500 … 2000 (nβ = 80 … 263; the
-# config allows at most 1).
-RECIPE_STEP_RANGE = (1.0e-4, 1.0)
 
 
 def recommended_config(row: dict[str, Any], spaces: dict[str, MethodSpace]) -> dict[str, Any]:
@@ -42,26 +37,6 @@ def recommended_config(row: dict[str, Any], spaces: dict[str, MethodSpace]) -> d
     if row.get("kind") == "recipe":
         space = recipe_space(space)
     return space.config(json.loads(row["params_json"])).model_dump(mode="json")
-
-
-def recipe_space(space: MethodSpace) -> MethodSpace:
-    """The space a recipe study tunes: SGLD's step size in units of 1/(nβ) unless the
-    methods file fixes ``step_size_scale`` itself.
-
-    >>> from lambda_hat.tuning.search_space import load_methods
-    >>> space = recipe_space(load_methods()["sgld"])
-    >>> space.fixed["step_size_scale"], space.space["step_size"].low
-    ('per_nbeta', 0.0001)
-    """
-    tuned = space.space.get("step_size")
-    if space.method != "sgld" or "step_size_scale" in space.fixed or tuned is None:
-        return space
-    low, high = RECIPE_STEP_RANGE
-    return MethodSpace(
-        method=space.method,
-        fixed={**space.fixed, "step_size_scale": "per_nbeta"},
-        space={**space.space, "step_size": FloatParam(type="float", low=low, high=high, log=True)},
-    )
 
 
 def transfer_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:

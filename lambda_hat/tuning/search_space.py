@@ -190,3 +190,29 @@ def load_methods(path: str | Path | None = None) -> dict[str, MethodSpace]:
                 raise SearchSpaceError(f"{source}: methods.{method}: expected a mapping")
             entries[method] = {**entries[method], **entry}
     return {method: _parse_entry(method, entry, source) for method, entry in entries.items()}
+
+
+# SGLD's step size in a recipe study, in units of 1/(nβ): ε·nβ from 1e-4 to 1 covers about
+# the absolute 1e-6 … 1e-2 of a per-problem study at n = 500 … 2000 (nβ = 80 … 263; the
+# config allows at most 1).
+RECIPE_STEP_RANGE = (1.0e-4, 1.0)
+
+
+def recipe_space(space: MethodSpace) -> MethodSpace:
+    """The space a recipe study tunes: SGLD's step size in units of 1/(nβ) unless the
+    methods file fixes ``step_size_scale`` itself.
+
+    >>> from lambda_hat.tuning.search_space import load_methods
+    >>> space = recipe_space(load_methods()["sgld"])
+    >>> space.fixed["step_size_scale"], space.space["step_size"].low
+    ('per_nbeta', 0.0001)
+    """
+    tuned = space.space.get("step_size")
+    if space.method != "sgld" or "step_size_scale" in space.fixed or tuned is None:
+        return space
+    low, high = RECIPE_STEP_RANGE
+    return MethodSpace(
+        method=space.method,
+        fixed={**space.fixed, "step_size_scale": "per_nbeta"},
+        space={**space.space, "step_size": FloatParam(type="float", low=low, high=high, log=True)},
+    )

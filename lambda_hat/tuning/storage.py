@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
+from lambda_hat.ids import stable_hash
 from lambda_hat.io import check_writable
+from lambda_hat.tuning.search_samplers import make_sampler
 
 if TYPE_CHECKING:  # (Optuna and SQLAlchemy load on first use: a refusal needs neither)
     import optuna
@@ -131,11 +133,11 @@ def _create_tables(url: str) -> None:
 
 
 def open_study(
-    url: str, name: str, seed: int = 0, pruner: optuna.pruners.BasePruner | None = None
+    url: str, name: str, pruner: optuna.pruners.BasePruner | None = None, sampler: str = "tpe"
 ) -> optuna.Study:
-    """Create or resume the study ``name`` (``<pid>:<method>``). TPE with the constant
-    liar keeps several trials in flight sensible; ``pruner`` (default: none) stops
-    configurations that are losing between their repeats."""
+    """Create or resume the study ``name`` (``<pid>:<method>``). ``sampler`` proposes its
+    configurations (``lambda_hat.tuning.search_samplers``), seeded by ``sampler_seed``;
+    ``pruner`` (default: none) stops configurations that are losing between their repeats."""
     import optuna
 
     storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
@@ -146,25 +148,27 @@ def open_study(
         direction="minimize",
         load_if_exists=True,
     )
-    # Reproducible, but not the same draws on every resume: a sampler seeded alike each
-    # time would propose the configurations of the first run's random start-up again.
-    resumed = len(study.get_trials(deepcopy=False))
-    study.sampler = reseeded(seed + resumed)
+    seed = sampler_seed(name, len(study.get_trials(deepcopy=False)))
+    study.sampler = make_sampler(sampler, seed)
     return study
 
 
-# What ``reseeded`` builds, in words, for the report's header.
-SAMPLER_DESCRIPTION = (
-    "Optuna TPESampler with the constant liar (its first 10 trials are random start-up), "
-    "reseeded on each resume"
-)
+def sampler_seed(study_name: str, trials_so_far: int) -> int:
+    """The seed of a study's sampler: from the study (its problem's pid and the method)
+    and the trials it already has.
 
+    - Each study its own: the studies of a campaign explore different configurations
+      (seeded alike, every problem's study once drew the same ones).
+    - The same campaign run again proposes the same ones: the pid is the problem's content.
+    - Not the same draws on each resume: a sampler seeded alike every time would propose
+      the first run's random start-up again.
 
-def reseeded(seed: int) -> optuna.samplers.TPESampler:
-    """The study's sampler: TPE with the constant liar, so trials in flight are modelled."""
-    import optuna
-
-    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    >>> sampler_seed("p_a:sgld", 0) != sampler_seed("p_b:sgld", 0) != sampler_seed("p_a:sgld", 4)
+    True
+    >>> sampler_seed("p_a:sgld", 0) == sampler_seed("p_a:sgld", 0)
+    True
+    """
+    return int(stable_hash({"study": study_name, "sampler": trials_so_far}), 16) % 2**31
 
 
 def finished_trials(study: optuna.Study) -> int:
