@@ -253,23 +253,10 @@ def tune_study(
 
     # 3. Validation: the top-k configurations on fresh seeds. With validation off the best
     # search configuration is still the study's answer (shown as not validated).
-    candidates = retry("ranking configurations", top_configurations, study, max(validate_top_k, 1))
-    validated: list[RunOutcome] = []
-    if candidates and validate_top_k > 0:
-        plans = validation_plans(
-            candidates, driver.space, study_name=study.study_name, pids=list(spec_of),
-            method=method, seeds=validation_seeds, budget_sec=budget_sec,
-        )  # fmt: skip
-        log.validating(len(candidates), validation_seeds, len(plans))
-        # A group runs its runs one after the other: its stall bound is theirs together.
-        longest = max(len(group) for group in run_groups(plans))
-        validated = run_all(
-            plans, submit_group=group_submitter(settings, lambda plan: spec_of[plan.pid]),
-            first_done=stall_guard(f"validating {study.study_name}", settings,
-                                   budget_sec * longest),
-            record=log.record_run,
-            judge=lambda plan, result: study_as.judge(plan, result, member_of(members, plan.pid)),
-        )  # fmt: skip
+    candidates, validated = _validate(
+        study, driver.space, study_as, members, spec_of, log, retry,
+        top_k=validate_top_k, seeds=validation_seeds, budget_sec=budget_sec,
+    )  # fmt: skip
 
     # 4. What the campaign gets back: the leaderboard row from the runs in hand (its
     # validated figures also stored on the study, for the dashboard).
@@ -294,6 +281,41 @@ def tune_study(
         ask_submit_sec=driver.ask_submit_sec,
         timeline=log.timeline,
     )
+
+
+def _validate(
+    study: optuna.Study,
+    space: MethodSpace,
+    study_as: StudyKind,
+    members: list[Member],
+    spec_of: dict[str, dict[str, Any]],
+    log: StudyLog,
+    retry: StorageRetry,
+    *,
+    top_k: int,
+    seeds: int,
+    budget_sec: float,
+) -> tuple[list[dict[str, Any]], list[RunOutcome]]:
+    """The study's top-k configurations (at least its best one) and their runs on fresh
+    seeds on every problem; no runs with validation off (``top_k`` 0)."""
+    settings = Settings()
+    candidates = retry("ranking configurations", top_configurations, study, max(top_k, 1))
+    if not candidates or top_k == 0:
+        return candidates, []
+    plans = validation_plans(
+        candidates, space, study_name=study.study_name, pids=list(spec_of),
+        method=log.method, seeds=seeds, budget_sec=budget_sec,
+    )  # fmt: skip
+    log.validating(len(candidates), seeds, len(plans))
+    # A group runs its runs one after the other: its stall bound is theirs together.
+    longest = max(len(group) for group in run_groups(plans))
+    validated = run_all(
+        plans, submit_group=group_submitter(settings, lambda plan: spec_of[plan.pid]),
+        first_done=stall_guard(f"validating {study.study_name}", settings, budget_sec * longest),
+        record=log.record_run,
+        judge=lambda plan, result: study_as.judge(plan, result, member_of(members, plan.pid)),
+    )  # fmt: skip
+    return candidates, validated
 
 
 class StudyLog:

@@ -55,17 +55,12 @@ import argparse
 import shlex
 import sys
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_table_artifact,
-)
+from prefect.artifacts import create_table_artifact
 
-from flows.campaign import all_at_once
 from flows.checks import (
     DEFAULT_REPEATS,
     DEFAULT_VALIDATE_TOP_K,
@@ -75,40 +70,24 @@ from flows.checks import (
     check_parameters,
     refuse_untrusted,
 )
-from flows.cluster import ClusterError, capacity, dask_cluster, runner_for
+from flows.cluster import ClusterError, dask_cluster
 from flows.logs import forward_library_logs
+from flows.outputs import prepare_outputs, publish
 from flows.reference import reference_table
-from flows.report import (
-    build_leaderboard,
-    leaderboard_line,
-    leaderboard_table,
-    plots_markdown,
-    report_markdown,
-    write_recipes,
-)
-from flows.study import tune_study
+from flows.report import write_recipes
+from flows.studies import Campaign
 from flows.supply import ReferenceSupply
-from flows.transfer import transfer, transfer_entries
-from lambda_hat.io import DiskFull, check_writable
+from lambda_hat.io import DiskFull
 from lambda_hat.problems.sizes import check_fits
 from lambda_hat.problems.specs import check_held_out, load_problem_set, set_name
-from lambda_hat.results.metadata import describe_run, save_run
-from lambda_hat.results.tables import compact, write_leaderboard
+from lambda_hat.results.metadata import describe_run
 from lambda_hat.samplers.configs import DEFAULT_METHODS, DEFAULT_REFERENCE, ReferenceConfig
 from lambda_hat.settings import Settings
 from lambda_hat.tuning.pinning import ReferenceChanged, UnitsChanged
 from lambda_hat.tuning.search_samplers import describe_sampler
 from lambda_hat.tuning.search_space import load_methods
-from lambda_hat.tuning.slots import TrialSlots
-from lambda_hat.tuning.storage import (
-    StorageError,
-    StorageRetry,
-    check_storage,
-    init_storage,
-)
-from lambda_hat.tuning.validation import StudyResult
+from lambda_hat.tuning.storage import StorageError
 from lambda_hat.tuning.warm_start import campaign_warm_starts
-from tasks.report import build_report_task
 
 
 def _tune_run_name() -> str:
@@ -194,11 +173,11 @@ def tune(
     # 2. Every study at once on one cluster, each as soon as its references are in.
     supply = ReferenceSupply(specs + held_specs, config, refresh_references, settings)
     with supply, dask_cluster(settings.cluster, role="trials") as address:
-        studies, transfer_rows = campaign(
+        studies, transfer_rows = Campaign(
             supply, address, settings, specs, held_specs, spaces, methods, tuning,
             objective=objective, huber_k=huber_k, recipe=recipe, problems=problems,
             holdout=holdout, allow_untrusted=allow_untrusted_references, warm_starts=warm_starts,
-        )  # fmt: skip
+        ).run()  # fmt: skip
     # 3. The results: references, leaderboard, report, recipes.
     references = [ref for ref in supply.references() if ref is not None]
     create_table_artifact(
@@ -234,98 +213,6 @@ def tune(
     return {"references": references, "studies": studies, **published}
 
 
-def campaign(
-    supply: ReferenceSupply,
-    address: str,
-    settings: Settings,
-    specs: list[dict[str, Any]],
-    held_specs: list[dict[str, Any]],
-    spaces: dict[str, Any],
-    methods: list[str],
-    tuning: dict[str, Any],
-    *,
-    objective: str,
-    huber_k: float,
-    recipe: bool,
-    problems: str,
-    holdout: str | None,
-    allow_untrusted: bool,
-    warm_starts: dict[str, dict[str, Any]],
-) -> tuple[list[StudyResult], list[dict[str, Any]]]:
-    """Every study of the run on the cluster at ``address``, then the transfer runs of
-    their recommendations to the held-out problems."""
-    logger = get_run_logger()
-    # Every study at once, on one cluster: the runs in flight over all of them are capped
-    # at the cluster's capacity and shared fairly (lambda_hat.tuning.slots). Each problem's
-    # studies start as soon as its own reference is in (flows/supply.py); the held-out
-    # problems' references are computed beside them.
-    # Twice the cluster's capacity: one run waiting behind each running one, so a worker
-    # that finishes starts its next run at once instead of after the driver's round
-    # trip (tell, ask, submit, task start: 0.3-0.6 s measured, benchmarks/orchestration.py).
-    workers = capacity(settings.cluster, "trials", address)
-    slots = TrialSlots(2 * workers)
-    logger.info(
-        "%d studies at once on %d workers; at most %d runs in flight over all of them",
-        len(methods) * (1 if recipe else len(specs)), workers, slots.capacity,
-    )  # fmt: skip
-    subflow = tune_study.with_options(task_runner=runner_for(address))
-
-    def trusted(reference: dict[str, Any]) -> bool:
-        if reference.get("quality") == "untrusted" and not allow_untrusted:
-            logger.warning("%s: untrusted reference; not tuned on", reference["name"])
-            return False
-        return True
-
-    def studies_of(index: int) -> list[StudyResult]:
-        reference = supply.get(index, address, slots)
-        if not trusted(reference):
-            return []
-        calls = [
-            partial(
-                subflow, [specs[index]], [reference], method,
-                spaces[method].model_dump(mode="json"), objective=objective,
-                huber_k=huber_k, warm_start=warm_starts.get(method), **tuning,
-            )
-            for method in methods
-        ]  # fmt: skip
-        return all_at_once(calls, slots)
-
-    def recipes() -> list[StudyResult]:
-        # A recipe is judged on every problem: its studies start once all are in.
-        refs = all_at_once([partial(supply.get, i, address, slots) for i in range(len(specs))])
-        family = [(s, r) for s, r in zip(specs, refs, strict=True) if trusted(r)]
-        if not family:
-            return []
-        calls = [
-            partial(
-                subflow, [s for s, _ in family], [r for _, r in family], method,
-                spaces[method].model_dump(mode="json"), kind="recipe",
-                set_name=set_name(problems), warm_start=warm_starts.get(method), **tuning,
-            )
-            for method in methods
-        ]  # fmt: skip
-        return all_at_once(calls, slots)
-
-    def held_out_references() -> list[dict[str, Any]]:
-        indices = range(len(specs), len(specs) + len(held_specs))
-        return all_at_once([partial(supply.get, i, address, slots) for i in indices])
-
-    work = [recipes] if recipe else [partial(studies_of, i) for i in range(len(specs))]
-    *groups, held_refs = all_at_once([*work, held_out_references], slots)
-    studies = [study for group in groups for study in group]
-    transfer_rows: list[dict[str, Any]] = []
-    if held_specs and studies:
-        # What each study recommends is known once its validation is in.
-        held = [(s, r) for s, r in zip(held_specs, held_refs, strict=True) if trusted(r)]
-        if held:
-            transfer_rows = transfer.with_options(task_runner=runner_for(address))(
-                set_name(holdout), [s for s, _ in held], [r for _, r in held],
-                transfer_entries([s.leaderboard_row for s in studies], spaces),
-                tuning["validation_seeds"], settings.budgets.trial_sec,
-            )  # fmt: skip
-    return studies, transfer_rows
-
-
 def command_line() -> str:
     """The command that started this run, or the flow run's name under a deployment."""
     if Path(sys.argv[0]).name == "tune.py":
@@ -350,58 +237,6 @@ def problem_specs(
     specs = [spec.model_dump(mode="json") for spec in problem_set.problems]
     held_specs = [spec.model_dump(mode="json") for spec in held_out.problems] if held_out else []
     return specs, held_specs
-
-
-def prepare_outputs(settings: Settings) -> None:
-    """The results and artifacts directories writable and the Optuna storage reachable,
-    with its tables, before any reference is computed."""
-    check_writable(settings.results_dir, "results_dir")
-    check_writable(settings.artifacts_dir, "artifacts_dir")
-    settings.results_dir.mkdir(parents=True, exist_ok=True)  # the default SQLite file lives there
-    check_storage(settings.storage_url())
-    retry = StorageRetry(settings.budgets.storage_retry_sec)
-    retry("creating the storage", init_storage, settings.storage_url())
-
-
-def publish(
-    studies: list[StudyResult],
-    transfer_rows: list[dict[str, Any]],
-    references: list[dict[str, Any]],
-    settings: Settings,
-    problems: str,
-    methods: list[str],
-    seconds: float,
-    metadata: dict[str, Any],
-) -> dict[str, Any]:
-    """runs.parquet compacted, the leaderboard (Parquet and artifact), the run's record
-    (``results/campaign.json``), the report page."""
-    results = settings.results_dir.resolve()
-    if not studies:
-        return {"leaderboard": [], "report": None}
-    # The runs' part files into one runs.parquet (rebuilt from row.json if it is corrupt).
-    compact(results / "runs.parquet", rebuild_from=settings.artifacts_dir.resolve() / "runs")
-    rows = build_leaderboard(studies, transfer_rows)
-    write_leaderboard(results / "leaderboard.parquet", rows)
-    save_run(results, metadata)
-    create_table_artifact(
-        key="leaderboard",
-        table=leaderboard_table(rows),
-        description="recommended configuration per study: validated error on fresh seeds "
-        "(mean and 95 % interval) beside its search objective",
-    )
-    report = build_report_task(
-        str(settings.artifacts_dir.resolve()), str(results / "runs.parquet"), rows, references,
-        title=f"lambda_hat: {', '.join(methods)} on {problems}", metadata=metadata,
-    )  # fmt: skip
-    create_markdown_artifact(
-        key="tune-report",
-        markdown=report_markdown(rows, references, problems, seconds) + plots_markdown(report),
-        description=f"tuning report for {problems}: leaderboard, references, plots",
-    )
-    logger = get_run_logger()
-    for row in rows:
-        logger.info("%s", leaderboard_line(row))
-    return {"leaderboard": rows, "report": report}
 
 
 # Errors whose message says all a user needs: the terminal shows that one line (the

@@ -19,6 +19,21 @@ from lambda_hat.problems.specs import ProblemSpec
 enable_compilation_cache()
 
 
+def sgld_methods(
+    num_steps: int, low: float, high: float, *, num_chains: int = 2, thinning: int = 5
+) -> str:
+    """A methods file (YAML) with SGLD alone: fixed length and minibatch 64, the step size
+    searched log-uniformly on [low, high]. The flow tests size their runs with it."""
+    return f"""
+methods:
+  sgld:
+    fixed: {{num_steps: {num_steps}, thinning: {thinning}, num_chains: {num_chains},
+             batch_size: 64}}
+    space:
+      step_size: {{type: float, low: {low:.1e}, high: {high:.1e}, log: true}}
+"""
+
+
 def make_spec(**overrides) -> ProblemSpec:
     """A tiny RRR problem (M=3, H=2, N=3, r=1, n=500) with fields overridden."""
     base = {

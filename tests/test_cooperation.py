@@ -18,17 +18,11 @@ from lambda_hat.settings import Settings
 from lambda_hat.tuning.reaping import owner_id
 from lambda_hat.tuning.storage import counted, finished_trials
 
-from .conftest import REPO
+from .conftest import REPO, sgld_methods
 
 # Runs of a few seconds (20000 steps), 10 trials: both flows are tuning at the same time.
 # One run per trial, no validation: this is about trials and their owners.
-METHODS = """
-methods:
-  sgld:
-    fixed: {num_steps: 20000, thinning: 5, num_chains: 2, batch_size: 64}
-    space:
-      step_size: {type: float, low: 1.0e-6, high: 1.0e-4, log: true}
-"""
+METHODS = sgld_methods(20000, 1.0e-6, 1.0e-4)
 N_TRIALS = 10
 
 

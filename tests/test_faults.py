@@ -15,9 +15,10 @@ import optuna
 from optuna.trial import TrialState
 
 from lambda_hat.results.tables import read_rows
-from lambda_hat.samplers.common import FINISH_SEC
+from lambda_hat.samplers.chunks import FINISH_SEC
 from lambda_hat.tuning.storage import counted, finished_trials
 
+from .conftest import sgld_methods
 from .load import run_load_campaign
 from .stack import PASSWORD, REPO, sh, skip_without_stack, slurm_settings_env, write_one_problem
 
@@ -36,13 +37,7 @@ reference:
   start_timeout_sec: 120
 """
 # Trials of a few seconds: long enough to be killed in the middle.
-METHODS = """
-methods:
-  sgld:
-    fixed: {num_steps: 15000, thinning: 10, num_chains: 2, batch_size: 64}
-    space:
-      step_size: {type: float, low: 1.0e-5, high: 3.0e-4, log: true}
-"""
+METHODS = sgld_methods(15000, 1.0e-5, 3.0e-4, thinning=10)
 
 
 class Campaign:

@@ -24,7 +24,7 @@ from flows.tune import tune
 from lambda_hat.problems.sizes import estimate, human
 from lambda_hat.problems.specs import load_problem_set
 from lambda_hat.problems.targets import build_problem
-from lambda_hat.results.report import study_trials
+from lambda_hat.results.plot_points import study_trials
 from lambda_hat.results.tables import COLUMNS, flatten_row, parts_dir, read_rows, run_records
 from lambda_hat.samplers.run_method import run_trial
 from lambda_hat.settings import Settings
@@ -33,20 +33,17 @@ from lambda_hat.tuning.pinning import UnitsChanged
 from lambda_hat.tuning.search_space import load_methods
 from lambda_hat.tuning.trials import config_id_for
 
-from .conftest import REPO
+from .conftest import REPO, sgld_methods
 
 # Small studies: each trial takes well under a second once compiled.
-FAST_METHODS = """
-methods:
-  sgld:
-    fixed: {num_steps: 1000, thinning: 5, num_chains: 4, batch_size: 64}
-    space:
-      step_size: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}
-  vi:
+FAST_METHODS = (
+    sgld_methods(1000, 1.0e-5, 1.0e-3, num_chains=4)
+    + """  vi:
     fixed: {num_steps: 500, num_chains: 4, family: meanfield, num_eval_samples: 64}
     space:
       learning_rate: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
 """
+)
 SMALL_REFERENCE = {"reference_warmup": 100, "reference_draws": 200}
 
 
@@ -253,13 +250,7 @@ def test_a_new_run_starts_as_soon_as_one_finishes(prefect_server, lambda_hat_env
     assert short_end <= third_start < long_end, timeline
 
 
-PRUNE_METHODS = """
-methods:
-  sgld:
-    fixed: {num_steps: 1000, thinning: 5, num_chains: 2, batch_size: 64}
-    space:
-      step_size: {type: float, low: 1.0e-7, high: 3.0e-4, log: true}
-"""
+PRUNE_METHODS = sgld_methods(1000, 1.0e-7, 3.0e-4)
 
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -16,7 +16,8 @@ import pytest
 from lambda_hat.problems.posterior import LossData, empirical_loss
 from lambda_hat.problems.targets import build_problem
 from lambda_hat.samplers import sgld
-from lambda_hat.samplers.common import FINISH_SEC, compile_count
+from lambda_hat.samplers.chunks import FINISH_SEC
+from lambda_hat.samplers.common import compile_count
 from lambda_hat.samplers.configs import MethodConfigError, ReferenceConfig, run_id_for
 from lambda_hat.samplers.hmc_reference import run as run_reference
 from lambda_hat.samplers.run_method import run_trial

@@ -27,6 +27,7 @@ from lambda_hat.tuning.stats import family_error
 from lambda_hat.tuning.storage import open_study
 from lambda_hat.tuning.trials import config_id_for, study_seeds
 
+from .conftest import sgld_methods
 from .test_flows import SMALL_REFERENCE, artifact_keys
 
 MEMBERS = [
@@ -128,13 +129,7 @@ def test_a_held_out_problem_must_not_be_a_tuning_problem():
         ), problem.name
 
 
-RECIPE_METHODS = """
-methods:
-  sgld:
-    fixed: {num_steps: 600, thinning: 5, num_chains: 2, batch_size: 64}
-    space:
-      step_size: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}
-"""
+RECIPE_METHODS = sgld_methods(600, 1.0e-3, 1.0e-1)
 
 
 def _tiny(name, widths, rank, n=400):

@@ -127,7 +127,7 @@ def test_the_budget_is_checked_between_warmup_chunks(tiny_spec):
     # (a 2 410-parameter MLP ran 368 s of compile and warmup on a 240 s budget).
     import time
 
-    from lambda_hat.samplers.common import FINISH_SEC
+    from lambda_hat.samplers.chunks import FINISH_SEC
     from lambda_hat.samplers.hmc_reference import BudgetError
 
     problem = build_problem(tiny_spec)

@@ -8,13 +8,9 @@ import re
 import pytest
 
 from lambda_hat.results import plots
+from lambda_hat.results.plot_points import calibration_points, problem_configs, study_trials
 from lambda_hat.results.plots import pareto_front
-from lambda_hat.results.report import (
-    build_report,
-    calibration_points,
-    problem_configs,
-    study_trials,
-)
+from lambda_hat.results.report import build_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -22,15 +22,9 @@ from optuna.trial import TrialState
 from lambda_hat.problems.specs import load_problem_set
 from lambda_hat.tuning.storage import finished_trials
 
-from .conftest import REPO
+from .conftest import REPO, sgld_methods
 
-METHODS = """
-methods:
-  sgld:
-    fixed: {num_steps: 8000, thinning: 5, num_chains: 2, batch_size: 64}
-    space:
-      step_size: {type: float, low: 1.0e-6, high: 1.0e-4, log: true}
-"""
+METHODS = sgld_methods(8000, 1.0e-6, 1.0e-4)
 
 
 class ProcessWatch(threading.Thread):

@@ -16,8 +16,6 @@ from __future__ import annotations
 import base64
 import html
 import math
-import statistics
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,13 @@ from typing import Any
 from lambda_hat.io import atomic_write_bytes
 from lambda_hat.results import plots, summary
 from lambda_hat.results.metadata import metadata_rows
+from lambda_hat.results.plot_points import (
+    SLICE_PARAMETER,
+    calibration_points,
+    problem_configs,
+    slice_points,
+    study_trials,
+)
 
 STYLE = """
 body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
@@ -44,103 +49,6 @@ def _num(value: Any, digits: int = 3) -> str:
         if not isinstance(value, int | float) or not math.isfinite(value)
         else (f"{value:.{digits}g}")
     )
-
-
-def study_trials(runs: Sequence[dict[str, Any]], study_name: str) -> list[dict[str, Any]]:
-    """One point per told search trial of a study, from its runs' rows: the trial's
-    objective, or for a pruned trial (which has none) the mean of its runs so far."""
-    by_trial: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for row in runs:
-        if row.get("study_name") != study_name or row.get("stage") != "search":
-            continue
-        if row.get("trial_state") is None or row.get("trial_number") is None:
-            continue
-        by_trial[row["trial_number"]].append(row)
-    trials = []
-    for number, rows in sorted(by_trial.items()):
-        objective = rows[0].get("trial_objective")
-        if objective is None:
-            values = [r["objective"] for r in rows if plots.finite(r.get("objective"))]
-            objective = statistics.fmean(values) if values else None
-        reasons = [r["status"] for r in rows if r.get("status") not in (None, "ok")]
-        trials.append({
-            "number": number,
-            "objective": objective,
-            "objective_se": rows[0].get("trial_objective_se"),
-            "state": rows[0]["trial_state"].upper(),  # rows keep Optuna's state in lower case
-            "reason": reasons[0] if reasons else None,
-        })  # fmt: skip
-    return trials
-
-
-def problem_configs(
-    runs: Sequence[dict[str, Any]], pid: str, recommended: frozenset[str] = frozenset()
-) -> list[dict[str, Any]]:
-    """Mean cost and relative error of each (method, configuration) on one problem, over
-    its finished runs (search and validation); ``recommended``: the config ids to mark."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for row in runs:
-        if row.get("pid") == pid and row.get("status") == "ok" and row.get("config_id"):
-            groups[(row["method"], row["config_id"])].append(row)
-    configs = []
-    for (method, config_id), rows in sorted(groups.items()):
-        costs = [r["full_grad_equiv"] for r in rows if r.get("full_grad_equiv") is not None]
-        errors = [r["rel_error"] for r in rows if r.get("rel_error") is not None]
-        if costs and errors:
-            configs.append(
-                {"method": method, "cost": statistics.fmean(costs),
-                 "rel_error": statistics.fmean(errors),
-                 "recommended": config_id in recommended}
-            )  # fmt: skip
-    return configs
-
-
-def calibration_points(
-    runs: Sequence[dict[str, Any]], leaderboard: Sequence[dict[str, Any]], method: str
-) -> list[dict[str, Any]]:
-    """For each problem, the validation runs' llc_hat of the method's recommendation."""
-    points = []
-    for board in leaderboard:
-        if board["method"] != method or board.get("config_id") is None:
-            continue
-        if board.get("kind") == "recipe":
-            continue  # (its problems' points would hide the per-problem recommendations)
-        hats = [
-            row["llc_hat"]
-            for row in runs
-            if row.get("stage") == "validation"
-            and row.get("pid") == board["pid"]
-            and row.get("method") == method
-            and row.get("config_id") == board["config_id"]
-            and row.get("llc_hat") is not None
-        ]
-        if hats:
-            points.append(
-                {"label": board["problem_name"], "llc_ref": board["llc_ref"],
-                 "se_ref": board["se_ref"], "llc_hats": hats}
-            )  # fmt: skip
-    return points
-
-
-# The parameter each method's slice plot is drawn against: the one that sets its scale.
-SLICE_PARAMETER = {"sgld": "step_size", "psgld": "step_size", "mclmc": "desired_energy_var",
-                   "vi": "learning_rate"}  # fmt: skip
-
-
-def slice_points(
-    runs: Sequence[dict[str, Any]], method: str, parameter: str
-) -> list[dict[str, Any]]:
-    """Every finished search run of a method: its problem, its value of ``parameter``
-    and its relative error."""
-    column = f"hp_{parameter}"
-    return [
-        {"problem": row.get("problem_name") or row["pid"], "value": row[column],
-         "rel_error": row["rel_error"]}
-        for row in runs
-        if row.get("method") == method and row.get("stage") == "search"
-        and row.get("status") == "ok" and plots.finite(row.get(column))
-        and plots.finite(row.get("rel_error"))
-    ]  # fmt: skip
 
 
 def _image(path: Path, alt: str) -> str:
@@ -280,6 +188,73 @@ def _guide_link() -> str:
     return where
 
 
+def _problem_plots(
+    out: Path,
+    ref: dict[str, Any],
+    runs: Sequence[dict[str, Any]],
+    leaderboard: Sequence[dict[str, Any]],
+    evidence: dict[str, dict[str, Any]],
+    traces: dict[str, dict[str, Any]],
+    methods: list[str],
+) -> list[str]:
+    """One problem's images: its reference's chains, error against cost, and per study
+    its progress and its recommendation's validation trace."""
+    name = ref.get("name", ref["pid"])
+    parts = []
+    if ref["pid"] in evidence:
+        png = plots.reference_convergence(
+            evidence[ref["pid"]], f"HMC reference: {name}", out / f"reference-{name}.png"
+        )
+        parts.append(_image(png, f"reference chains of {name}"))
+    boards = [b for b in leaderboard if b["pid"] == ref["pid"]]
+    chosen = frozenset(b["config_id"] for b in boards if b.get("config_id"))
+    png = plots.error_vs_cost(
+        problem_configs(runs, ref["pid"], chosen), f"error against cost: {name}",
+        out / f"cost-{name}.png", methods,
+    )  # fmt: skip
+    parts.append(_image(png, f"error against cost on {name}"))
+    for board in boards:
+        png = plots.study_progress(
+            study_trials(runs, board.get("study_name") or f"{ref['pid']}:{board['method']}"),
+            _validated_band(board, "validated_error"),
+            f"{name} · {board['method']}", out / f"study-{name}-{board['method']}.png",
+        )  # fmt: skip
+        parts.append(_image(png, f"study {name} {board['method']}"))
+        trace = traces.get(board.get("study_name"))
+        if trace:
+            png = plots.method_trace(
+                trace, ref["llc_ref"], ref["se_ref"],
+                f"{name} · {board['method']}: the recommendation's chains, one validation run",
+                out / f"trace-{name}-{board['method']}.png",
+            )  # fmt: skip
+            parts.append(_image(png, f"trace {name} {board['method']}"))
+    return parts
+
+
+def _across_problems(
+    out: Path,
+    runs: Sequence[dict[str, Any]],
+    leaderboard: Sequence[dict[str, Any]],
+    methods: list[str],
+) -> tuple[list[str], list[str]]:
+    """Per method: its calibration across problems, and its error against its step size."""
+    calibration = [
+        _image(plots.calibration(calibration_points(runs, leaderboard, method), method,
+                                 out / f"calibration-{method}.png"), f"calibration of {method}")
+        for method in methods
+    ]  # fmt: skip
+    slices = []
+    for method in methods:
+        parameter = SLICE_PARAMETER.get(method)
+        points = slice_points(runs, method, parameter) if parameter else []
+        if points:
+            png = plots.error_vs_parameter(
+                points, method, parameter, out / f"slice-{method}-{parameter}.png"
+            )
+            slices.append(_image(png, f"{method}: error against {parameter}"))
+    return calibration, slices
+
+
 def build_report(
     out_dir: Path | str,
     runs: Sequence[dict[str, Any]],
@@ -320,55 +295,13 @@ def build_report(
     best = summary.best_per_problem(leaderboard)
     for ref in references:
         name = ref.get("name", ref["pid"])
-        parts = []
-        if ref["pid"] in evidence:
-            png = plots.reference_convergence(
-                evidence[ref["pid"]], f"HMC reference: {name}", out / f"reference-{name}.png"
-            )
-            parts.append(_image(png, f"reference chains of {name}"))
-        boards = [b for b in leaderboard if b["pid"] == ref["pid"]]
-        chosen = frozenset(b["config_id"] for b in boards if b.get("config_id"))
-        png = plots.error_vs_cost(
-            problem_configs(runs, ref["pid"], chosen), f"error against cost: {name}",
-            out / f"cost-{name}.png", methods,
-        )  # fmt: skip
-        parts.append(_image(png, f"error against cost on {name}"))
-        for board in boards:
-            validated = _validated_band(board, "validated_error")
-            png = plots.study_progress(
-                study_trials(runs, board.get("study_name") or f"{ref['pid']}:{board['method']}"),
-                validated,
-                f"{name} · {board['method']}", out / f"study-{name}-{board['method']}.png",
-            )  # fmt: skip
-            parts.append(_image(png, f"study {name} {board['method']}"))
-            trace = (traces or {}).get(board.get("study_name"))
-            if trace:
-                png = plots.method_trace(
-                    trace, ref["llc_ref"], ref["se_ref"],
-                    f"{name} · {board['method']}: the recommendation's chains, one "
-                    "validation run",
-                    out / f"trace-{name}-{board['method']}.png",
-                )  # fmt: skip
-                parts.append(_image(png, f"trace {name} {board['method']}"))
         mark = best.get(ref["pid"])
         lead = f"<p>Best: <b>{html.escape(mark.method)}</b>.</p>" if mark else ""
+        parts = _problem_plots(out, ref, runs, leaderboard, evidence, traces or {}, methods)
         section(f"Problem {name} ({ref['pid']})", lead, *parts, anchor=f"problem-{name}")
-    calibration = [
-        _image(plots.calibration(calibration_points(runs, leaderboard, method), method,
-                                 out / f"calibration-{method}.png"), f"calibration of {method}")
-        for method in methods
-    ]  # fmt: skip
+    calibration, slices = _across_problems(out, runs, leaderboard, methods)
     if calibration:
         section("Calibration across problems", *calibration, anchor="calibration")
-    slices = []
-    for method in methods:
-        parameter = SLICE_PARAMETER.get(method)
-        points = slice_points(runs, method, parameter) if parameter else []
-        if points:
-            png = plots.error_vs_parameter(
-                points, method, parameter, out / f"slice-{method}-{parameter}.png"
-            )
-            slices.append(_image(png, f"{method}: error against {parameter}"))
     if slices:
         section("Error against the step size, per problem", *slices, anchor="slices")
     section("Glossary", "<dl>" + "".join(

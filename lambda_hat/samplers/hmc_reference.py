@@ -35,7 +35,7 @@ from lambda_hat.problems.posterior import (
 )
 from lambda_hat.problems.targets import Problem
 from lambda_hat.reference.record import ReferenceResult
-from lambda_hat.samplers.common import Driven, drive_chunks
+from lambda_hat.samplers.chunks import Driven, drive_chunks
 from lambda_hat.samplers.configs import ReferenceConfig
 from lambda_hat.samplers.estimator import compiled_diagnostics, llc_from_losses
 from lambda_hat.samplers.hmc_kernels import (
@@ -166,7 +166,7 @@ def _sample(
     deadline: float | None, first_chunk_sec: float, progress, L0: float, n_beta: float,
 ) -> Tally | None:  # fmt: skip
     """Compiled chunks of ``chunk_size`` draws until ``num_draws`` are kept or the budget
-    ends (``common.drive_chunks``, the loop every sampler shares); with a precision target,
+    ends (``chunks.drive_chunks``, the loop every sampler shares); with a precision target,
     on until se/llc meets it or ``draw_cap`` draws are kept."""
     size = static.chunk_size
     cap = config.draw_cap

@@ -30,9 +30,8 @@ from blackjax.adaptation.mclmc_adaptation import MCLMCAdaptationState
 
 from lambda_hat.problems.posterior import Arch, empirical_loss, log_density
 from lambda_hat.problems.targets import Problem
+from lambda_hat.samplers.chunks import ChunkLoop, ChunkOut
 from lambda_hat.samplers.common import (
-    ChunkLoop,
-    ChunkOut,
     Cost,
     MethodResult,
     Shape,

@@ -39,10 +39,9 @@ import jax.numpy as jnp
 
 from lambda_hat.problems.posterior import Arch, LossData, PosteriorParams, empirical_loss
 from lambda_hat.problems.targets import Problem
+from lambda_hat.samplers.chunks import ChunkLoop, ChunkOut
 from lambda_hat.samplers.common import (
     FORWARD_COST,
-    ChunkLoop,
-    ChunkOut,
     Cost,
     MethodResult,
     Shape,

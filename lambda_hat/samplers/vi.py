@@ -32,20 +32,16 @@ import optax
 
 from lambda_hat.problems.posterior import Arch, empirical_loss, log_density
 from lambda_hat.problems.targets import Problem
+from lambda_hat.samplers.chunks import ChunkLoop, ChunkOut, Drive, divergence_reason, explode_limit
 from lambda_hat.samplers.common import (
     FORWARD_COST,
-    ChunkLoop,
-    ChunkOut,
     Cost,
-    Drive,
     MethodResult,
     Shape,
     cast_full_batch,
     cast_problem,
     count_compile,
     data_spec,
-    divergence_reason,
-    explode_limit,
     full_batch_spec,
     result_from_drive,
     scalars,

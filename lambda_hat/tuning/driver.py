@@ -142,17 +142,7 @@ class Driver:
         in_flight: dict[Hashable, tuple[_OpenTrial, int, RunPlan]] = {}
         outcomes: list[Outcome] = []
         asked: list[range] = []  # the trial numbers each of this driver's asks could make
-        self._first_number = self.retry(
-            "counting", lambda: len(self.study.get_trials(deepcopy=False))
-        )
-        # Seeded by the study and the trials already there, as open_study does: a run
-        # alone proposes the same configurations whenever it starts; see _ask for two
-        # runs at once.
-        self._reseed(self._first_number)
-        self._seed_checked = False
-        self._expected_number = self._first_number  # of this run's first proposed trial
-        if self.warm_start is not None and self._first_number == 0:
-            self._enqueue_warm_start(self.warm_start)
+        self._begin()
         heartbeat = Heartbeat(
             self.study,
             self.owner,
@@ -222,6 +212,19 @@ class Driver:
                 self.slots.leave(self.study.study_name)
         self.retry("failing orphaned trials", fail_orphans, self.study, asked)
         return outcomes
+
+    def _begin(self) -> None:
+        """Seed the sampler by the study and the trials already there, as open_study does:
+        a run alone proposes the same configurations whenever it starts (see _ask for two
+        runs at once); a new study's first trial is the warm start, if any."""
+        self._first_number = self.retry(
+            "counting", lambda: len(self.study.get_trials(deepcopy=False))
+        )
+        self._reseed(self._first_number)
+        self._seed_checked = False
+        self._expected_number = self._first_number  # of this run's first proposed trial
+        if self.warm_start is not None and self._first_number == 0:
+            self._enqueue_warm_start(self.warm_start)
 
     def _reseed(self, trials_so_far: int) -> None:
         seed = sampler_seed(self.study.study_name, trials_so_far)
