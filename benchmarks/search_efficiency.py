@@ -54,7 +54,7 @@ from lambda_hat.tuning.kinds import Member
 from lambda_hat.tuning.search_space import load_methods
 from lambda_hat.tuning.storage import open_study
 from lambda_hat.tuning.validation import Candidate, run_all, validation_plans
-from lambda_hat.tuning.warm_start import WarmStart, warm_start_params
+from lambda_hat.tuning.warm_start import WarmStart, campaign_warm_starts
 
 CHECKPOINTS = (4, 8, 16)
 YARDSTICK_TRIALS = 32
@@ -77,9 +77,9 @@ def best_before(study: optuna.Study, k: int) -> Candidate | None:
 class Validator:
     """Validated |error| of a configuration on the shared fresh seeds, once per config."""
 
-    def __init__(self, pool, spec, method: str, member: Member, fresh: int):
+    def __init__(self, pool, spec, method: str, member: Member, fresh: int, space):
         self.pool, self.spec, self.method, self.member = pool, spec, method, member
-        self.fresh, self.space = fresh, load_methods()[method]
+        self.fresh, self.space = fresh, space
         self.cache: dict[str, dict[str, Any]] = {}
 
     def submit(self, plan):
@@ -143,10 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     enable_compilation_cache()
-    spaces = load_methods()
+    # Every arm of a method searches the same space: in a per-nβ recipe's units where the
+    # method's warm start is one (as a warm-started flow study would), cold arms included.
+    spaces = {m: space for m, space in load_methods().items() if m in args.methods}
     starts: dict[str, WarmStart] = {}
     for path in args.warm_start:
-        starts.update(warm_start_params(path, {m: spaces[m] for m in args.methods}))
+        tuned, first_trials = campaign_warm_starts(path, spaces, list(spaces), recipe=False)
+        for method, first_trial in first_trials.items():
+            spaces[method] = tuned[method]
+            starts[method] = WarmStart(**first_trial)
     results = []
     # spawn, not fork: the parent runs JAX (multithreaded) for the references.
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                                 ReferenceConfig(num_warmup=300, num_draws=600))  # fmt: skip
             member = Member(spec.pid, spec.name, ref.llc_ref, ref.se_ref)
             for method in args.methods:
-                validator = Validator(pool, spec, method, member, args.fresh_seeds)
+                validator = Validator(pool, spec, method, member, args.fresh_seeds, spaces[method])
                 arms = [
                     search(validator, sampler=sampler, trials=args.trials, repeats=args.repeats,
                            warm_start=start, tag=f"{sampler}-{'warm' if start else 'cold'}")

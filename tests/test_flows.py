@@ -512,7 +512,7 @@ def test_dry_run_prints_the_plan_and_computes_nothing(prefect_server, lambda_hat
         },
     )
     assert out.returncode == 0, out.stderr
-    assert "3 trials per study × 2 repeats (wilcoxon pruner)" in out.stdout, out.stdout
+    assert "3 trials per study × 2 repeats (wilcoxon pruner, tpe sampler)" in out.stdout, out.stdout
     for spec in load_problem_set("smoke").problems:
         memory = human(estimate(spec).total)
         assert f"{spec.name} ({spec.pid}): reference to compute; memory ≈ {memory}" in out.stdout
