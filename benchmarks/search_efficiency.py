@@ -18,6 +18,9 @@ pool of 2 worker processes:
   every arm: its validated |error|, mean ± SE;
 * the yardstick: a random search of 32 trials, its best validated the same way.
 
+Every arm of a method searches one space: in a per-nβ recipe's step-size units when that
+method's warm start is one (as a flow study warm-started from it would), cold arms too.
+
 Target (issue "Recipes that survive scale"): with a warm start, 4 trials reach within 1.2×
 the validated error of the 32-trial random search. Results:
 ``benchmarks/results/search_efficiency.json`` (rewritten after each problem and method);
