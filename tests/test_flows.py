@@ -674,7 +674,7 @@ def test_the_study_subflow_pickles():
     not pickle (once, the campaign's ContextVar) breaks every run."""
     import cloudpickle
 
-    from flows.tune import tune_study
+    from flows.study import tune_study
 
     assert cloudpickle.loads(cloudpickle.dumps(tune_study)).name == "tune-study"
 
