@@ -51,6 +51,7 @@ from lambda_hat.tuning.search_space import MethodSpace
 from lambda_hat.tuning.storage import StorageRetry, best_value, finished_trials, open_study
 from lambda_hat.tuning.trials import Outcome, RunOutcome, RunPlan
 from lambda_hat.tuning.validation import (
+    Candidate,
     StudyResult,
     judged_rows,
     leaderboard_row,
@@ -295,7 +296,7 @@ def _validate(
     top_k: int,
     seeds: int,
     budget_sec: float,
-) -> tuple[list[dict[str, Any]], list[RunOutcome]]:
+) -> tuple[list[Candidate], list[RunOutcome]]:
     """The study's top-k configurations (at least its best one) and their runs on fresh
     seeds on every problem; no runs with validation off (``top_k`` 0)."""
     settings = Settings()
