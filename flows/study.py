@@ -255,7 +255,7 @@ def tune_study(
     # 3. Validation: the top-k configurations on fresh seeds. With validation off the best
     # search configuration is still the study's answer (shown as not validated).
     candidates, validated = _validate(
-        study, driver.space, study_as, members, spec_of, log, retry,
+        settings, study, driver.space, study_as, members, spec_of, log, retry,
         top_k=validate_top_k, seeds=validation_seeds, budget_sec=budget_sec,
     )  # fmt: skip
 
@@ -285,6 +285,7 @@ def tune_study(
 
 
 def _validate(
+    settings: Settings,
     study: optuna.Study,
     space: MethodSpace,
     study_as: StudyKind,
@@ -299,7 +300,6 @@ def _validate(
 ) -> tuple[list[Candidate], list[RunOutcome]]:
     """The study's top-k configurations (at least its best one) and their runs on fresh
     seeds on every problem; no runs with validation off (``top_k`` 0)."""
-    settings = Settings()
     candidates = retry("ranking configurations", top_configurations, study, max(top_k, 1))
     if not candidates or top_k == 0:
         return candidates, []
