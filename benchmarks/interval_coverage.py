@@ -3,9 +3,11 @@ fresh seeds beyond its validation seeds, and how often each kind of interval cov
 
     bash scripts/run.sh                                   # a campaign (here: the main job)
     .venv/bin/python benchmarks/interval_coverage.py --fresh-seeds 8
+    # several campaigns pooled: --results-dir R1 --artifacts-dir A1 --results-dir R2 ...
 
 For every per-problem study in ``<results>/leaderboard.parquet`` (``LAMBDA_HAT_*`` dirs, or
-``--results-dir``/``--artifacts-dir``), its recommended configuration (its full config from
+``--results-dir``/``--artifacts-dir``, each given once per campaign when several campaigns
+are pooled: the issue asks for 30 studies), its recommended configuration (its full config from
 a validation run's ``manifest.json``) runs on ``--fresh-seeds`` further validation seeds
 (the study's validation sequence continued, so none was seen before). Three 95 % intervals
 are built from the k validation runs and checked against the fresh mean:
@@ -88,49 +90,71 @@ def study_runs(leader: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[
     ]  # fmt: skip
 
 
+def rerun_study(
+    leader: dict[str, Any],
+    runs: list[dict[str, Any]],
+    artifacts_dir: Path,
+    fresh_seeds: int,
+    pool: ProcessPoolExecutor,
+) -> dict[str, Any]:
+    """One study's recommendation on ``fresh_seeds`` further seeds, and which intervals hold."""
+    run_dir = artifacts_dir / "runs" / leader["pid"] / leader["method"]
+    config = read_json(run_dir / runs[0]["run_id"] / "manifest.json")["config"]
+    spec_path = artifacts_dir / "problems" / leader["pid"] / "spec.yaml"
+    spec = ProblemSpec.model_validate(yaml.safe_load(spec_path.read_text()))
+    seeds = study_seeds(leader["study_name"], len(runs) + fresh_seeds, "validation")[len(runs) :]
+    futures = [pool.submit(_run, spec.model_dump_json(), leader["method"], config, s)
+               for s in seeds]  # fmt: skip
+    fresh_hats = [h for h in (f.result()["llc_hat"] for f in futures) if h is not None]
+    ref = leader["llc_ref"]
+    hats = [r["llc_hat"] for r in runs]
+    abs_v, signed_v = [abs(h - ref) for h in hats], [h - ref for h in hats]
+    abs_f, signed_f = [abs(h - ref) for h in fresh_hats], [h - ref for h in fresh_hats]
+    checks = {
+        "t_abs": holds(t_bounds(abs_v), statistics.fmean(abs_v), abs_f),
+        "bootstrap_abs": holds(bootstrap_bounds(abs_v), statistics.fmean(abs_v), abs_f),
+        "t_signed": holds(t_bounds(signed_v), statistics.fmean(signed_v), signed_f),
+    }
+    return {
+        "study": leader["study_name"], "problem": leader["problem_name"],
+        "method": leader["method"], "llc_ref": ref, "validated_runs": len(runs),
+        "fresh_runs": len(fresh_hats), "validated_abs": statistics.fmean(abs_v),
+        "fresh_abs": statistics.fmean(abs_f) if abs_f else None, "holds": checks,
+    }  # fmt: skip
+
+
+def campaign_dirs(args: argparse.Namespace, settings: Settings) -> list[tuple[Path, Path]]:
+    """(artifacts, results) per campaign; one line and exit 2 when the two lists differ."""
+    results = args.results_dir or [settings.results_dir]
+    artifacts = args.artifacts_dir or [settings.artifacts_dir]
+    if len(results) != len(artifacts):
+        print(f"--results-dir and --artifacts-dir: give them once per campaign "
+              f"(got {len(results)} and {len(artifacts)})", file=sys.stderr)  # fmt: skip
+        sys.exit(2)
+    return list(zip(artifacts, results, strict=True))
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--results-dir", type=Path, default=settings.results_dir)
-    parser.add_argument("--artifacts-dir", type=Path, default=settings.artifacts_dir)
+    parser.add_argument("--results-dir", type=Path, action="append")
+    parser.add_argument("--artifacts-dir", type=Path, action="append")
     parser.add_argument("--fresh-seeds", type=int, default=8)
     parser.add_argument("--out", type=Path,
                         default=Path("benchmarks/results/interval_coverage.json"))  # fmt: skip
     args = parser.parse_args(argv)
-    campaign = load(args.artifacts_dir, args.results_dir)
-    rows = campaign.runs
-    leaders = [r for r in campaign.leaderboard if r["kind"] == "problem" and r.get("config_id")]
     studies = []
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for leader in leaders:
-            runs = study_runs(leader, rows)
-            if len(runs) < 2:
-                continue
-            run_dir = args.artifacts_dir / "runs" / leader["pid"] / leader["method"]
-            config = read_json(run_dir / runs[0]["run_id"] / "manifest.json")["config"]
-            spec_path = args.artifacts_dir / "problems" / leader["pid"] / "spec.yaml"
-            spec = ProblemSpec.model_validate(yaml.safe_load(spec_path.read_text()))
-            seeds = study_seeds(leader["study_name"], len(runs) + args.fresh_seeds,
-                                "validation")[len(runs):]  # fmt: skip
-            futures = [pool.submit(_run, spec.model_dump_json(), leader["method"], config, s)
-                       for s in seeds]  # fmt: skip
-            fresh_hats = [h for h in (f.result()["llc_hat"] for f in futures) if h is not None]
-            ref = leader["llc_ref"]
-            hats = [r["llc_hat"] for r in runs]
-            abs_v, signed_v = [abs(h - ref) for h in hats], [h - ref for h in hats]
-            abs_f, signed_f = [abs(h - ref) for h in fresh_hats], [h - ref for h in fresh_hats]
-            checks = {
-                "t_abs": holds(t_bounds(abs_v), statistics.fmean(abs_v), abs_f),
-                "bootstrap_abs": holds(bootstrap_bounds(abs_v), statistics.fmean(abs_v), abs_f),
-                "t_signed": holds(t_bounds(signed_v), statistics.fmean(signed_v), signed_f),
-            }
-            studies.append({
-                "study": leader["study_name"], "problem": leader["problem_name"],
-                "method": leader["method"], "llc_ref": ref, "validated_runs": len(runs),
-                "fresh_runs": len(fresh_hats), "validated_abs": statistics.fmean(abs_v),
-                "fresh_abs": statistics.fmean(abs_f) if abs_f else None, "holds": checks,
-            })  # fmt: skip
-            print(studies[-1], flush=True)
+        for artifacts_dir, results_dir in campaign_dirs(args, settings):
+            campaign = load(artifacts_dir, results_dir)
+            for leader in campaign.leaderboard:
+                if leader["kind"] != "problem" or not leader.get("config_id"):
+                    continue
+                runs = study_runs(leader, campaign.runs)
+                if len(runs) < 2:
+                    continue
+                studies.append(rerun_study(leader, runs, artifacts_dir, args.fresh_seeds, pool))
+                print(studies[-1], flush=True)
     coverage = {
         kind: {"holds": sum(s["holds"][kind] for s in studies), "studies": len(studies),
                "wilson95": wilson(sum(s["holds"][kind] for s in studies), len(studies))}
