@@ -143,9 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path,
                         default=Path("benchmarks/results/interval_coverage.json"))  # fmt: skip
     args = parser.parse_args(argv)
+    campaigns = campaign_dirs(args, settings)  # checked before any worker starts
     studies = []
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for artifacts_dir, results_dir in campaign_dirs(args, settings):
+        for artifacts_dir, results_dir in campaigns:
             campaign = load(artifacts_dir, results_dir)
             for leader in campaign.leaderboard:
                 if leader["kind"] != "problem" or not leader.get("config_id"):
