@@ -37,7 +37,7 @@ from lambda_hat.problems.specs import ProblemSpec
 from lambda_hat.samplers.run_method import run_trial
 from lambda_hat.tuning.search_space import load_methods
 
-SEEDS_FROM = 9001  # the ladder's fresh seeds are its studies' validation seeds, far below
+SEEDS_FROM = 9001  # the ladder's fresh seeds hash its study names (none is 9001 to 9004)
 BUDGET_SEC = 1800.0  # no run may stop short of its steps: the question is their number
 
 
