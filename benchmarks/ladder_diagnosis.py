@@ -22,6 +22,7 @@ Results: ``benchmarks/results/ladder_diagnosis.json``; docs/benchmarks.md summar
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -30,20 +31,14 @@ from typing import Any
 
 import yaml
 from scale_ladder import summary  # (beside this script: python benchmarks/ladder_diagnosis.py)
-from tuning_honesty import _problem
+from tuning_honesty import _run
 
 from lambda_hat.io import atomic_write_json, read_json
 from lambda_hat.problems.specs import ProblemSpec
-from lambda_hat.samplers.run_method import run_trial
 from lambda_hat.tuning.search_space import load_methods
 
 SEEDS_FROM = 9001  # the ladder's fresh seeds hash its study names (none is 9001 to 9004)
 BUDGET_SEC = 1800.0  # no run may stop short of its steps: the question is their number
-
-
-def _run(spec_json: str, config: dict, seed: int) -> dict[str, Any]:
-    result = run_trial(_problem(spec_json), "sgld", config, budget_sec=BUDGET_SEC, seed=seed)
-    return result.model_dump(mode="json")
 
 
 def variant(text: str) -> dict[str, int | float]:
@@ -53,11 +48,14 @@ def variant(text: str) -> dict[str, int | float]:
     for pair in text.split(","):
         key, _, value = pair.partition("=")
         try:
-            change[key] = int(value) if value.isdigit() else float(value)
+            number = int(value) if value.isdigit() else float(value)
         except ValueError:
-            key = ""
-        if not key:
-            raise argparse.ArgumentTypeError(f"{pair!r}: give key=value, e.g. num_steps=12000")
+            number = None
+        if not key or number is None or not math.isfinite(number):
+            raise argparse.ArgumentTypeError(
+                f"{pair!r}: give key=<finite number>, e.g. num_steps=12000"
+            )
+        change[key] = number
     return change
 
 
@@ -91,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 y = rung["yardstick"]["value"]
                 for change in [{}, *args.variants]:
                     config = {**fixed, **arm["recipe"], "step_size_scale": arm["unit"], **change}
-                    futures = [pool.submit(_run, specs[rung["rung"]], config, s)
+                    futures = [pool.submit(_run, specs[rung["rung"]], "sgld", config, s, BUDGET_SEC)
                                for s in seeds]  # fmt: skip
                     results = [f.result() for f in futures]
                     hats = [r["llc_hat"] for r in results if r["llc_hat"] is not None]

@@ -63,8 +63,10 @@ def _problem(spec_json: str):
     )
 
 
-def _run(spec_json: str, method: str, config: dict, seed: int) -> dict[str, Any]:
-    result = run_trial(_problem(spec_json), method, config, budget_sec=BUDGET_SEC, seed=seed)
+def _run(
+    spec_json: str, method: str, config: dict, seed: int, budget_sec: float = BUDGET_SEC
+) -> dict[str, Any]:
+    result = run_trial(_problem(spec_json), method, config, budget_sec=budget_sec, seed=seed)
     return result.model_dump(mode="json")
 
 
