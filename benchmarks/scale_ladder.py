@@ -5,9 +5,11 @@
 On the ``dln-ladder`` preset (``--problems``; 48 to 10 368 parameters), in this process
 and a pool of 2 worker processes:
 
-1. **Yardsticks.** Each rung's NUTS reference (4 × (300 + 600)) where d ≤
-   ``--reference-max-d`` (default 1 000), and its closed-form λ on every rung. On the rungs
-   with both, the finite-n gap (reference − λ)/λ, reported beside every λ-scored number.
+1. **Yardsticks.** Each rung's NUTS reference (4 chains × (``--reference-warmup`` 300 +
+   ``--reference-draws`` 600)) where d ≤ ``--reference-max-d`` (default 1 000), and its
+   closed-form λ where the family has one. On the rungs with both, the finite-n gap
+   (reference − λ)/λ, reported beside every λ-scored number. A rung with neither (a
+   classifier above the cutoff) is refused in one line before anything runs.
 2. **Recipes.** For SGLD and pSGLD in each step-size unit (``absolute``, ``per_nbeta``,
    ``per_curvature``: η0 = step / (nβ·h)) and for MCLMC (its own units), one recipe study
    across the ``--tune-rungs`` (2) smallest rungs: ``--trials`` (12) trials × ``--repeats``
@@ -15,6 +17,13 @@ and a pool of 2 worker processes:
 3. **Transfer.** The recipe's best configuration on every rung on ``--fresh-seeds`` (8)
    fresh seeds: relative error |llc_hat − y|/y against the reference y (λ above the
    cutoff), mean with its 95 % t interval, and the signed bias (llc_hat − y)/y with its own.
+
+A second ladder, real classifiers without a closed-form λ (1 210, 3 610 and 9 610
+parameters, NUTS references on every rung, recipes tuned on the smallest)::
+
+    .venv/bin/python benchmarks/scale_ladder.py --problems digits --tune-rungs 1 \
+        --reference-max-d 10000 --reference-warmup 100 --reference-draws 100 \
+        --out benchmarks/results/scale_ladder_digits.json
 
 Target (issue "Recipes that survive scale"): SGLD and pSGLD transfer error ≤ 10 % on every
 rung up to about 10⁴ parameters. Results: ``benchmarks/results/scale_ladder.json``
@@ -130,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=["sgld", "psgld", "mclmc"])
     parser.add_argument("--tune-rungs", type=int, default=2)
     parser.add_argument("--reference-max-d", type=int, default=1000)
+    parser.add_argument("--reference-warmup", type=int, default=300)
+    parser.add_argument("--reference-draws", type=int, default=600)
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--sampler", default="tpe")
@@ -138,13 +149,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     enable_compilation_cache()
-    rungs = load_problem_set(args.problems).problems
+    problem_set = load_problem_set(args.problems)
+    rungs = problem_set.problems
+    problems = {spec.pid: _problem(spec.model_dump_json()) for spec in rungs}
+    for spec in rungs:
+        problem = problems[spec.pid]
+        if problem.d > args.reference_max_d and problem.lambda_theory is None:
+            print(
+                f"{spec.name}: no closed-form λ and d={problem.d} > --reference-max-d "
+                f"{args.reference_max_d}: nothing to score it against",
+                file=sys.stderr,
+            )
+            return 2
+    reference_config = ReferenceConfig(num_warmup=args.reference_warmup,
+                                       num_draws=args.reference_draws)  # fmt: skip
     yards = {}
     for spec in rungs:
-        problem = _problem(spec.model_dump_json())
+        problem = problems[spec.pid]
         reference = None
         if problem.d <= args.reference_max_d:
-            reference = run_reference(problem, ReferenceConfig(num_warmup=300, num_draws=600))
+            reference = run_reference(problem, reference_config)
         yards[spec.pid] = yardstick(spec, reference)
         print(f"{spec.name}: d={problem.d}, yardstick {yards[spec.pid]}", flush=True)
     tuned_on = rungs[: args.tune_rungs]
@@ -157,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                                sampler=args.sampler)  # fmt: skip
             Driver(
                 study, space, method=method, members=members, budget_sec=BUDGET_SEC,
-                kind=Recipe("dln-ladder"), repeats=args.repeats, pruner="none",
+                kind=Recipe(Path(args.problems).stem), repeats=args.repeats, pruner="none",
                 sampler=args.sampler,
             ).run(
                 args.trials, batch=2, first_done=first_done,
