@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing
 import random
 import statistics
 import sys
@@ -37,7 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tuning_honesty import _run  # (beside this script: python benchmarks/interval_coverage.py)
+from tuning_honesty import (  # (beside this script: python benchmarks/interval_coverage.py)
+    _run,
+    worker_pool,
+)
 
 from lambda_hat.io import atomic_write_json, read_json
 from lambda_hat.problems.specs import ProblemSpec
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     campaigns = campaign_dirs(args, settings)  # checked before any worker starts
     studies = []
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with worker_pool() as pool:
         for artifacts_dir, results_dir in campaigns:
             campaign = load(artifacts_dir, results_dir)
             for leader in campaign.leaderboard:

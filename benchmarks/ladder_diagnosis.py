@@ -23,18 +23,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import yaml
 from scale_ladder import summary  # (beside this script: python benchmarks/ladder_diagnosis.py)
-from tuning_honesty import _run
+from tuning_honesty import _run, worker_pool
 
 from lambda_hat.io import atomic_write_json, read_json
-from lambda_hat.problems.specs import ProblemSpec
+from lambda_hat.problems.specs import load_problem_set
 from lambda_hat.tuning.search_space import load_methods
 
 SEEDS_FROM = 9001  # the ladder's fresh seeds hash its study names (none is 9001 to 9004)
@@ -62,7 +59,7 @@ def variant(text: str) -> dict[str, int | float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ladder", type=Path, default=Path("benchmarks/results/scale_ladder.json"))
-    parser.add_argument("--problems", type=Path, default=Path("benchmarks/dln-ladder-6.yaml"))
+    parser.add_argument("--problems", default="dln-ladder", help="a preset or a YAML file")
     parser.add_argument(
         "--rungs", nargs="+", default=["ladder_d3_w8_n1m", "ladder_d5_w12", "ladder_d6_w20"]
     )
@@ -76,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     ladder = read_json(args.ladder)
-    problems = yaml.safe_load(args.problems.read_text())["problems"]
-    specs = {p["name"]: ProblemSpec.model_validate(p).model_dump_json() for p in problems}
+    problems = load_problem_set(args.problems).problems
+    specs = {spec.name: spec.model_dump_json() for spec in problems}
     fixed = load_methods()["sgld"].fixed
     seeds = list(range(SEEDS_FROM, SEEDS_FROM + args.seeds))
     rows: list[dict[str, Any]] = []
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with worker_pool() as pool:
         for arm in ladder["results"]:
             if arm["method"] != "sgld" or arm["unit"] not in args.units:
                 continue

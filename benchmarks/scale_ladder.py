@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/scale_ladder.py     # hours on 2 cores: run it in the background
 
-On the ``dln-ladder`` preset (``--problems``; 48 to 10 368 parameters), in this process
+On the ``dln-ladder`` preset (``--problems``; 48 to 9 600 parameters), in this process
 and a pool of 2 worker processes:
 
 1. **Yardsticks.** Each rung's NUTS reference (4 chains × (``--reference-warmup`` 300 +
@@ -33,10 +33,8 @@ rung up to about 10⁴ parameters. Results: ``benchmarks/results/scale_ladder.js
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import statistics
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +46,7 @@ from tuning_honesty import (  # (beside this script: python benchmarks/scale_lad
     first_done,
     group_submitter,
     judge_against,
+    worker_pool,
 )
 
 from lambda_hat.compile_cache import enable_compilation_cache
@@ -175,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     members = [Member(s.pid, s.name, yards[s.pid]["value"], yards[s.pid]["se"]) for s in tuned_on]
     specs = {s.pid: s.model_dump_json() for s in tuned_on}
     results: list[dict[str, Any]] = []
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with worker_pool() as pool:
         for method, unit, space in recipe_arms(args.methods):
             study = open_study("sqlite:///:memory:", f"recipe-ladder:{method}:{unit}",
                                sampler=args.sampler)  # fmt: skip

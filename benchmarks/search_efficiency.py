@@ -30,10 +30,8 @@ docs/benchmarks.md summarises them.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import statistics
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +43,7 @@ from tuning_honesty import (  # (beside this script: python benchmarks/search_ef
     first_done,
     group_submitter,
     judge_against,
+    worker_pool,
 )
 
 from lambda_hat.compile_cache import enable_compilation_cache
@@ -157,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             starts[method] = WarmStart(**first_trial)
     results = []
     # spawn, not fork: the parent runs JAX (multithreaded) for the references.
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with worker_pool() as pool:
         for spec in load_problem_set(args.problems).problems:
             ref = run_reference(_problem(spec.model_dump_json()),
                                 ReferenceConfig(num_warmup=300, num_draws=600))  # fmt: skip
