@@ -1,8 +1,11 @@
-"""Hyperparameters in units that transfer: the curvature scale h and per-curvature steps."""
+"""Hyperparameters in units that transfer: the curvature scale h, per-curvature steps, and
+the minibatch heat that sets a batch."""
 
 import numpy as np
 import pytest
 
+from lambda_hat.problems.gradient_noise import minibatch_heat
+from lambda_hat.problems.models import forward
 from lambda_hat.problems.specs import ProblemSpec
 from lambda_hat.problems.targets import build_problem
 from lambda_hat.samplers.run_method import run_trial
@@ -37,3 +40,44 @@ def test_a_step_per_curvature_is_the_absolute_step_times_one_over_n_beta_h():
     assert per_curvature.status == absolute.status == "ok"
     assert per_curvature.llc_hat == pytest.approx(absolute.llc_hat, rel=1e-9)
     assert other.llc_hat != pytest.approx(absolute.llc_hat, rel=1e-6)  # the step matters
+
+
+def test_the_gradient_noise_trace_of_a_regular_model_is_the_exact_row_gradient_variance():
+    # One row's gradient of ½‖y − Wx‖²/σ² is −(y − Wx)xᵀ/σ²: its squared norm is
+    # ‖r‖²‖x‖²/σ⁴, whatever order the parameters are flattened in.
+    problem = build_problem(REGULAR)
+    x, y, sigma = (np.asarray(a) for a in problem.data)
+    residual = y - np.asarray(forward(problem.w_star, problem.data.x, problem.arch.layers, None))
+    grads = -np.einsum("ni,nj->nij", residual, x) / sigma**2
+    exact = np.sum(np.var(grads, axis=0, ddof=1))
+    assert problem.gradient_noise_trace == pytest.approx(exact, rel=1e-8)
+
+
+def test_a_heat_target_picks_the_smallest_batch_that_meets_it():
+    problem = build_problem(REGULAR)
+    config = {**SGLD, "step_size": 0.05, "step_size_scale": "per_curvature", "minibatch_heat": 0.2}
+    result = run_trial(problem, "sgld", config, budget_sec=None, seed=0)
+    eta = 0.05 / (problem.n_beta * problem.hessian_max_eig)
+    batch = result.diagnostics["batch_size"]
+    assert 1 < batch < problem.n  # neither clamp decided it
+    assert result.diagnostics["minibatch_heat"] <= 0.2
+    assert minibatch_heat(eta, problem.n_beta, problem.gradient_noise_trace, batch - 1) > 0.2
+
+
+def test_a_small_batch_heats_the_llc_estimate_by_the_predicted_amount():
+    # A linear regression's posterior is Gaussian, where the quadratic theory's excess
+    # η·(nβ)²·tr(C)/(8b) holds but for one approximation: tr(C) is taken at w*, and away
+    # from w* the residuals are larger by O(d/(nβ·σ²)) (about 15 % more heat here).
+    # One-row batches against full-size ones, on the same seeds.
+    problem = build_problem(REGULAR)
+    long_run = {"num_steps": 20_000, "num_chains": 4, "thinning": 10, "burn_in_frac": 0.1,
+                "step_size": 0.05, "step_size_scale": "per_curvature"}  # fmt: skip
+    runs = {b: [run_trial(problem, "sgld", {**long_run, "batch_size": b}, budget_sec=None,
+                          seed=seed) for seed in range(3)] for b in (1, problem.n)}  # fmt: skip
+    hats = {b: [r.llc_hat for r in group] for b, group in runs.items()}
+    measured = np.mean(hats[1]) - np.mean(hats[problem.n])
+    heat = {b: group[0].diagnostics["minibatch_heat"] for b, group in runs.items()}
+    predicted = heat[1] - heat[problem.n]
+    se = np.sqrt(sum(np.var(values, ddof=1) / len(values) for values in hats.values()))
+    assert predicted > 10 * se  # large against the seed noise, so the test can tell
+    assert abs(measured - predicted) < 0.3 * predicted + 3 * se, (measured, predicted, se)

@@ -48,6 +48,13 @@ class SGLDConfig(BaseModel):
     decay_exponent: float = Field(default=0.0, ge=0, le=1.0, description="p in η0·(1+t/t0)^−p")
     decay_t0: float = Field(default=100.0, gt=0)
     batch_size: int = Field(default=256, ge=1)
+    minibatch_heat: float | None = Field(
+        default=None,
+        gt=0,
+        le=1e6,
+        description="if set, the batch is the smallest (at most n) whose predicted LLC excess "
+        "from minibatch noise, η0·(nβ)²·tr(C)/(8b), is at most this; batch_size is ignored",
+    )
     preconditioner: Literal["none", "rmsprop"] = "none"
     rmsprop_alpha: float = Field(default=0.99, gt=0, lt=1)
     rmsprop_delta: float = Field(default=1e-5, gt=0)
@@ -67,6 +74,14 @@ class PSGLDConfig(SGLDConfig):
 
     preconditioner: Literal["rmsprop"] = "rmsprop"
     step_size: float = Field(default=1e-3, gt=0, le=1.0, description="η0")
+
+    @model_validator(mode="after")
+    def _no_heat_target(self) -> PSGLDConfig:
+        # The heat formula assumes Langevin noise η·I; RMSProp rescales both noises by a
+        # preconditioner that moves during the run.
+        if self.minibatch_heat is not None:
+            raise ValueError("minibatch_heat: SGLD only (pSGLD's preconditioner changes the noise)")
+        return self
 
 
 class MCLMCConfig(BaseModel):

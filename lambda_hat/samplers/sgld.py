@@ -37,6 +37,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lambda_hat.problems.gradient_noise import batch_for_heat, minibatch_heat
 from lambda_hat.problems.posterior import Arch, LossData, PosteriorParams, empirical_loss
 from lambda_hat.problems.targets import Problem
 from lambda_hat.samplers.chunks import ChunkLoop, ChunkOut
@@ -130,17 +131,23 @@ def _init(full, post, hp, static: _Static):
 HP_NAMES = ("step_size", "decay_exponent", "decay_t0", "rmsprop_alpha", "rmsprop_delta")
 
 
-def _hp(config: SGLDConfig, n_beta: float = 1.0, curvature: float = 1.0) -> dict[str, jax.Array]:
-    values = {name: getattr(config, name) for name in HP_NAMES}
+def initial_step(config: SGLDConfig, n_beta: float = 1.0, curvature: float = 1.0) -> float:
+    """η0 in absolute units."""
     if config.step_size_scale == "per_nbeta":
         # The drift is (η/2)·nβ·∇L: with η = step_size/(nβ) the step in w no longer grows
         # with n, so a step size tuned on small problems holds on larger ones.
-        values["step_size"] = config.step_size / n_beta
-    elif config.step_size_scale == "per_curvature":
+        return config.step_size / n_beta
+    if config.step_size_scale == "per_curvature":
         # The stiffest direction of the posterior has curvature nβ·h (h: the largest
         # Hessian eigenvalue of L_n at w*); a Langevin step is stable below about 2/(nβ·h)
         # there, whatever the width, depth or data scale that made h.
-        values["step_size"] = config.step_size / (n_beta * curvature)
+        return config.step_size / (n_beta * curvature)
+    return config.step_size
+
+
+def _hp(config: SGLDConfig, n_beta: float = 1.0, curvature: float = 1.0) -> dict[str, jax.Array]:
+    values = {name: getattr(config, name) for name in HP_NAMES}
+    values["step_size"] = initial_step(config, n_beta, curvature)
     values = scalars(values, config.precision)
     values["thinning"] = jnp.asarray(config.thinning, jnp.int32)
     return values
@@ -155,6 +162,15 @@ def _curvature(problem, config: SGLDConfig) -> float:
             f"{h:.3g} for {problem.spec.name}; use per_nbeta or absolute"
         )
     return h
+
+
+def _heat(problem: Problem, config: SGLDConfig, batch_size: int) -> dict[str, float]:
+    """SGLD's predicted minibatch heat at η0 (decay only lowers it); pSGLD's noise differs."""
+    if isinstance(config, PSGLDConfig):
+        return {}
+    eta = initial_step(config, problem.n_beta, _curvature(problem, config))
+    heat = minibatch_heat(eta, problem.n_beta, problem.gradient_noise_trace, batch_size)
+    return {"minibatch_heat": heat}
 
 
 @lru_cache(maxsize=32)
@@ -172,11 +188,22 @@ def _compiled(static: _Static, shape: Shape):
     return init, chunk
 
 
+def batch_size_for(problem: Problem, config: SGLDConfig) -> int:
+    """The batch a run uses: ``batch_size`` (at most n), or with ``minibatch_heat`` the
+    smallest whose predicted LLC excess η0·(nβ)²·tr(C)/(8b) is at most that, so the
+    minibatch noise's bias stays put as nβ grows (``problems/gradient_noise.py``)."""
+    if config.minibatch_heat is None:
+        return min(config.batch_size, problem.n)
+    eta = initial_step(config, problem.n_beta, _curvature(problem, config))
+    return batch_for_heat(eta, problem.n_beta, problem.gradient_noise_trace,
+                          config.minibatch_heat, problem.n)  # fmt: skip
+
+
 def _static(problem: Problem, config: SGLDConfig) -> _Static:
     return _Static(
         arch=problem.arch,
         num_chains=config.num_chains,
-        batch_size=min(config.batch_size, problem.n),
+        batch_size=batch_size_for(problem, config),
         rmsprop=config.preconditioner == "rmsprop",
         full_batch=config.llc_estimator == "full_batch",
         precision=config.precision,
@@ -259,6 +286,8 @@ def run(
         num_chains=config.num_chains,
         diagnostics={
             "llc_estimator": config.llc_estimator,
+            "batch_size": static.batch_size,
+            **_heat(problem, config, static.batch_size),
             "llc_minibatch": minibatch["llc"],
             "burn_in_steps": schedule.burn_chunks * schedule.steps_per_chunk,
             "L0_run_precision": L0,

@@ -1,0 +1,79 @@
+"""How noisy one data row's gradient is at w*, and how much a minibatch heats SGLD.
+
+A minibatch of b rows, drawn with replacement, estimates ∇L_n with covariance C/b, C the
+covariance over rows of one row's loss gradient. SGLD's drift (η/2)·nβ·∇L then carries
+noise of covariance η²(nβ)²C/(4b) on top of the Langevin noise η·I. In a quadratic well
+that raises E[nβ(L_n − L0)], and so the LLC estimate, by
+
+    heat = η·(nβ)²·tr(C) / (8b)            (LLC units)
+
+whatever the curvature: a stiff direction is heated more per unit of noise but also has
+more of it. Under per-nβ steps (η = s/nβ) the heat grows like s·nβ·tr(C)/b: a recipe's
+batch must grow with nβ for its bias to stay put (docs/benchmarks.md, the scale ladder).
+
+>>> import jax.numpy as jnp
+>>> from lambda_hat.problems.models import layer_shapes
+>>> from lambda_hat.problems.posterior import Arch, LossData
+>>> arch = Arch(layer_shapes((1, 1), bias=False), None)       # y ≈ w·x, one parameter
+>>> data = LossData(jnp.array([[1.0], [-1.0]]), jnp.array([[1.0], [1.0]]), jnp.float64(1.0))
+>>> gradient_noise_trace(jnp.zeros(1), data, arch)    # row gradients −1 and +1
+2.0
+>>> minibatch_heat(eta=1e-3, n_beta=100.0, noise_trace=2.0, batch_size=25)
+0.1
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lambda_hat.problems.posterior import Arch, LossData, empirical_loss
+
+MAX_ROWS = 4096  # rows tr(C) is estimated on: a few per cent of sampling error
+CHUNK_ROWS = 256  # rows per compiled pass: chunk × d gradients in memory at once
+
+
+@partial(jax.jit, static_argnames="arch")
+def _row_gradients(w: jax.Array, x: jax.Array, y: jax.Array, sigma, arch: Arch) -> jax.Array:
+    def one(xi, yi):
+        return jax.grad(empirical_loss)(w, LossData(xi[None], yi[None], sigma), arch)
+
+    return jax.vmap(one)(x, y)
+
+
+def gradient_noise_trace(
+    w: jax.Array, data: LossData, arch: Arch, max_rows: int = MAX_ROWS, seed: int = 0
+) -> float:
+    """tr(C): the summed variance over data rows of one row's loss gradient at ``w``
+    (every row when n ≤ ``max_rows``, else a seeded sample of them; unbiased, n − 1)."""
+    n = int(data.x.shape[0])
+    rows = np.arange(n)
+    if n > max_rows:
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False))
+    total = np.zeros(int(w.shape[0]))
+    squares = 0.0
+    for start in range(0, len(rows), CHUNK_ROWS):
+        index = jnp.asarray(rows[start : start + CHUNK_ROWS])
+        grads = np.asarray(_row_gradients(w, data.x[index], data.y[index], data.sigma, arch))
+        total += grads.sum(axis=0)
+        squares += float(np.sum(grads**2))
+    m = len(rows)
+    if m < 2:
+        return 0.0
+    mean = total / m
+    return max((squares - m * float(mean @ mean)) / (m - 1), 0.0)
+
+
+def minibatch_heat(eta: float, n_beta: float, noise_trace: float, batch_size: int) -> float:
+    """The LLC excess a minibatch of ``batch_size`` rows adds at step size ``eta``."""
+    return eta * n_beta**2 * noise_trace / (8.0 * batch_size)
+
+
+def batch_for_heat(eta: float, n_beta: float, noise_trace: float, heat: float, n: int) -> int:
+    """The smallest batch (at most n) whose minibatch heat is at most ``heat``."""
+    needed = math.ceil(eta * n_beta**2 * noise_trace / (8.0 * heat))
+    return int(min(max(needed, 1), n))
