@@ -81,3 +81,20 @@ def test_a_small_batch_heats_the_llc_estimate_by_the_predicted_amount():
     se = np.sqrt(sum(np.var(values, ddof=1) / len(values) for values in hats.values()))
     assert predicted > 10 * se  # large against the seed noise, so the test can tell
     assert abs(measured - predicted) < 0.3 * predicted + 3 * se, (measured, predicted, se)
+
+
+def test_a_heat_target_is_refused_where_the_noise_at_w_star_says_nothing():
+    # A classifier trained to fit its rows has almost no gradient noise at w*; its chains
+    # go where there is plenty. The heat is then unpredictable: no number, and no batch.
+    fitted = ProblemSpec.model_validate(
+        {"name": "fitted", "model": {"family": "mlp", "widths": [64, 4, 10]},
+         "data": {"n": 200, "source": "digits", "likelihood": "categorical"},
+         "optimum": {"init": "random", "lbfgs_steps": 0, "newton_steps": 0}}
+    )  # fmt: skip
+    problem = build_problem(fitted)
+    assert problem.d / (2 * problem.n_beta * problem.L0) > 0.1
+    plain = run_trial(problem, "sgld", SGLD, budget_sec=None, seed=0)
+    assert plain.status == "ok" and plain.diagnostics["minibatch_heat"] is None
+    refused = run_trial(problem, "sgld", {**SGLD, "minibatch_heat": 0.5}, budget_sec=None)
+    assert refused.status == "error"
+    assert "minibatch_heat: the gradient noise at w* does not describe fitted" in refused.error

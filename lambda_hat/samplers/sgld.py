@@ -37,7 +37,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lambda_hat.problems.gradient_noise import batch_for_heat, minibatch_heat
+from lambda_hat.problems.gradient_noise import (
+    batch_for_heat,
+    heat_is_predictable,
+    minibatch_heat,
+)
 from lambda_hat.problems.posterior import Arch, LossData, PosteriorParams, empirical_loss
 from lambda_hat.problems.targets import Problem
 from lambda_hat.samplers.chunks import ChunkLoop, ChunkOut
@@ -168,6 +172,8 @@ def _heat(problem: Problem, config: SGLDConfig, batch_size: int) -> dict[str, fl
     """SGLD's predicted minibatch heat at η0 (decay only lowers it); pSGLD's noise differs."""
     if isinstance(config, PSGLDConfig):
         return {}
+    if not heat_is_predictable(problem.d, problem.n_beta, problem.L0):
+        return {"minibatch_heat": None}  # not predictable from w* (gradient_noise.py)
     eta = initial_step(config, problem.n_beta, _curvature(problem, config))
     heat = minibatch_heat(eta, problem.n_beta, problem.gradient_noise_trace, batch_size)
     return {"minibatch_heat": heat}
@@ -194,6 +200,12 @@ def batch_size_for(problem: Problem, config: SGLDConfig) -> int:
     minibatch noise's bias stays put as nβ grows (``problems/gradient_noise.py``)."""
     if config.minibatch_heat is None:
         return min(config.batch_size, problem.n)
+    if not heat_is_predictable(problem.d, problem.n_beta, problem.L0):
+        raise ValueError(
+            f"minibatch_heat: the gradient noise at w* does not describe {problem.spec.name}'s "
+            f"posterior (its excess loss, up to d/(2nβ) = {problem.d / (2 * problem.n_beta):.3g},"
+            f" is not small against L0 = {problem.L0:.3g}); set batch_size instead"
+        )
     eta = initial_step(config, problem.n_beta, _curvature(problem, config))
     return batch_for_heat(eta, problem.n_beta, problem.gradient_noise_trace,
                           config.minibatch_heat, problem.n)  # fmt: skip
