@@ -261,6 +261,9 @@ def run(
     config = config or SGLDConfig()
     started = time.perf_counter()
     static = _static(problem, config)
+    # Before the loop, so that the loop's budget accounts for it (tr(C) is computed once
+    # per problem: seconds at 10⁴ parameters).
+    heat = _heat(problem, config, static.batch_size)
     init, chunk = _compiled(static, shape_of(problem))
     data, post = cast_problem(problem, config.precision)
     full = cast_full_batch(problem, config.precision)
@@ -299,7 +302,7 @@ def run(
         diagnostics={
             "llc_estimator": config.llc_estimator,
             "batch_size": static.batch_size,
-            **_heat(problem, config, static.batch_size),
+            **heat,
             "llc_minibatch": minibatch["llc"],
             "burn_in_steps": schedule.burn_chunks * schedule.steps_per_chunk,
             "L0_run_precision": L0,
