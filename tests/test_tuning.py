@@ -442,6 +442,14 @@ def test_a_trial_asked_but_never_claimed_by_a_dead_driver_is_reaped(tmp_path, mo
     assert trials[unclaimed.number].user_attrs["fail_reason"].startswith("stale")
     assert outcomes[0].hyperparams == unclaimed.params  # its configuration ran again
     assert finished_trials(open_study(url, "p_test:sgld")) == 2
+    # A driver killed inside its ask leaves a trial without parameters: reaped with its
+    # reason, nothing to rerun, never counted.
+    empty = open_study(url, "p_test:sgld").ask()
+    assert reaping.reap_stale_trials(open_study(url, "p_test:sgld"), 300.0, None, 10**6) == 0
+    reaped = open_study(url, "p_test:sgld").trials[empty.number]
+    assert reaped.state == TrialState.FAIL
+    assert reaped.user_attrs["fail_reason"] == "stale: its driver died during the ask"
+    assert finished_trials(open_study(url, "p_test:sgld")) == 2
     # Without the grace elapsed, an unclaimed trial may be a live driver's ask in progress.
     monkeypatch.setattr(reaping, "CLAIM_GRACE_SEC", 3600.0)
     fresh = open_study(url, "p_test:sgld").ask(load_methods()["sgld"].distributions())

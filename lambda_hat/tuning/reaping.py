@@ -148,14 +148,15 @@ def reap_stale_trials(
     stale = [
         trial
         for trial in running(study)
-        if owner_id(trial) != (mine.text if mine else None) and gone(trial)
+        if (mine is None or owner_id(trial) != mine.text) and gone(trial)
     ]
     requeued = 0
     for trial in stale:
         if trial.params:
             _requeue(study, trial, "stale: its driver died")
             requeued += 1
-        else:  # created by an ask that failed half-way: nothing to rerun
+        else:  # its driver died inside the ask, before any parameter: nothing to rerun
+            mark(study, trial, "fail_reason", "stale: its driver died during the ask")
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
     if stale:
         log.warning(
