@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from pydantic import ValidationError
 from tuning_honesty import (  # (beside this script: python benchmarks/scale_ladder.py)
     BUDGET_SEC,
     _problem,
@@ -51,7 +52,12 @@ from tuning_honesty import (  # (beside this script: python benchmarks/scale_lad
 
 from lambda_hat.compile_cache import enable_compilation_cache
 from lambda_hat.io import atomic_write_json
-from lambda_hat.problems.specs import ProblemSpec, load_problem_set
+from lambda_hat.problems.specs import (
+    ProblemSpec,
+    SpecError,
+    format_validation_error,
+    load_problem_set,
+)
 from lambda_hat.samplers.configs import ReferenceConfig
 from lambda_hat.samplers.hmc_reference import run as run_reference
 from lambda_hat.tuning.driver import Driver
@@ -146,9 +152,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh-seeds", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale_ladder.json"))
     args = parser.parse_args(argv)
+    try:
+        reference_config = ReferenceConfig(num_warmup=args.reference_warmup,
+                                           num_draws=args.reference_draws)  # fmt: skip
+        problem_set = load_problem_set(args.problems)
+    except ValidationError as error:
+        field = str(error.errors()[0]["loc"][0])
+        flag = {"num_draws": "--reference-draws", "num_warmup": "--reference-warmup"}[field]
+        parser.error(f"{flag}: {format_validation_error(error).removeprefix(field + ': ')}")
+    except SpecError as error:
+        parser.error(f"--problems: {error}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     enable_compilation_cache()
-    problem_set = load_problem_set(args.problems)
     rungs = problem_set.problems
     problems = {spec.pid: _problem(spec.model_dump_json()) for spec in rungs}
     for spec in rungs:
@@ -160,8 +175,6 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-    reference_config = ReferenceConfig(num_warmup=args.reference_warmup,
-                                       num_draws=args.reference_draws)  # fmt: skip
     yards = {}
     for spec in rungs:
         problem = problems[spec.pid]
