@@ -54,8 +54,11 @@ def test_sgld_start_and_full_batch_losses(problem):
     static = sgld._static(problem, config)
     hp = sgld._hp(config, problem.n_beta)
     init = jax.jit(sgld._init, static_argnames="static")
-    (chains_r, L0_r), (chains_m, L0_m) = (init(d, post, hp, static=static) for d in (rows, moments))
-    close((chains_r, L0_r), (chains_m, L0_m))  # V = (nβ∇L_n(w*))²: the gradient at w*
+    variance = jnp.asarray(problem.gradient_noise_variance)
+    (chains_r, L0_r), (chains_m, L0_m) = (
+        init(d, post, hp, variance, static=static) for d in (rows, moments)
+    )
+    close((chains_r, L0_r), (chains_m, L0_m))  # V: the gradient at w*, from either source
     keys = jax.random.split(jax.random.key(3), config.num_chains)
     chunk = jax.jit(sgld._chunk, static_argnames="static")
     # The minibatch steps read rows in both; only the L_n at each kept draw differs in source.

@@ -23,6 +23,8 @@ has almost no gradient noise at w* (tr(C) ≈ 10⁻⁵) and plenty where its cha
 >>> data = LossData(jnp.array([[1.0], [-1.0]]), jnp.array([[1.0], [1.0]]), jnp.float64(1.0))
 >>> gradient_noise_trace(jnp.zeros(1), data, arch)    # row gradients −1 and +1
 2.0
+>>> gradient_noise_variance(jnp.zeros(1), data, arch)  # per coordinate: diag(C)
+array([2.])
 >>> minibatch_heat(eta=1e-3, n_beta=100.0, noise_trace=2.0, batch_size=25)
 0.1
 >>> heat_is_predictable(d=12, n_beta=200.0, L0=1.0), heat_is_predictable(1210, 240.0, 5.6e-4)
@@ -55,27 +57,34 @@ def _row_gradients(w: jax.Array, x: jax.Array, y: jax.Array, sigma, arch: Arch) 
     return jax.vmap(one)(x, y)
 
 
-def gradient_noise_trace(
+def gradient_noise_variance(
     w: jax.Array, data: LossData, arch: Arch, max_rows: int = MAX_ROWS, seed: int = 0
-) -> float:
-    """tr(C): the summed variance over data rows of one row's loss gradient at ``w``
-    (every row when n ≤ ``max_rows``, else a seeded sample of them; unbiased, n − 1)."""
+) -> np.ndarray:
+    """diag(C): per coordinate, the variance over data rows of one row's loss gradient at
+    ``w`` (every row when n ≤ ``max_rows``, else a seeded sample of them; unbiased, n − 1)."""
     n = int(data.x.shape[0])
     rows = np.arange(n)
     if n > max_rows:
         rows = np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False))
     total = np.zeros(int(w.shape[0]))
-    squares = 0.0
+    squares = np.zeros(int(w.shape[0]))
     for start in range(0, len(rows), CHUNK_ROWS):
         index = jnp.asarray(rows[start : start + CHUNK_ROWS])
         grads = np.asarray(_row_gradients(w, data.x[index], data.y[index], data.sigma, arch))
         total += grads.sum(axis=0)
-        squares += float(np.sum(grads**2))
+        squares += np.sum(grads**2, axis=0)
     m = len(rows)
     if m < 2:
-        return 0.0
+        return np.zeros(int(w.shape[0]))
     mean = total / m
-    return max((squares - m * float(mean @ mean)) / (m - 1), 0.0)
+    return np.maximum((squares - m * mean**2) / (m - 1), 0.0)
+
+
+def gradient_noise_trace(
+    w: jax.Array, data: LossData, arch: Arch, max_rows: int = MAX_ROWS, seed: int = 0
+) -> float:
+    """tr(C): the summed variance over data rows of one row's loss gradient at ``w``."""
+    return float(np.sum(gradient_noise_variance(w, data, arch, max_rows, seed)))
 
 
 def minibatch_heat(eta: float, n_beta: float, noise_trace: float, batch_size: int) -> float:

@@ -29,7 +29,7 @@ from lambda_hat import __version__
 from lambda_hat.io import atomic_write_json, atomic_write_npz, read_json
 from lambda_hat.problems import custom, theory
 from lambda_hat.problems.data import make_dataset
-from lambda_hat.problems.gradient_noise import gradient_noise_trace
+from lambda_hat.problems.gradient_noise import gradient_noise_variance
 from lambda_hat.problems.models import activation_of, model_layers, num_params, random_params
 from lambda_hat.problems.optimum import (
     check_optimum,
@@ -94,10 +94,15 @@ class Problem:
         return moments_of(self.data) if is_linear(self.arch) else self.data
 
     @cached_property
+    def gradient_noise_variance(self) -> np.ndarray:
+        """diag(C) of one data row's loss gradient at w*: where pSGLD's RMSProp second
+        moment starts (``lambda_hat.problems.gradient_noise``). Computed on first use."""
+        return gradient_noise_variance(self.w_star, self.data, self.arch)
+
+    @property
     def gradient_noise_trace(self) -> float:
-        """tr(C) of one data row's loss gradient at w*: what SGLD's minibatch heat scales
-        with (``lambda_hat.problems.gradient_noise``). Computed on first use."""
-        return gradient_noise_trace(self.w_star, self.data, self.arch)
+        """tr(C): what SGLD's minibatch heat scales with."""
+        return float(np.sum(self.gradient_noise_variance))
 
     def posterior_params(self) -> PosteriorParams:
         return PosteriorParams(self.w_star, jnp.float64(self.n_beta), jnp.float64(self.gamma))

@@ -244,9 +244,15 @@ def parse_method_config(method: str, values: Mapping[str, Any] | BaseModel) -> B
         raise MethodConfigError(f"{method}.{line}") from None
 
 
+# A runner whose results changed at this package version: its runs are recomputed, not
+# served from the cache. pSGLD 2: V starts at the expected squared gradient at w*.
+_RUNNER_REVISIONS = {"psgld": 2}
+
+
 def method_code_version(method: str) -> str:
-    """Package version + the runner's name: part of every run id."""
-    return code_version({"runner": method})
+    """Package version + the runner's name (+ its revision): part of every run id."""
+    revision = _RUNNER_REVISIONS.get(method)
+    return code_version({"runner": method, **({"revision": revision} if revision else {})})
 
 
 def run_id_for(

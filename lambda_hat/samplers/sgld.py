@@ -6,7 +6,8 @@ One step, with a minibatch B of the data and ε_t = η0·(1 + t/t0)^(−p):
     w ← w + (ε_t/2)·G·g + √(ε_t·G)·ξ,   ξ ~ N(0, I)
 
 with G = 1 (plain SGLD, the same update as BlackJAX's ``sgld`` and devinterp's SGLD) or
-G = 1/(δ + √V), V ← αV + (1−α)g² (pSGLD, Li et al. 2016, without the Γ correction). The
+G = 1/(δ + √V), V ← αV + (1−α)g² (pSGLD, Li et al. 2016, without the Γ correction; V
+starts at the expected g² at w*, see ``_init``). The
 step is written here rather than taken from ``blackjax.sgld`` because we need the
 minibatch loss from the same forward pass (the free minibatch LLC estimate) and the
 preconditioner, which BlackJAX 1.7 lacks; ``tests/test_methods.py`` checks the plain
@@ -123,11 +124,14 @@ def _chunk(chains: _Chain, keys, data, full, post, hp, static: _Static):
     return chains, ChunkOut(losses, bad, minibatch)
 
 
-def _init(full, post, hp, static: _Static):
-    """Every chain at w*, V from the full-data gradient there, and L0 in this precision."""
+def _init(full, post, hp, noise_variance, static: _Static):
+    """Every chain at w*, and L0 in this precision. V starts at E[g²] of the first step's
+    minibatch gradient at w*: (nβ)²·(∇L_n² + diag(C)/b). Its first term alone is ≈ 0 on
+    a net that fits its rows, and G = 1/(δ + √V) then flings the chains out along the
+    directions of small gradient before V catches up (docs/benchmarks.md: 7.6× too hot)."""
     loss0, grad0 = jax.value_and_grad(empirical_loss)(post.w_star, full, static.arch)
-    g0 = -post.n_beta * grad0
-    chain = _Chain(post.w_star, g0**2, jnp.zeros((), post.w_star.dtype))
+    v0 = post.n_beta**2 * (grad0**2 + noise_variance / static.batch_size)
+    chain = _Chain(post.w_star, v0, jnp.zeros((), post.w_star.dtype))
     chains = jax.tree.map(lambda a: jnp.broadcast_to(a, (static.num_chains, *a.shape)), chain)
     return chains, loss0
 
@@ -186,12 +190,21 @@ def _compiled(static: _Static, shape: Shape):
     data, post = data_spec(shape, static.precision)
     full = full_batch_spec(shape, static.precision, static.arch)
     hp = jax.eval_shape(lambda: _hp(SGLDConfig(precision=static.precision)))
-    init = jax.jit(_init, static_argnames="static").lower(full, post, hp, static=static).compile()
+    variance = jax.ShapeDtypeStruct(post.w_star.shape, post.w_star.dtype)
+    init = jax.jit(_init, static_argnames="static")
+    init = init.lower(full, post, hp, variance, static=static).compile()
     chains, _ = init.out_info
     keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), static.num_chains))
     chunk = jax.jit(_chunk, static_argnames="static")
     chunk = chunk.lower(chains, keys, data, full, post, hp, static=static).compile()
     return init, chunk
+
+
+def _noise_variance(problem: Problem, static: _Static, dtype) -> jax.Array:
+    """diag(C) at w* where pSGLD's V needs it; plain SGLD's V is unused (zeros: no cost)."""
+    if not static.rmsprop:
+        return jnp.zeros(problem.d, dtype)
+    return jnp.asarray(problem.gradient_noise_variance, dtype)
 
 
 def batch_size_for(problem: Problem, config: SGLDConfig) -> int:
@@ -268,7 +281,7 @@ def run(
     data, post = cast_problem(problem, config.precision)
     full = cast_full_batch(problem, config.precision)
     hp = _hp(config, problem.n_beta, _curvature(problem, config))
-    chains, L0 = init(full, post, hp)
+    chains, L0 = init(full, post, hp, _noise_variance(problem, static, post.w_star.dtype))
     L0 = float(L0)
     schedule = _schedule(config)
     loop = ChunkLoop(
