@@ -25,6 +25,12 @@ parameters, NUTS references on every rung, recipes tuned on the smallest)::
         --reference-max-d 10000 --reference-warmup 100 --reference-draws 100 \
         --out benchmarks/results/scale_ladder_digits.json
 
+pSGLD alone on that ladder, against the yardsticks of the run above (no NUTS rerun)::
+
+    .venv/bin/python benchmarks/scale_ladder.py --problems digits --tune-rungs 1 \
+        --methods psgld --yardsticks-from benchmarks/results/scale_ladder_digits.json \
+        --out benchmarks/results/scale_ladder_digits_psgld.json
+
 Target (issue "Recipes that survive scale"): SGLD and pSGLD transfer error ≤ 10 % on every
 rung up to about 10⁴ parameters. Results: ``benchmarks/results/scale_ladder.json``
 (rewritten after each recipe); docs/benchmarks.md summarises them.
@@ -33,6 +39,7 @@ rung up to about 10⁴ parameters. Results: ``benchmarks/results/scale_ladder.js
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -103,6 +110,21 @@ def yardstick(spec: ProblemSpec, reference) -> dict[str, Any]:
     return {"value": lam, "se": 0.0, "kind": "lambda", "lambda": lam, "finite_n_gap": None}
 
 
+def earlier_yardsticks(path: Path, rungs: list[ProblemSpec], problems) -> dict[str, dict]:
+    """Each rung's yardstick from an earlier run of this script on the same ladder (its
+    NUTS references cost most of an hour on the digits ladder): matched by rung name and
+    d; ValueError when a rung is missing or its size differs."""
+    earlier = json.loads(path.read_text())
+    found = {r["rung"]: r for arm in earlier["results"] for r in arm["rungs"]}
+    yards = {}
+    for spec in rungs:
+        rung = found.get(spec.name)
+        if rung is None or rung["d"] != problems[spec.pid].d:
+            raise ValueError(f"{path} has no rung {spec.name} of d={problems[spec.pid].d}")
+        yards[spec.pid] = rung["yardstick"]
+    return yards
+
+
 def summary(values: list[float], non_negative: bool = False) -> dict[str, Any]:
     """Mean with its 95 % t interval (clipped at 0 for an |error|, never negative)."""
     interval = t_interval(values)
@@ -146,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-max-d", type=int, default=1000)
     parser.add_argument("--reference-warmup", type=int, default=300)
     parser.add_argument("--reference-draws", type=int, default=600)
+    parser.add_argument(
+        "--yardsticks-from",
+        type=Path,
+        default=None,
+        help="reuse the yardsticks of an earlier results file of this ladder",
+    )
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--sampler", default="tpe")
@@ -168,21 +196,30 @@ def main(argv: list[str] | None = None) -> int:
     problems = {spec.pid: _problem(spec.model_dump_json()) for spec in rungs}
     for spec in rungs:
         problem = problems[spec.pid]
-        if problem.d > args.reference_max_d and problem.lambda_theory is None:
+        no_reference = args.yardsticks_from is None and problem.d > args.reference_max_d
+        if no_reference and problem.lambda_theory is None:
             print(
                 f"{spec.name}: no closed-form λ and d={problem.d} > --reference-max-d "
                 f"{args.reference_max_d}: nothing to score it against",
                 file=sys.stderr,
             )
             return 2
-    yards = {}
+    if args.yardsticks_from is not None:
+        try:
+            yards = earlier_yardsticks(args.yardsticks_from, rungs, problems)
+        except ValueError as error:
+            print(f"--yardsticks-from: {error}", file=sys.stderr)
+            return 2
+    else:
+        yards = {}
+        for spec in rungs:
+            problem = problems[spec.pid]
+            reference = None
+            if problem.d <= args.reference_max_d:
+                reference = run_reference(problem, reference_config)
+            yards[spec.pid] = yardstick(spec, reference)
     for spec in rungs:
-        problem = problems[spec.pid]
-        reference = None
-        if problem.d <= args.reference_max_d:
-            reference = run_reference(problem, reference_config)
-        yards[spec.pid] = yardstick(spec, reference)
-        print(f"{spec.name}: d={problem.d}, yardstick {yards[spec.pid]}", flush=True)
+        print(f"{spec.name}: d={problems[spec.pid].d}, yardstick {yards[spec.pid]}", flush=True)
     tuned_on = rungs[: args.tune_rungs]
     members = [Member(s.pid, s.name, yards[s.pid]["value"], yards[s.pid]["se"]) for s in tuned_on]
     specs = {s.pid: s.model_dump_json() for s in tuned_on}
@@ -207,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append({"method": method, "unit": unit, "recipe": best.hyperparams,
                             "search_objective": best.search_objective, "rungs": rows})  # fmt: skip
             print(_line(results[-1]), flush=True)
-            atomic_write_json(args.out, {"args": vars(args) | {"out": str(args.out)},
+            atomic_write_json(args.out, {"args": {k: str(v) if isinstance(v, Path) else v
+                                                  for k, v in vars(args).items()},
                                          "tuned_on": [s.name for s in tuned_on],
                                          "results": results})  # fmt: skip
     return 0
