@@ -112,7 +112,7 @@ def test_psgld_starts_where_its_preconditioner_is_sane_on_a_classifier_that_fits
     # rows are fitted, its first steps fling the chains along the directions of small
     # gradient, and the estimate reads several times too hot. Started from the expected
     # squared minibatch gradient, (nβ)²·(∇L_n² + diag(C)/b), it agrees with MCLMC, an
-    # independent sampler. (digits_h128 of the digits ladder: +755 % before, +16 % after.)
+    # independent sampler. (benchmarks/psgld_start.py measures it up the digits ladder.)
     problem = build_problem(FITTED)
     config = {"num_steps": 1000, "num_chains": 4, "batch_size": 32, "thinning": 5,
               "step_size": 1e-3}  # fmt: skip

@@ -128,7 +128,8 @@ def _init(full, post, hp, noise_variance, static: _Static):
     """Every chain at w*, and L0 in this precision. V starts at E[g²] of the first step's
     minibatch gradient at w*: (nβ)²·(∇L_n² + diag(C)/b). Its first term alone is ≈ 0 on
     a net that fits its rows, and G = 1/(δ + √V) then flings the chains out along the
-    directions of small gradient before V catches up (docs/benchmarks.md: 7.6× too hot)."""
+    directions of small gradient before V catches up: 7× too hot on 9 610 parameters
+    (docs/benchmarks.md, where a still more cautious start is measured too)."""
     loss0, grad0 = jax.value_and_grad(empirical_loss)(post.w_star, full, static.arch)
     v0 = post.n_beta**2 * (grad0**2 + noise_variance / static.batch_size)
     chain = _Chain(post.w_star, v0, jnp.zeros((), post.w_star.dtype))
