@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from scale_ladder import earlier_yardsticks, ladder_rungs
 from tuning_honesty import _problem  # (beside this script: python benchmarks/psgld_start.py)
 
 from lambda_hat.io import atomic_write_json, read_json
@@ -76,23 +77,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=4, choices=range(2, 65), metavar="2..64")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/psgld_start.json"))
     args = parser.parse_args(argv)
-    ladder = read_json(args.ladder)
-    if not isinstance(ladder, dict) or "results" not in ladder:
-        print(f"--ladder: {args.ladder} is not a scale_ladder.py result", file=sys.stderr)
+    try:
+        found = ladder_rungs(args.ladder)
+    except ValueError as error:
+        parser.error(f"--ladder: {error}")
+    config = recipe(read_json(args.ladder), args.unit)
+    rungs = load_problem_set(args.problems).problems
+    problems = {spec.pid: _problem(spec.model_dump_json()) for spec in rungs}  # (cached)
+    try:
+        yards = earlier_yardsticks(found, rungs, problems)
+    except ValueError as error:
+        print(f"--ladder: {args.ladder}: {error}", file=sys.stderr)
         return 2
-    yards = {r["rung"]: r["yardstick"]["value"] for a in ladder["results"] for r in a["rungs"]}
-    config = recipe(ladder, args.unit)
     rows = []
-    for spec in load_problem_set(args.problems).problems:
-        if spec.name not in yards:
-            print(f"--ladder: no yardstick for {spec.name}", file=sys.stderr)
-            return 2
+    for spec in rungs:
+        problem = problems[spec.pid]
         for start, factor, change in STARTS:
-            problem = _problem(spec.model_dump_json())  # (cached: restored below)
             variance = problem.gradient_noise_variance
             problem.__dict__["gradient_noise_variance"] = factor(config["batch_size"]) * variance
             try:
-                row = bias_row(problem, {**config, **change}, yards[spec.name], args.seeds)
+                row = bias_row(problem, {**config, **change}, yards[spec.pid]["value"],
+                               args.seeds)  # fmt: skip
             finally:
                 problem.__dict__["gradient_noise_variance"] = variance
             rows.append({"rung": spec.name, "d": problem.d, "start": start, **row})

@@ -39,7 +39,6 @@ rung up to about 10⁴ parameters. Results: ``benchmarks/results/scale_ladder.js
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -58,7 +57,7 @@ from tuning_honesty import (  # (beside this script: python benchmarks/scale_lad
 )
 
 from lambda_hat.compile_cache import enable_compilation_cache
-from lambda_hat.io import atomic_write_json
+from lambda_hat.io import atomic_write_json, read_json
 from lambda_hat.problems.specs import (
     ProblemSpec,
     SpecError,
@@ -110,17 +109,26 @@ def yardstick(spec: ProblemSpec, reference) -> dict[str, Any]:
     return {"value": lam, "se": 0.0, "kind": "lambda", "lambda": lam, "finite_n_gap": None}
 
 
-def earlier_yardsticks(path: Path, rungs: list[ProblemSpec], problems) -> dict[str, dict]:
-    """Each rung's yardstick from an earlier run of this script on the same ladder (its
-    NUTS references cost most of an hour on the digits ladder): matched by rung name and
-    d; ValueError when a rung is missing or its size differs."""
-    earlier = json.loads(path.read_text())
-    found = {r["rung"]: r for arm in earlier["results"] for r in arm["rungs"]}
+def ladder_rungs(path: Path) -> dict[str, dict[str, Any]]:
+    """Rung name → its row (``d``, ``yardstick``) in an earlier result of this script;
+    ValueError when the file is missing or is not one."""
+    earlier = read_json(path)
+    if not isinstance(earlier, dict) or "results" not in earlier:
+        raise ValueError(f"{path} is not a scale_ladder.py result")
+    return {r["rung"]: r for arm in earlier["results"] for r in arm["rungs"]}
+
+
+def earlier_yardsticks(
+    found: dict[str, dict[str, Any]], rungs: list[ProblemSpec], problems
+) -> dict[str, dict]:
+    """Each rung's yardstick (by pid) from an earlier run on the same ladder (``found``, from
+    ``ladder_rungs``; its NUTS references cost most of an hour on the digits ladder):
+    matched by rung name and d; ValueError when a rung is missing or its size differs."""
     yards = {}
     for spec in rungs:
         rung = found.get(spec.name)
         if rung is None or rung["d"] != problems[spec.pid].d:
-            raise ValueError(f"{path} has no rung {spec.name} of d={problems[spec.pid].d}")
+            raise ValueError(f"no rung {spec.name} of d={problems[spec.pid].d}")
         yards[spec.pid] = rung["yardstick"]
     return yards
 
@@ -184,12 +192,15 @@ def main(argv: list[str] | None = None) -> int:
         reference_config = ReferenceConfig(num_warmup=args.reference_warmup,
                                            num_draws=args.reference_draws)  # fmt: skip
         problem_set = load_problem_set(args.problems)
+        found = ladder_rungs(args.yardsticks_from) if args.yardsticks_from else None
     except ValidationError as error:
         field = str(error.errors()[0]["loc"][0])
         flag = {"num_draws": "--reference-draws", "num_warmup": "--reference-warmup"}[field]
         parser.error(f"{flag}: {format_validation_error(error).removeprefix(field + ': ')}")
     except SpecError as error:
         parser.error(f"--problems: {error}")
+    except ValueError as error:
+        parser.error(f"--yardsticks-from: {error}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     enable_compilation_cache()
     rungs = problem_set.problems
@@ -204,11 +215,11 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-    if args.yardsticks_from is not None:
+    if found is not None:
         try:
-            yards = earlier_yardsticks(args.yardsticks_from, rungs, problems)
+            yards = earlier_yardsticks(found, rungs, problems)
         except ValueError as error:
-            print(f"--yardsticks-from: {error}", file=sys.stderr)
+            print(f"--yardsticks-from: {args.yardsticks_from}: {error}", file=sys.stderr)
             return 2
     else:
         yards = {}
